@@ -1,0 +1,47 @@
+# l2l_jax: every target creates the virtualenv on first use, so `make run` and
+# `make test` work on a fresh clone with nothing installed but Python 3.10+.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PRESET ?= cpu-small
+OUT    ?= runs
+
+.PHONY: setup run test lint bench docs figures clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## run: the main job on its small default (Figure 1 of Wang et al.), with a summary
+run: $(STAMP)
+	$(PY) -m l2l_jax fig1 --out $(OUT)/fig1
+
+## test: lint, then the whole test suite (what CI runs)
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check l2l_jax configs benchmarks tests
+	$(VENV)/bin/ruff format --check l2l_jax configs benchmarks tests
+
+## bench: benchmarks as JSON + markdown under benchmarks/results/ (PRESET=cpu-small|accelerator)
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --preset $(PRESET)
+
+## figures: regenerate the experiment results and the figures the docs show
+figures: $(STAMP)
+	$(PY) -m l2l_jax fig1 --out docs/results/fig1
+	$(PY) -m l2l_jax thm3 --out docs/results/thm3
+	$(PY) -m l2l_jax sweep --out docs/results/sweep
+
+## docs: build the mkdocs site with --strict
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) site runs .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,24 @@
+"""Inner optimizers and the scan that unrolls them."""
+
+from l2l_jax.inner.optimizers import (
+    HParams,
+    InnerOptimizer,
+    adam,
+    from_optax,
+    gd,
+    momentum,
+    sgd,
+)
+from l2l_jax.inner.unroll import UnrollResult, unroll
+
+__all__ = [
+    "HParams",
+    "InnerOptimizer",
+    "UnrollResult",
+    "adam",
+    "from_optax",
+    "gd",
+    "momentum",
+    "sgd",
+    "unroll",
+]

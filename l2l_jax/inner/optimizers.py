@@ -1,0 +1,172 @@
+"""Inner optimizers: pure ``init``/``update`` functions with explicit hyperparameters.
+
+Each optimizer is an optax transformation built with :func:`optax.inject_hyperparams`;
+we overwrite the injected values with the caller's hyperparameters at every call, so the
+hyperparameters are ordinary differentiable inputs rather than state or closure
+constants. Any optax optimizer can be wrapped with :func:`from_optax`.
+
+Hyperparameters are a scalar step size for :func:`gd`/:func:`sgd` and a dict keyed by
+:attr:`InnerOptimizer.hparam_names` otherwise; :meth:`InnerOptimizer.hparams` builds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2l_jax import validation
+
+Array = jnp.ndarray
+HParams = Array | Mapping[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerOptimizer:
+    """An optimizer whose hyperparameters are inputs of ``init`` and ``update``.
+
+    Attributes:
+      name: short identifier (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``, ...).
+      hparam_names: names of the differentiable hyperparameters, in order.
+      transform: the optax transformation (built with ``optax.inject_hyperparams``).
+      batch_size: ``None`` for full-batch gradients, else the minibatch size the unroll
+        samples (with replacement) from the task at each step.
+      defaults: default hyperparameter values, used by :meth:`hparams`.
+    """
+
+    name: str
+    hparam_names: tuple[str, ...]
+    transform: optax.GradientTransformation
+    batch_size: int | None = None
+    defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def scalar_hparams(self) -> bool:
+        """True when the hyperparameters are one scalar (the step size)."""
+        return self.hparam_names == ("learning_rate",)
+
+    def hparams(self, **values: float) -> HParams:
+        """Hyperparameters in the form ``update`` expects, defaults filled in."""
+        unknown = set(values) - set(self.hparam_names)
+        if unknown:
+            raise ValueError(
+                f"{self.name} has hyperparameters {self.hparam_names}; unknown: {sorted(unknown)}."
+            )
+        merged = {**self.defaults, **values}
+        missing = [n for n in self.hparam_names if n not in merged]
+        if missing:
+            raise ValueError(f"{self.name} needs values for {missing}.")
+        if self.scalar_hparams:
+            return jnp.asarray(merged["learning_rate"])
+        return {n: jnp.asarray(merged[n]) for n in self.hparam_names}
+
+    def as_dict(self, hparams: HParams) -> dict[str, Array]:
+        """Validate ``hparams`` and return them as a name -> value dict."""
+        if self.scalar_hparams and not isinstance(hparams, Mapping):
+            hparams = {"learning_rate": hparams}
+        if not isinstance(hparams, Mapping) or set(hparams) != set(self.hparam_names):
+            got = sorted(hparams) if isinstance(hparams, Mapping) else type(hparams).__name__
+            raise TypeError(
+                f"{self.name} takes hyperparameters {list(self.hparam_names)}, got {got}. "
+                f"Build them with optimizer.hparams(...)."
+            )
+        for n in self.hparam_names:
+            if jnp.ndim(hparams[n]) != 0:
+                raise TypeError(
+                    f"hyperparameter {n!r} must be a scalar, got shape {jnp.shape(hparams[n])}."
+                )
+        validation.non_negative_values(
+            "hyperparameters (" + ", ".join(self.hparam_names) + ")", hparams
+        )
+        return dict(hparams)
+
+    def init(self, params, hparams: HParams):
+        """Optimizer state for ``params`` (the hyperparameters set its dtypes)."""
+        return self._with_hparams(self.transform.init(params), params, hparams)
+
+    def update(self, grads, state, params, hparams: HParams):
+        """One step: returns ``(new_params, new_state)``."""
+        state = self._with_hparams(state, params, hparams)
+        updates, state = self.transform.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    def _with_hparams(self, state, params, hparams):
+        values = self.as_dict(hparams)
+        dtype = jnp.result_type(*[jnp.asarray(p) for p in jax.tree_util.tree_leaves(params)])
+        injected = {n: jnp.asarray(values[n], dtype) for n in self.hparam_names}
+        return state._replace(hyperparams={**state.hyperparams, **injected})
+
+
+def from_optax(
+    factory: Callable[..., optax.GradientTransformation],
+    hparam_names: tuple[str, ...],
+    *,
+    name: str | None = None,
+    batch_size: int | None = None,
+    defaults: Mapping[str, float] | None = None,
+    **static,
+) -> InnerOptimizer:
+    """Wrap an optax optimizer factory so ``hparam_names`` become differentiable inputs.
+
+    Example: ``from_optax(optax.lion, ("learning_rate", "b1"), b2=0.99)``.
+    """
+    hparam_names = tuple(hparam_names)
+    if not hparam_names:
+        raise ValueError("hparam_names must name at least one hyperparameter to meta-learn.")
+    placeholder = {n: 0.0 for n in hparam_names}
+    transform = optax.inject_hyperparams(factory)(**placeholder, **static)
+    if batch_size is not None:
+        validation.positive_int("batch_size", batch_size)
+    return InnerOptimizer(
+        name=name or getattr(factory, "__name__", "optax"),
+        hparam_names=hparam_names,
+        transform=transform,
+        batch_size=batch_size,
+        defaults=dict(defaults or {}),
+    )
+
+
+def gd(learning_rate: float = 0.1) -> InnerOptimizer:
+    """Full-batch gradient descent ``w <- w - eta * grad f(w)``; hyperparameter: ``eta``."""
+    return from_optax(
+        optax.sgd, ("learning_rate",), name="gd", defaults={"learning_rate": learning_rate}
+    )
+
+
+def sgd(batch_size: int = 1, learning_rate: float = 0.1) -> InnerOptimizer:
+    """Minibatch SGD: the GD update on a gradient from ``batch_size`` sampled examples."""
+    return from_optax(
+        optax.sgd,
+        ("learning_rate",),
+        name="sgd",
+        batch_size=batch_size,
+        defaults={"learning_rate": learning_rate},
+    )
+
+
+def momentum(learning_rate: float = 0.1, beta: float = 0.9) -> InnerOptimizer:
+    """Heavy-ball momentum ``v <- g + beta v; w <- w - eta v``; hyperparameters eta, beta.
+
+    Equivalent to Polyak's ``w_{k+1} = w_k - eta g_k + beta (w_k - w_{k-1})``.
+    """
+    return from_optax(
+        optax.sgd,
+        ("learning_rate", "momentum"),
+        name="momentum",
+        defaults={"learning_rate": learning_rate, "momentum": beta},
+    )
+
+
+def adam(
+    learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> InnerOptimizer:
+    """Adam (Kingma & Ba 2015); hyperparameters ``learning_rate, b1, b2, eps``."""
+    return from_optax(
+        optax.adam,
+        ("learning_rate", "b1", "b2", "eps"),
+        name="adam",
+        defaults={"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps},
+    )

@@ -1,0 +1,177 @@
+"""The quadratic task of Wang et al. (2021), Section 3: ``f(w) = 1/2 w^T H w``."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_jax import validation
+
+Array = jnp.ndarray
+
+
+@jax.tree_util.register_pytree_node_class
+class Quadratic:
+    """``f(w) = 1/2 w^T H w`` started from ``w0``, with its eigendecomposition cached.
+
+    Construction validates ``H`` (square, symmetric, positive definite, finite) and ``w0``
+    (matching shape, finite, non-zero), then computes the eigendecomposition once, in
+    float64 on the host when the inputs are concrete, so that the spectrum is accurate to
+    the working precision even for condition numbers of 1e4 and more. The task is a
+    pytree: it can be passed through ``jit``/``vmap`` like any array container.
+
+    Optional ``factor`` ``X`` with ``H = X X^T`` turns ``f`` into a finite sum over the
+    columns of ``X``, ``f(w) = (1/m) sum_j m/2 (x_j^T w)^2``, so SGD can sample columns.
+    """
+
+    def __init__(self, hessian: Array, w0: Array, factor: Array | None = None):
+        hessian = validation.float_array("hessian", hessian)
+        w0 = validation.float_array("w0", w0)
+        if hessian.ndim != 2 or hessian.shape[0] != hessian.shape[1]:
+            raise ValueError(f"hessian must be a square (d, d) matrix, got shape {hessian.shape}.")
+        if w0.shape != (hessian.shape[0],):
+            raise ValueError(
+                f"w0 must have shape ({hessian.shape[0]},) to match hessian {hessian.shape}, "
+                f"got {w0.shape}."
+            )
+        dtype = jnp.result_type(hessian, w0)
+        hessian, w0 = hessian.astype(dtype), w0.astype(dtype)
+        if factor is not None:
+            factor = validation.float_array("factor", factor).astype(dtype)
+            if factor.ndim != 2 or factor.shape[0] != hessian.shape[0]:
+                raise ValueError(
+                    f"factor must be a (d, m) matrix with H = X X^T and d = {hessian.shape[0]}, "
+                    f"got shape {factor.shape}."
+                )
+        self.hessian, self.w0, self.factor = hessian, w0, factor
+        self.eigenvalues, self.eigenvectors = _eigh(hessian)
+        if validation.is_concrete(hessian):
+            _check_spd(np.asarray(hessian, np.float64), np.asarray(self.eigenvalues))
+            validation.finite("w0", w0)
+            if not np.any(np.asarray(w0)):
+                raise ValueError("w0 must be non-zero: f(w0) = 0 leaves nothing to optimize.")
+
+    # -- pytree ---------------------------------------------------------------------
+    def tree_flatten(self):
+        return (self.hessian, self.w0, self.factor, self.eigenvalues, self.eigenvectors), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        (obj.hessian, obj.w0, obj.factor, obj.eigenvalues, obj.eigenvectors) = children
+        return obj
+
+    # -- constructors -----------------------------------------------------------------
+    @classmethod
+    def random(cls, key: chex.PRNGKey, dim: int, scale: float = 1.0, dtype=jnp.float32):
+        """The paper's random instance (Sec. 3, footnote 2).
+
+        ``H = scale * X X^T`` with ``X`` a ``dim x 2*dim`` standard Gaussian matrix and
+        ``w0`` uniform on the unit sphere. ``X`` is kept as the task's ``factor``.
+        """
+        validation.positive_int("dim", dim)
+        validation.positive("scale", scale)
+        k_x, k_w = jax.random.split(key)
+        x = jax.random.normal(k_x, (dim, 2 * dim), jnp.float64 if _x64() else jnp.float32)
+        w0 = jax.random.normal(k_w, (dim,), x.dtype)
+        x64, w64 = np.asarray(x, np.float64), np.asarray(w0, np.float64)
+        factor = np.sqrt(scale) * x64
+        return cls(
+            hessian=jnp.asarray(factor @ factor.T, dtype),
+            w0=jnp.asarray(w64 / np.linalg.norm(w64), dtype),
+            factor=jnp.asarray(factor, dtype),
+        )
+
+    @classmethod
+    def from_spectrum(cls, eigenvalues: Array, coefficients: Array, dtype=None):
+        """The diagonal task ``H = diag(eigenvalues)``, ``w0 = coefficients``."""
+        lam = validation.float_array("eigenvalues", eigenvalues)
+        c = validation.float_array("coefficients", coefficients)
+        dtype = dtype or jnp.result_type(lam, c)
+        return cls(hessian=jnp.diag(lam).astype(dtype), w0=c.astype(dtype))
+
+    def astype(self, dtype) -> Quadratic:
+        """The same task in another float dtype (spectrum recomputed in float64)."""
+        factor = None if self.factor is None else self.factor.astype(dtype)
+        return Quadratic(self.hessian.astype(dtype), self.w0.astype(dtype), factor)
+
+    # -- the task protocol ------------------------------------------------------------
+    @property
+    def dtype(self):
+        return self.w0.dtype
+
+    @property
+    def dim(self) -> int:
+        return self.w0.shape[0]
+
+    @property
+    def num_examples(self) -> int | None:
+        """Number of summands SGD can sample from (the columns of ``factor``)."""
+        return None if self.factor is None else self.factor.shape[1]
+
+    def init_params(self) -> Array:
+        return self.w0
+
+    def loss(self, params: Array) -> Array:
+        """``f(w) = 1/2 w^T H w``."""
+        return 0.5 * params @ (self.hessian @ params)
+
+    def batch_loss(self, params: Array, indices: Array) -> Array:
+        """Unbiased estimate of ``f`` from the columns ``indices`` of ``factor``."""
+        if self.factor is None:
+            raise ValueError(
+                "this Quadratic has no factor to sample from: build it with "
+                "Quadratic(hessian, w0, factor=X) where H = X X^T, or use inner.gd()."
+            )
+        proj = params @ self.factor[:, indices]
+        return 0.5 * self.factor.shape[1] * jnp.mean(proj**2)
+
+    # -- spectrum ---------------------------------------------------------------------
+    @property
+    def coefficients(self) -> Array:
+        """``c_i = <w0, u_i>``: ``w0`` in the eigenbasis of ``H``."""
+        return self.eigenvectors.T @ self.w0
+
+    @property
+    def smoothness(self) -> Array:
+        """``L``, the largest eigenvalue of ``H``."""
+        return self.eigenvalues[-1]
+
+    @property
+    def strong_convexity(self) -> Array:
+        """``alpha``, the smallest eigenvalue of ``H``."""
+        return self.eigenvalues[0]
+
+    def __repr__(self) -> str:
+        return f"Quadratic(dim={self.dim}, dtype={self.dtype})"
+
+
+def _x64() -> bool:
+    return bool(jax.config.jax_enable_x64)
+
+
+def _eigh(hessian: Array) -> tuple[Array, Array]:
+    """Ascending eigendecomposition, in float64 on the host when ``hessian`` is concrete."""
+    if validation.is_concrete(hessian):
+        h = np.asarray(hessian, np.float64)
+        lam, vec = np.linalg.eigh(0.5 * (h + h.T))
+        return jnp.asarray(lam, hessian.dtype), jnp.asarray(vec, hessian.dtype)
+    sym = 0.5 * (hessian + hessian.T)
+    return jnp.linalg.eigh(sym)
+
+
+def _check_spd(h: np.ndarray, eigenvalues: np.ndarray) -> None:
+    validation.finite("hessian", h)
+    scale = np.max(np.abs(h))
+    if not np.allclose(h, h.T, rtol=0.0, atol=1e-6 * scale):
+        err = np.max(np.abs(h - h.T))
+        raise ValueError(
+            f"hessian must be symmetric: max |H - H^T| = {err:.3g}. Pass (H + H.T) / 2."
+        )
+    if eigenvalues[0] <= 0:
+        raise ValueError(
+            f"hessian must be positive definite: smallest eigenvalue is {eigenvalues[0]:.3g}. "
+            "Add a multiple of the identity or use Quadratic.random."
+        )
