@@ -1,0 +1,62 @@
+"""High-precision reference for GD on a quadratic (mpmath), for tests and experiments.
+
+Implements Wang et al. (2021), Section 3 directly: ``f(w_t) = sum_i v_i (1 - eta l_i)^(2t)``
+with ``v_i = c_i^2 l_i / 2`` and Eq. 1 for the meta-gradient of ``(1/t) log f(w_t)``,
+in ``mpmath`` arithmetic with enough digits that nothing over- or underflows. Inputs are
+taken *exactly* (a float32/float64 value is converted without rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mpmath
+import numpy as np
+
+
+def _mp(xs) -> list:
+    return [mpmath.mpf(float(x)) for x in np.asarray(xs, np.float64).ravel()]
+
+
+def log_f(
+    eta, eigenvalues: Sequence[float], coefficients: Sequence[float], steps: int, dps: int = 50
+):
+    """``log f(w_t)`` as an ``mpmath.mpf``."""
+    with mpmath.workdps(dps):
+        e = mpmath.mpf(float(eta))
+        lam, c = _mp(eigenvalues), _mp(coefficients)
+        total = mpmath.fsum(ci**2 * li / 2 * (1 - e * li) ** (2 * steps) for li, ci in zip(lam, c))
+        return mpmath.log(total)
+
+
+def dlog_f(eta, eigenvalues, coefficients, steps: int, dps: int = 50):
+    """``d/d eta log f(w_t)`` (Eq. 1 times t) as an ``mpmath.mpf``."""
+    with mpmath.workdps(dps):
+        e = mpmath.mpf(float(eta))
+        lam, c = _mp(eigenvalues), _mp(coefficients)
+        num = mpmath.fsum(ci**2 * li**2 * (1 - e * li) ** (2 * steps - 1) for li, ci in zip(lam, c))
+        den = mpmath.fsum(ci**2 * li * (1 - e * li) ** (2 * steps) for li, ci in zip(lam, c))
+        return -2 * steps * num / den
+
+
+def log_loss(eta, eigenvalues, coefficients, steps: int, dps: int = 50):
+    """The meta-objective ``(1/t) log f(w_t)``."""
+    return log_f(eta, eigenvalues, coefficients, steps, dps) / steps
+
+
+def log_loss_grad(eta, eigenvalues, coefficients, steps: int, dps: int = 50):
+    """Eq. 1: ``F'(eta)`` for ``F = (1/t) log f(w_t)``."""
+    return dlog_f(eta, eigenvalues, coefficients, steps, dps) / steps
+
+
+def eta_star(eigenvalues, coefficients, steps: int, dps: int = 50, tol: float = 1e-15):
+    """The unique root of Eq. 1 (Claim 1) by bisection on ``[0, 2/alpha]``."""
+    lam = np.asarray(eigenvalues, np.float64)
+    lo, hi = 0.0, 2.0 / float(lam.min())
+    while hi - lo > tol * hi:
+        mid = 0.5 * (lo + hi)
+        if log_loss_grad(mid, eigenvalues, coefficients, steps, dps) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
