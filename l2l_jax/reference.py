@@ -25,7 +25,9 @@ def log_f(
     with mpmath.workdps(dps):
         e = mpmath.mpf(float(eta))
         lam, c = _mp(eigenvalues), _mp(coefficients)
-        total = mpmath.fsum(ci**2 * li / 2 * (1 - e * li) ** (2 * steps) for li, ci in zip(lam, c))
+        total = mpmath.fsum(
+            ci**2 * li / 2 * (1 - e * li) ** (2 * steps) for li, ci in zip(lam, c, strict=True)
+        )
         return mpmath.log(total)
 
 
@@ -34,8 +36,12 @@ def dlog_f(eta, eigenvalues, coefficients, steps: int, dps: int = 50):
     with mpmath.workdps(dps):
         e = mpmath.mpf(float(eta))
         lam, c = _mp(eigenvalues), _mp(coefficients)
-        num = mpmath.fsum(ci**2 * li**2 * (1 - e * li) ** (2 * steps - 1) for li, ci in zip(lam, c))
-        den = mpmath.fsum(ci**2 * li * (1 - e * li) ** (2 * steps) for li, ci in zip(lam, c))
+        num = mpmath.fsum(
+            ci**2 * li**2 * (1 - e * li) ** (2 * steps - 1) for li, ci in zip(lam, c, strict=True)
+        )
+        den = mpmath.fsum(
+            ci**2 * li * (1 - e * li) ** (2 * steps) for li, ci in zip(lam, c, strict=True)
+        )
         return -2 * steps * num / den
 
 
