@@ -41,14 +41,35 @@ def split_significand(x: Array) -> tuple[Array, Array]:
     return hi, x - hi
 
 
-def exact_product(a: Array, b: Array) -> tuple[Array, Array]:
-    """Return ``(p, r)`` with ``a*b = p + r`` to about twice the working precision.
+def exact_product(a: Array, b: Array) -> tuple[Array, Array, Array, Array]:
+    """``a*b = p + r1 + r2 + r3``: four products of significand halves.
 
-    ``p`` is the product of the high halves (exact), ``r`` the small remainder.
+    ``p = a_hi*b_hi``, ``r1 = a_hi*b_lo`` and ``r2 = a_lo*b_hi`` are exact; ``r3 = a_lo*b_lo``
+    is exact in float32 and within one ulp of itself (about ``u^2 |p|``) in float64.
     """
     a_hi, a_lo = split_significand(a)
     b_hi, b_lo = split_significand(b)
-    return a_hi * b_hi, (a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return a_hi * b_hi, a_hi * b_lo, a_lo * b_hi, a_lo * b_lo
+
+
+def _two_sum(a: Array, b: Array) -> tuple[Array, Array]:
+    """Knuth's error-free sum: ``a + b = s + e`` exactly."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _compensated_sum(first: Array, *rest: Array) -> Array:
+    """Sum of exact terms as if in twice the working precision, then rounded (Ogita et al.).
+
+    Summing the remainders naively loses digits when the total cancels (``eta*lam`` near 1
+    or 2), because their own rounding error is relative to *them*, not to the total.
+    """
+    s, c = first, jnp.zeros_like(first)
+    for a in rest:
+        s, e = _two_sum(s, a)
+        c = c + e
+    return s + c
 
 
 def log_abs_one_minus(eta: Array, lam: Array) -> tuple[Array, Array]:
@@ -60,15 +81,21 @@ def log_abs_one_minus(eta: Array, lam: Array) -> tuple[Array, Array]:
     Inputs broadcast against each other.
     """
     eta, lam = jnp.broadcast_arrays(jnp.asarray(eta), jnp.asarray(lam))
-    p, r = exact_product(eta, lam)
-    x = p + r
-    # 0.5 < x < 1.5: 1 - p and p - 1 are exact (Sterbenz), so the only rounding is the
-    # final subtraction of r: relative error of |1 - x| below one ulp.
-    near_one = jnp.log(jnp.abs((1 - p) - r))
-    # x <= 0.5: log1p keeps digits when x is tiny.
+    p, r1, r2, r3 = exact_product(eta, lam)
+    x = p + ((r1 + r2) + r3)
+    # 0.25 < x < 1.75: 1 - p is exact (Sterbenz) where it cancels (p >= 0.5); the exact
+    # remainders are then subtracted with a compensated sum, so |1 - x| keeps a relative
+    # error of about one ulp.
+    one_minus = _compensated_sum(1 - p, -r1, -r2, -r3)
+    near_one = jnp.log(jnp.abs(one_minus))
+    # x <= 0.25: log1p keeps digits when x is tiny. (The branch points 0.25/1.75 keep
+    # log1p's argument in [-0.25, inf): XLA's float64 log1p is ~45 ulps off near -0.4.)
     below = jnp.log1p(-x)
-    # x >= 1.5: log(x - 1) = log1p(x - 2), and p - 2 is exact for p in [1, 4].
-    above = jnp.log1p((p - 2) + r)
-    log_abs = jnp.where(x <= 0.5, below, jnp.where(x >= 1.5, above, near_one))
-    sign = jnp.where(x > 1, -jnp.ones_like(x), jnp.ones_like(x))
+    # x >= 1.75: log(x - 1) = log1p(x - 2); p - 2 is exact for p in [1, 4], and x - 2 is
+    # formed with the same compensated sum.
+    above = jnp.log1p(_compensated_sum(p - 2, r1, r2, r3))
+    log_abs = jnp.where(x <= 0.25, below, jnp.where(x >= 1.75, above, near_one))
+    # the sign comes from the accurate 1 - x: x itself may round to exactly 1.
+    negative = jnp.where((x <= 0.25) | (x >= 1.75), x > 1, one_minus < 0)
+    sign = jnp.where(negative, -jnp.ones_like(x), jnp.ones_like(x))
     return log_abs, sign
