@@ -1,0 +1,77 @@
+"""Meta-training: convergence to eta*, non-finite skipping, optax optimizers, projection."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from l2l_jax import inner, meta, objectives, reference, tasks
+
+T = 80
+
+
+def _task(dtype):
+    return tasks.Quadratic.random(jax.random.key(0), 20, scale=0.5, dtype=dtype)
+
+
+def _eta_star(task):
+    lam = np.asarray(task.eigenvalues, np.float64)
+    return reference.eta_star(lam, np.asarray(task.coefficients, np.float64), T, tol=1e-12)
+
+
+def test_meta_gd_on_stable_converges_to_eta_star_float64():
+    with jax.enable_x64(True):
+        task = _task(jnp.float64)
+        big_l = float(task.smoothness)
+        f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=T, grad="stable")
+        run = meta.train(
+            f, jnp.asarray(0.1), meta.meta_gd(0.3 / big_l**2), steps=300, progress=False
+        )
+        assert run.nonfinite_count == 0
+        eta_star = _eta_star(task)
+        assert abs(float(run.params) - eta_star) <= 0.01 * eta_star
+        assert run.trajectory.shape == (301,)
+
+
+def test_autodiff_float32_nonfinite_grads_are_never_applied():
+    task = _task(jnp.float32)
+    f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=T, grad="autodiff")
+    big_l = float(task.smoothness)
+    steps = 20
+    run = meta.train(f, jnp.asarray(0.1), meta.meta_gd(0.3 / big_l**2), steps=steps, progress=False)
+    assert not np.any(np.isfinite(np.asarray(run.grads)))
+    assert run.nonfinite_count == steps
+    assert np.all(np.asarray(run.nonfinite))
+    assert np.all(np.asarray(run.trajectory) == np.float32(0.1))  # exactly eta0, every step
+
+
+def test_optax_adam_accepted():
+    with jax.enable_x64(True):
+        task = _task(jnp.float64)
+        f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=T, grad="stable")
+        run = meta.train(f, jnp.asarray(0.1), optax.adam(1e-3), steps=200, progress=False)
+        eta_star = _eta_star(task)
+        assert run.nonfinite_count == 0
+        traj = np.asarray(run.trajectory)
+        # moves towards eta* (which is far below 0.1 here) and ends closer to it
+        assert abs(traj[-1] - eta_star) < 0.5 * abs(traj[0] - eta_star)
+
+
+def test_projection_keeps_eta_non_negative():
+    with jax.enable_x64(True):
+        task = _task(jnp.float64)
+        f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=T, grad="stable")
+        big_l = float(task.smoothness)
+        c = 50.0 / big_l**2  # huge meta step: the first update overshoots below 0
+        free = meta.train(
+            f,
+            jnp.asarray(0.1),
+            meta.meta_gd(c, project_non_negative=False),
+            steps=1,
+            progress=False,
+        )
+        assert float(free.params) < 0  # without the projection eta would go negative
+        run = meta.train(f, jnp.asarray(0.1), meta.meta_gd(c), steps=30, progress=False)
+        assert np.all(np.asarray(run.trajectory) >= 0)
