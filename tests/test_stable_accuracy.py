@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import mpmath
 import numpy as np
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from l2l_jax import inner, meta, objectives, reference, spectral, tasks
@@ -40,6 +40,8 @@ def _eta(kind, frac, idx, lam):
         return 0.0
     if kind == "inv_eig":
         return 1.0 / float(lam[idx % len(lam)])
+    if kind == "converging":  # eta < 2/(alpha+L): f(w_t) -> 0, small eta*lambda matters
+        return frac * 2.0 / (alpha + big_l)
     if kind == "crossing":
         return 2.0 / (alpha + big_l) * (1 + (frac - 0.5) * 1e-3)
     return frac * 10.0 / big_l
@@ -69,7 +71,7 @@ params = dict(
     log_kappa=st.floats(0.0, 4.0),
     seed=st.integers(0, 2**16),
     log_t=st.one_of(st.just(0.0), st.just(6.0), st.floats(0.0, 6.0)),
-    kind=st.sampled_from(["uniform", "uniform", "zero", "inv_eig", "crossing"]),
+    kind=st.sampled_from(["uniform", "converging", "converging", "zero", "inv_eig", "crossing"]),
     frac=st.floats(0.0, 1.0),
     idx=st.integers(0, 199),
 )
@@ -88,11 +90,29 @@ def _run(dtype, d, log_kappa, seed, log_t, kind, frac, idx):
     _check(grad, lambda e: reference.log_loss_grad(e, lam, c, t), eta, dtype, "grad")
 
 
+# Hard corners always run: tiny eta*alpha at t = 1e6 (needs log1p), eta*L near 1 and 2.
+CORNERS = [
+    (2, 4.0, 1, 6.0, "uniform", 0.01, 0),
+    (200, 4.0, 2, 6.0, "converging", 0.05, 0),
+    (20, 3.0, 3, 6.0, "inv_eig", 0.0, 19),
+    (20, 4.0, 4, 6.0, "crossing", 0.5, 0),
+    (200, 2.0, 5, 3.0, "uniform", 0.2, 0),
+]
+
+
+def _with_corners(test):
+    for case in CORNERS:
+        test = example(*case)(test)
+    return test
+
+
+@_with_corners
 @given(**params)
 def test_stable_float32(d, log_kappa, seed, log_t, kind, frac, idx):
     _run("float32", d, log_kappa, seed, log_t, kind, frac, idx)
 
 
+@_with_corners
 @given(**params)
 def test_stable_float64(d, log_kappa, seed, log_t, kind, frac, idx):
     with jax.enable_x64(True):
