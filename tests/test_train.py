@@ -75,3 +75,22 @@ def test_projection_keeps_eta_non_negative():
         assert float(free.params) < 0  # without the projection eta would go negative
         run = meta.train(f, jnp.asarray(0.1), meta.meta_gd(c), steps=30, progress=False)
         assert np.all(np.asarray(run.trajectory) >= 0)
+
+
+def test_nonfinite_value_with_finite_grad_is_skipped():
+    """log(inf) backpropagates a finite 0 (autodiff, float64, eta = 4.8/L, t = 320):
+    the step must count as non-finite and leave eta alone, not apply the bogus 0."""
+    with jax.enable_x64(True):
+        task = _task(jnp.float64)
+        eta0 = 4.8 / float(task.smoothness)
+        f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=320)
+        value, grad = jax.value_and_grad(f)(jnp.asarray(eta0))
+        assert np.isinf(value) and np.isfinite(grad)  # the silent failure being guarded
+        run = meta.train(f, jnp.asarray(eta0), optax.sgd(1e-3), steps=3, progress=False)
+        assert run.nonfinite_count == 3
+        assert np.all(np.asarray(run.trajectory) == eta0)
+    finite = meta.train(
+        lambda p: (p - 1.0) ** 2, jnp.asarray(3.0), optax.sgd(0.1), 3, progress=False
+    )
+    assert finite.nonfinite_count == 0
+    np.testing.assert_allclose(finite.trajectory, [3.0, 2.6, 2.28, 2.024], rtol=1e-6)

@@ -2,9 +2,9 @@
 
 Any optax optimizer can drive the hyperparameters. :func:`meta_gd` is the one of
 Wang et al. (2021), Theorem 4: meta step size ``mu_k = c / sqrt(k)`` and projection onto
-``eta >= 0``. Every meta-gradient is checked: a non-finite one is *not* applied (the
-hyperparameters stay where they are, via :func:`optax.apply_if_finite`), and it is
-counted and reported in :class:`TrainResult`.
+``eta >= 0``. Every meta-step is checked: one whose meta-gradient or meta-objective
+value is non-finite is *not* applied (the hyperparameters stay where they are, via
+:func:`optax.apply_if_finite`), and it is counted and reported in :class:`TrainResult`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class TrainResult:
       trajectory: meta-parameters before each step and after the last, stacked ``(K+1,...)``.
       values: ``(K,)`` meta-objective at each step.
       grads: meta-gradients at each step, stacked ``(K, ...)``.
-      nonfinite: ``(K,)`` True where the meta-gradient was NaN/inf (and was skipped).
+      nonfinite: ``(K,)`` True where the meta-gradient or the meta-objective was NaN/inf
+        (the step was skipped).
     """
 
     params: chex.ArrayTree
@@ -98,7 +99,10 @@ def train(
     def one_step(carry, _):
         params, state = carry
         value, grad = value_and_grad(params)
-        updates, state = tx.update(grad, state, params)
+        # A non-finite value poisons the step too: log(inf) backpropagates a finite 0,
+        # which would otherwise freeze the parameters silently.
+        checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(value), g, jnp.nan), grad)
+        updates, state = tx.update(checked, state, params)
         new_params = project(optax.apply_updates(params, updates))
         return (new_params, state), (params, value, grad, ~state.last_finite)
 

@@ -65,22 +65,39 @@ class Quadratic:
 
     # -- constructors -----------------------------------------------------------------
     @classmethod
-    def random(cls, key: chex.PRNGKey, dim: int, scale: float = 1.0, dtype=jnp.float32):
+    def random(
+        cls,
+        key: chex.PRNGKey,
+        dim: int,
+        scale: float = 1.0,
+        dtype=jnp.float32,
+        *,
+        width: int | None = None,
+        w0: str = "sphere",
+    ):
         """The paper's random instance (Sec. 3, footnote 2).
 
-        ``H = scale * X X^T`` with ``X`` a ``dim x 2*dim`` standard Gaussian matrix and
-        ``w0`` uniform on the unit sphere. ``X`` is kept as the task's ``factor``.
+        ``H = scale * X X^T`` with ``X`` a ``dim x width`` standard Gaussian matrix
+        (``width = 2 * dim`` by default, as in footnote 2, which keeps ``alpha`` and
+        ``L - alpha`` of order ``dim``) and ``w0`` uniform on the unit sphere
+        (``w0="sphere"``) or standard Gaussian (``w0="gaussian"``, as in the paper's
+        code, where ``width = dim``). ``X`` is kept as the task's ``factor``.
         """
         validation.positive_int("dim", dim)
         validation.positive("scale", scale)
+        width = 2 * dim if width is None else validation.positive_int("width", width)
+        if w0 not in ("sphere", "gaussian"):
+            raise ValueError(f"w0 must be 'sphere' or 'gaussian', got {w0!r}.")
         k_x, k_w = jax.random.split(key)
-        x = jax.random.normal(k_x, (dim, 2 * dim), jnp.float64 if _x64() else jnp.float32)
-        w0 = jax.random.normal(k_w, (dim,), x.dtype)
-        x64, w64 = np.asarray(x, np.float64), np.asarray(w0, np.float64)
+        x = jax.random.normal(k_x, (dim, width), jnp.float64 if _x64() else jnp.float32)
+        w = jax.random.normal(k_w, (dim,), x.dtype)
+        x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+        if w0 == "sphere":
+            w64 = w64 / np.linalg.norm(w64)
         factor = np.sqrt(scale) * x64
         return cls(
             hessian=jnp.asarray(factor @ factor.T, dtype),
-            w0=jnp.asarray(w64 / np.linalg.norm(w64), dtype),
+            w0=jnp.asarray(w64, dtype),
             factor=jnp.asarray(factor, dtype),
         )
 
