@@ -1,0 +1,37 @@
+"""The documentation's Python examples run: docs/quickstart.md and the README's example.
+
+Each file's ```python blocks are executed in order in one namespace (later blocks use
+names defined by earlier ones), so an API change that breaks an example fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = ("README.md", "docs/quickstart.md")
+_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def python_blocks(text: str) -> list[str]:
+    """The contents of the ```python fenced blocks of a markdown text, in order."""
+    return [m.group(1) for m in _BLOCK.finditer(text)]
+
+
+def test_python_blocks_extraction():
+    text = "a\n```python\nx = 1\n```\n```bash\nmake\n```\n```python\ny = x\n```\n"
+    assert python_blocks(text) == ["x = 1\n", "y = x\n"]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_examples_run(document):
+    path = ROOT / document
+    blocks = python_blocks(path.read_text())
+    assert blocks, f"{document} has no ```python examples"
+    namespace: dict = {"__name__": f"docs_example_{path.stem}"}
+    for i, block in enumerate(blocks):
+        code = compile(block, f"{document} [python block {i + 1}]", "exec")
+        exec(code, namespace)
