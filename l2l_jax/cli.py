@@ -1,0 +1,85 @@
+"""Command line: ``python -m l2l_jax <experiment> --out DIR [--preset P] [--config.F=V]``.
+
+Configs are ``ml_collections`` dicts from ``configs/<experiment>.py``; any field can be
+overridden, e.g. ``--config.meta_steps=500`` or ``--config.task.seed=3`` or
+``--config.methods="('stable','autodiff')"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+from l2l_jax import experiments
+
+
+def load_config(name: str, preset: str = "default") -> ml_collections.ConfigDict:
+    """``configs.<name>.get_config(preset)``."""
+    return importlib.import_module(f"configs.{name}").get_config(preset)
+
+
+def _parse_value(text: str, current):
+    """Parse ``text`` as the type of the field's current value."""
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (int, float)):
+        return type(current)(ast.literal_eval(text)) if isinstance(current, int) else float(text)
+    value = ast.literal_eval(text)
+    return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    """Apply ``--config.a.b=value`` overrides in place; unknown fields are an error."""
+    for item in overrides:
+        if not item.startswith("--config.") or "=" not in item:
+            raise ValueError(f"unrecognized argument {item!r}; overrides look like --config.F=V.")
+        path, text = item[len("--config.") :].split("=", 1)
+        *parents, leaf = path.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p] if p in node else None
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise ValueError(f"config has no section {p!r} (in {item!r}).")
+        if leaf not in node:
+            raise ValueError(
+                f"config has no field {path!r}; fields: {', '.join(sorted(node.keys()))}."
+            )
+        try:
+            node[leaf] = _parse_value(text, node[leaf])
+        except (ValueError, SyntaxError, TypeError) as err:
+            raise ValueError(f"bad value for config field {path!r}: {err}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m l2l_jax", description=__doc__)
+    parser.add_argument("experiment", choices=experiments.EXPERIMENTS)
+    parser.add_argument("--out", type=Path, required=True, help="directory for results")
+    parser.add_argument("--preset", default="default", help="config preset (default, paper)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args, rest = parser.parse_known_args(argv)
+    cfg = load_config(args.experiment, args.preset)
+    try:
+        apply_overrides(cfg, rest)
+    except ValueError as err:
+        parser.error(str(err))
+    module = experiments.get(args.experiment)
+    results = module.run(cfg, args.out, progress=not args.no_progress)
+    print(module.summarize(results))
+    print(f"results: {args.out / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,20 @@
+"""Experiments reproducing the papers' results: ``python -m l2l_jax <name> --out DIR``.
+
+Each experiment module has ``run(config, out, progress) -> results`` (writes
+``out/results.json`` and PNG figures) and ``summarize(results) -> str``; its config is
+``configs/<name>.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+EXPERIMENTS = ("fig1", "thm3", "sweep")
+
+
+def get(name: str) -> ModuleType:
+    """The experiment module ``name``."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {EXPERIMENTS}.")
+    return importlib.import_module(f"l2l_jax.experiments.{name}")

@@ -1,0 +1,199 @@
+"""Plumbing shared by the experiments: tasks from configs, eta*, convergence, results files.
+
+Every experiment is ``run(config, out) -> results`` plus ``summarize(results) -> str``;
+``results`` is JSON-serializable and written to ``out/results.json`` atomically, so a
+killed run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from l2l_jax import inner, meta, objectives, reference, tasks
+
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+# -- configuration -> objects ----------------------------------------------------------
+def dtype_of(name: str):
+    """``"float32"``/``"float64"`` -> dtype, with an error naming the field."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}.")
+    return DTYPES[name]
+
+
+def quadratic(cfg: ml_collections.ConfigDict, dtype=jnp.float32) -> tasks.Quadratic:
+    """The random quadratic of ``cfg`` (fields ``seed, dim, width, scale, w0``)."""
+    return tasks.Quadratic.random(
+        jax.random.key(cfg.seed),
+        cfg.dim,
+        scale=cfg.scale,
+        dtype=dtype,
+        width=cfg.width,
+        w0=cfg.w0,
+    )
+
+
+def spectrum64(task: tasks.Quadratic) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and coefficients of ``task`` in float64, from its stored entries.
+
+    The float32 task's entries are taken exactly; only the eigendecomposition is in
+    float64, so the reference and every dtype see the same problem.
+    """
+    lam, vec = np.linalg.eigh(np.asarray(task.hessian, np.float64))
+    return lam, vec.T @ np.asarray(task.w0, np.float64)
+
+
+def meta_step_size(cfg: ml_collections.ConfigDict, smoothness: float) -> float:
+    """``c`` of ``mu_k = c / sqrt(k)``: ``cfg.c`` itself, or ``cfg.c / L^2``.
+
+    ``F'(eta)`` of the log-loss scales like ``L`` and ``eta`` like ``1/L``, so
+    ``c ~ 1/L^2`` makes the meta-steps scale-free (``cfg.c_units = "1/L^2"``).
+    """
+    if cfg.c_units == "absolute":
+        return float(cfg.c)
+    if cfg.c_units == "1/L^2":
+        return float(cfg.c) / smoothness**2
+    raise ValueError(f"c_units must be 'absolute' or '1/L^2', got {cfg.c_units!r}.")
+
+
+def eta_star(task: tasks.Quadratic, steps: int, *, iters: int = 200) -> float:
+    """Root of the stable float64 meta-gradient of the log-loss (Claim 1), by bisection.
+
+    ``F'`` is negative below ``eta*`` and positive above, on ``[0, 2/alpha]``.
+    """
+    with jax.enable_x64(True):
+        task64 = task.astype(jnp.float64)
+        F = meta.meta_objective(
+            task64, inner.gd(), objectives.log_loss(), steps=steps, grad="stable"
+        )
+        grad = jax.jit(jax.grad(F))
+        lo, hi = 0.0, 2.0 / float(task64.strong_convexity)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            if mid in (lo, hi):
+                break
+            if float(grad(jnp.asarray(mid))) < 0:
+                lo = mid
+            else:
+                hi = mid
+    return 0.5 * (lo + hi)
+
+
+# -- meta-training ------------------------------------------------------------------------
+def exact_meta_gd(
+    eigenvalues: np.ndarray,
+    coefficients: np.ndarray,
+    steps: int,
+    eta0: float,
+    c: float,
+    meta_steps: int,
+) -> np.ndarray:
+    """The meta-GD of :func:`l2l_jax.meta.meta_gd` fed exact (mpmath) meta-gradients.
+
+    ``eta_{k+1} = max(0, eta_k - c / sqrt(k+1) * F'(eta_k))``, ``k = 0..K-1``, with
+    ``F'`` from Eq. 1 in 50-digit arithmetic: the yardstick for what the float methods
+    should achieve. Returns the ``K+1`` iterates.
+    """
+    etas = np.empty(meta_steps + 1)
+    etas[0] = eta = float(eta0)
+    for k in range(meta_steps):
+        g = float(reference.log_loss_grad(eta, eigenvalues, coefficients, steps))
+        eta = max(0.0, eta - c / math.sqrt(k + 1.0) * g)
+        etas[k + 1] = eta
+    return etas
+
+
+def converged_at(trajectory: Sequence[float], target: float, rtol: float) -> int | None:
+    """First meta-step after which ``|eta - target| <= rtol * target`` for good, or None."""
+    err = np.abs(np.asarray(trajectory, np.float64) - target)
+    ok = np.isfinite(err) & (err <= rtol * abs(target))
+    if not ok[-1]:
+        return None
+    bad = np.flatnonzero(~ok)
+    return 0 if bad.size == 0 else int(bad[-1]) + 1
+
+
+def succeeded(trajectory: Sequence[float], target: float, rtol: float, window: int) -> bool:
+    """Success: the last ``window`` iterates are all within ``rtol`` of ``target``."""
+    k = converged_at(trajectory, target, rtol)
+    return k is not None and k <= len(trajectory) - window
+
+
+# -- results ------------------------------------------------------------------------------
+def environment() -> dict:
+    """Backend, devices and versions, recorded in every results file."""
+    import optax
+
+    import l2l_jax
+
+    devices = jax.devices()
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "l2l_jax": l2l_jax.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def jsonable(x):
+    """Arrays and numpy scalars -> lists and floats; non-finite floats -> None."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return jsonable(np.asarray(x).tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer, int)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as JSON atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(jsonable(payload), f, indent=1)
+        tmp = f.name
+    os.replace(tmp, path)
+
+
+def save_figure(fig, path: Path) -> str:
+    """Save a matplotlib figure as PNG and close it; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no screen needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
