@@ -1,0 +1,153 @@
+"""``make bench``'s entry point on the tiny ``smoke`` preset: schema, table, docs, accuracy.
+
+Timings are not asserted on (machines are shared and noisy); only that they exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import pytest
+
+from benchmarks import run as bench
+
+ENV_KEYS = {
+    "preset",
+    "date_utc",
+    "backend",
+    "device_kind",
+    "device_count",
+    "jax",
+    "jaxlib",
+    "optax",
+    "python",
+    "cpu_count",
+}
+CELL_KEYS = {
+    "dtype",
+    "dim",
+    "eta",
+    "method",
+    "t",
+    "compile_s",
+    "run_ms_median",
+    "run_ms_min",
+    "repeats",
+    "memory",
+    "device_peak_bytes_in_use",
+    "value",
+    "grad",
+    "value_finite",
+    "grad_finite",
+    "ref_value",
+    "ref_grad",
+    "value_rel_err",
+    "grad_rel_err",
+    "ratio_to_first_t",
+}
+# float32 / float64 relative error allowed against the mpmath reference.
+TOL = {"float32": 1e-5, "float64": 1e-12}
+BEGIN = "<!-- BEGIN GENERATED bench:smoke (make bench PRESET=smoke) -->"
+END = "<!-- END GENERATED bench:smoke -->"
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One run of ``python -m benchmarks.run --preset smoke`` into a temporary directory."""
+    out = tmp_path_factory.mktemp("bench")
+    page = out / "docs" / "performance.md"
+    page.parent.mkdir()
+    page.write_text(f"# Performance\n\nintro\n\n{BEGIN}\nstale\n{END}\n\noutro\n")
+    x64_before = bool(jax.config.jax_enable_x64)
+    bench.main(["--preset", "smoke", "--out", str(out), "--docs", str(page), "--no-progress"])
+    assert bool(jax.config.jax_enable_x64) == x64_before, "the bench must not leak x64"
+    data = json.loads((out / "smoke.json").read_text(), parse_constant=_reject_constant)
+    return out, page, data
+
+
+def test_json_schema(smoke):
+    _, _, data = smoke
+    preset = bench.PRESETS["smoke"]
+    assert data["schema_version"] == bench.SCHEMA_VERSION
+    assert ENV_KEYS <= set(data["environment"])
+    assert data["environment"]["preset"] == "smoke"
+    assert data["preset"]["steps"] == list(preset.steps)
+    assert data["wall_time_s"] > 0
+    for cell in data["cells"]:
+        assert CELL_KEYS <= set(cell), CELL_KEYS - set(cell)
+        assert cell["run_ms_median"] > 0 and cell["run_ms_min"] > 0 and cell["compile_s"] > 0
+        assert cell["repeats"] >= 1
+        assert isinstance(cell["memory"]["peak_bytes"], int) and cell["memory"]["peak_bytes"] > 0
+        assert isinstance(cell["value"], float | str) and isinstance(cell["grad"], float | str)
+    for summary in data["summary"]:
+        assert {"stable", "forward", "autodiff"} <= set(summary)
+        assert math.isfinite(summary["stable"]["time_ratio"])
+
+
+def test_every_cell_present_once(smoke):
+    _, _, data = smoke
+    preset = bench.PRESETS["smoke"]
+    got = [(c["dtype"], c["dim"], c["method"], c["t"]) for c in data["cells"]]
+    want = [
+        (dtype, case.dim, method, t)
+        for dtype in preset.dtypes
+        for case in preset.cases
+        for method in bench.METHODS
+        for t in preset.steps
+    ]
+    assert sorted(got) == sorted(want) and len(got) == len(set(got))
+    ratio_rows = {(r["dtype"], r["dim"], r["t"]) for r in data["method_ratios"]}
+    assert ratio_rows == {(d, dim, t) for d, dim, _, t in want}
+    for row in data["method_ratios"]:
+        assert row["forward/stable"] > 0 and row["autodiff/stable"] > 0
+
+
+def test_markdown_table_lists_every_cell(smoke):
+    out, _, data = smoke
+    text = (out / "smoke.md").read_text()
+    assert "| method | t | compile s | run ms (median) |" in text
+    assert "![" in text and "(smoke.png)" in text
+    sections = text.split("\n## ")[1:]
+    assert len(sections) == len(data["summary"])
+    for section in sections:
+        dtype = section.split(",")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| ")]
+        for cell in (c for c in data["cells"] if c["dtype"] == dtype):
+            prefix = f"| {cell['method']} | {cell['t']:,} |"
+            assert sum(row.startswith(prefix) for row in rows) == 1, (dtype, prefix)
+    png = (out / "smoke.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_docs_section_regenerated_in_place(smoke):
+    _, page, data = smoke
+    text = page.read_text()
+    assert text.startswith("# Performance\n\nintro\n\n") and text.endswith("\n\noutro\n")
+    assert "stale" not in text and text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "![Run time and memory vs t per method](results/bench/smoke.png)" in text
+    assert (page.parent / "results" / "bench" / "smoke.png").read_bytes().startswith(b"\x89PNG")
+    assert f"| stable | {data['cells'][0]['t']:,} |" in text
+
+
+def test_stable_matches_mpmath_reference(smoke):
+    _, _, data = smoke
+    for cell in data["cells"]:
+        tol = TOL[cell["dtype"]]
+        if cell["method"] == "stable":
+            assert cell["value_finite"] and cell["grad_finite"], cell
+        if cell["value_finite"] and cell["grad_finite"]:
+            assert cell["value_rel_err"] < tol, cell
+            assert cell["grad_rel_err"] < tol, cell
+        else:
+            assert cell["value_rel_err"] is None or cell["grad_rel_err"] is None
+
+
+def test_rejects_bad_repeats(tmp_path):
+    with pytest.raises(ValueError, match="repeats"):
+        bench.run(bench.PRESETS["smoke"], tmp_path, repeats=0, progress=False)
