@@ -41,7 +41,7 @@ figures: $(STAMP)
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) site runs .pytest_cache .ruff_cache .hypothesis

@@ -76,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(str(err))
     module = experiments.get(args.experiment)
     results = module.run(cfg, args.out, progress=not args.no_progress)
-    print(module.summarize(results))
+    summary = module.summarize(results)
+    (args.out / "summary.txt").write_text(summary + "\n")
+    print(summary)
     print(f"results: {args.out / 'results.json'}")
     return results
 

@@ -165,7 +165,7 @@ def plot(results: dict, path: Path) -> str:
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(cols)), [f"{2 * f:.1f}/L\nt={t}" for f, t in cols], fontsize=7)
     ax.set_yticks(range(len(rows)), [f"{m} {d}" for m, d in rows], fontsize=8)
-    ax.set_title("meta-GD reaches η* within 1%? (columns: η0, t)")
+    ax.set_title("meta-GD reaches η* within 1%? (columns: η0, t; n.f.: non-finite meta-steps)")
     return common.save_figure(fig, path)
 
 
