@@ -56,6 +56,46 @@ class MeanLoss:
         return jnp.mean(result.losses[1:])
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainByTrain:
+    """Train-by-train: the full training loss of ``w_t`` (Wang et al. 2021, Eq. 3 per task).
+
+    For ``tasks.LeastSquares`` this is ``Delta_TbT = (1/(2 n)) sum_i (y_i - <w_t, x_i>)^2``
+    (also for SGD: it is ``task.loss``, not a minibatch loss). ``meta_objective(...,
+    batched=True)`` averages it over the tasks, giving ``F_TbT(eta)`` of Eq. 3.
+    """
+
+    name: str = "tbt"
+
+    def __call__(self, result: UnrollResult) -> Array:
+        return result.task.loss(result.params)
+
+    def from_log_loss(self, log_f: Array, steps: Array) -> Array:
+        """``exp(log f(w_t))``: the training loss itself."""
+        return jnp.exp(log_f)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainByValidation:
+    """Train-by-validation: the validation loss of ``w_t`` (Wang et al. 2021, Eq. 4 per task).
+
+    ``Delta_TbV = (1/(2 n2)) sum_i (y'_i - <w_t, x'_i>)^2`` on the task's validation set
+    (``task.valid_loss``); averaged over tasks with ``batched=True`` it is ``F_TbV(eta)``.
+    """
+
+    name: str = "tbv"
+
+    def __call__(self, result: UnrollResult) -> Array:
+        valid_loss = getattr(result.task, "valid_loss", None)
+        if valid_loss is None:
+            raise TypeError(
+                f"objective 'tbv' needs a task with a validation set (a valid_loss method), "
+                f"got {type(result.task).__name__}; use tasks.LeastSquares with n_valid >= 1 "
+                "or the objective 'tbt'."
+            )
+        return valid_loss(result.params)
+
+
 def last_loss() -> LastLoss:
     """The last-iterate loss ``f(w_t)``."""
     return LastLoss()
@@ -71,7 +111,23 @@ def mean_loss() -> MeanLoss:
     return MeanLoss()
 
 
-BUILTIN = {"last_loss": last_loss, "log_loss": log_loss, "mean_loss": mean_loss}
+def tbt() -> TrainByTrain:
+    """Train-by-train ``Delta_TbT``: training loss of ``w_t`` (Eq. 3 per task)."""
+    return TrainByTrain()
+
+
+def tbv() -> TrainByValidation:
+    """Train-by-validation ``Delta_TbV``: validation loss of ``w_t`` (Eq. 4 per task)."""
+    return TrainByValidation()
+
+
+BUILTIN = {
+    "last_loss": last_loss,
+    "log_loss": log_loss,
+    "mean_loss": mean_loss,
+    "tbt": tbt,
+    "tbv": tbv,
+}
 
 
 def resolve(objective: Objective | str) -> Objective:

@@ -1,6 +1,12 @@
-"""Unrolling an inner optimizer on a task with :func:`jax.lax.scan`."""
+"""Unrolling an inner optimizer on a task with :func:`jax.lax.scan`.
+
+Optional truncation (Wang et al. 2021, footnote 3): once ``||w_tau|| >= R`` the run is
+frozen at ``R * w_tau / ||w_tau||`` for all remaining steps, inside the scan.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import chex
 import jax
@@ -10,6 +16,7 @@ from l2l_jax import validation
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 
 Array = jnp.ndarray
+MaxNorm = float | Array | Callable[[object], Array]
 
 
 @chex.dataclass(frozen=True)
@@ -21,11 +28,20 @@ class UnrollResult:
       losses: ``(t + 1,)`` losses ``f(w_0), ..., f(w_t)`` (minibatch losses for SGD,
         except the last one, which is always the full loss ``f(w_t)``).
       task: the task that was optimized (for validation losses and the like).
+      truncated_at: the step ``tau >= 1`` at which ``||w_tau|| >= max_norm`` first held
+        and the run was frozen (footnote 3 of the paper), or ``-1`` if it never was
+        (always ``-1`` without ``max_norm``).
     """
 
     params: chex.ArrayTree
     losses: Array
     task: object
+    truncated_at: Array = -1
+
+    @property
+    def truncated(self) -> Array:
+        """True when the run was frozen by ``max_norm``."""
+        return jnp.asarray(self.truncated_at) >= 0
 
     @property
     def steps(self) -> int:
@@ -43,13 +59,32 @@ def unroll(
     hparams: HParams,
     steps: int,
     key: chex.PRNGKey | None = None,
+    *,
+    max_norm: MaxNorm | None = None,
 ) -> UnrollResult:
     """Run ``steps`` iterations of ``optimizer`` on ``task`` inside one ``lax.scan``.
 
     The step count is static (it is the scan length); the hyperparameters are traced and
-    differentiable. ``key`` seeds the minibatch sequence of stochastic optimizers.
+    differentiable. ``key`` seeds the minibatch sequence of stochastic optimizers: step
+    ``k`` uses ``jax.random.split(key, steps)[k]`` and draws
+    ``jax.random.randint(k, (batch_size,), 0, task.num_examples)``.
+
+    ``max_norm`` (``R``; ``None`` = off) truncates diverging runs as in footnote 3 of
+    Wang et al. (2021): after every step, the first ``tau >= 1`` with ``||w_tau|| >= R``
+    sets ``w_tau' = R * w_tau / ||w_tau||`` for all ``tau' >= tau`` (iterate and optimizer
+    state are frozen; ``w_0`` is never truncated). ``R`` is a positive scalar, or a
+    function of the task, e.g. ``lambda task: 40 * task.sigma`` (the paper's choice),
+    evaluated per task under ``vmap``. It is a constant for meta-gradients; the frozen
+    iterate stays differentiable in the hyperparameters through its direction.
+    The step is recorded in ``UnrollResult.truncated_at``.
     """
     steps = validation.positive_int("steps", steps)
+    if getattr(task, "batch_shape", ()):
+        raise ValueError(
+            f"unroll runs one task, got a batch {task!r}: use jax.vmap over the tasks, or "
+            "meta.meta_objective(..., batched=True) for the mean objective over the batch."
+        )
+    radius = _radius(task, max_norm)
     params = task.init_params()
     state = optimizer.init(params, hparams)
     if optimizer.batch_size is None:
@@ -78,6 +113,59 @@ def unroll(
         w, s = optimizer.update(g, s, w, hparams)
         return (w, s), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, state), xs, length=steps)
+    if radius is None:
+        (params, _), losses = jax.lax.scan(step, (params, state), xs, length=steps)
+        truncated_at = jnp.asarray(-1, jnp.int32)
+    else:
+
+        def truncated_step(carry, inputs):
+            (w, s, at), (tau, k) = carry, inputs
+            (w_new, s_new), loss = step((w, s), k)
+            crossed, w_new = _truncate(w_new, radius)
+            frozen = at >= 0
+            w_new, s_new = jax.tree_util.tree_map(
+                lambda old, new: jnp.where(frozen, old, new), (w, s), (w_new, s_new)
+            )
+            at = jnp.where(frozen | ~crossed, at, tau)
+            return (w_new, s_new, at), loss
+
+        taus = jnp.arange(1, steps + 1, dtype=jnp.int32)
+        init = (params, state, jnp.asarray(-1, jnp.int32))
+        (params, _, truncated_at), losses = jax.lax.scan(
+            truncated_step, init, (taus, xs), length=steps
+        )
     losses = jnp.concatenate([losses, task.loss(params)[None]])
-    return UnrollResult(params=params, losses=losses, task=task)
+    return UnrollResult(params=params, losses=losses, task=task, truncated_at=truncated_at)
+
+
+def _radius(task, max_norm: MaxNorm | None) -> Array | None:
+    """``R`` for this task (``max_norm`` or ``max_norm(task)``), checked when concrete."""
+    if max_norm is None:
+        return None
+    radius = max_norm(task) if callable(max_norm) else max_norm
+    if isinstance(radius, (str, bytes, bool)) or jnp.ndim(radius) != 0:
+        raise TypeError(f"max_norm must be a positive scalar (or task -> scalar), got {radius!r}.")
+    radius = jnp.asarray(radius)
+    if validation.known_true(~(radius > 0)):
+        raise ValueError(
+            f"max_norm must be > 0 (the truncation radius R, e.g. 40 * sigma), got {radius}; "
+            "pass max_norm=None to turn truncation off."
+        )
+    return radius
+
+
+def _truncate(params: chex.ArrayTree, radius: Array) -> tuple[Array, chex.ArrayTree]:
+    """``(||w|| >= R, w * R / ||w|| where that holds else w)``, NaN-free gradients.
+
+    The norm is over all leaves of ``params``.
+    """
+    leaves = jax.tree_util.tree_leaves(params)
+    sq = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+    radius = radius.astype(sq.dtype)
+    crossed = jnp.sqrt(jax.lax.stop_gradient(sq)) >= radius
+    # Divide by a safe norm so the branch not taken has finite gradients (R > 0).
+    scale = radius / jnp.sqrt(jnp.where(crossed, sq, jnp.ones_like(sq)))
+    projected = jax.tree_util.tree_map(
+        lambda leaf: jnp.where(crossed, leaf * scale.astype(leaf.dtype), leaf), params
+    )
+    return crossed, projected

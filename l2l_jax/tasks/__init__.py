@@ -1,9 +1,11 @@
 """Tasks: what the inner optimizer minimizes.
 
 A task provides ``init_params()``, ``loss(params)`` and, for stochastic optimizers,
-``num_examples`` and ``batch_loss(params, indices)``.
+``num_examples`` and ``batch_loss(params, indices)``. ``LeastSquares`` also has a
+validation set (``valid_loss``) and the ground truth (``test_error``).
 """
 
+from l2l_jax.tasks.least_squares import LeastSquares
 from l2l_jax.tasks.quadratic import Quadratic
 
-__all__ = ["Quadratic"]
+__all__ = ["LeastSquares", "Quadratic"]
