@@ -1,0 +1,181 @@
+"""Train-by-train vs train-by-validation on least squares (Wang et al. 2021, Section 4).
+
+One *setting* (sigma, sample sizes, t) is evaluated the same way in every experiment:
+
+1. sample ``m`` meta-training tasks for each objective: TbT with ``n`` training samples,
+   TbV with ``n1 + n2 = n`` split into training and validation (Eq. 3-4);
+2. find ``eta*`` of each objective by a grid search over the mean meta-objective, on the
+   spectral fast path (:mod:`l2l_jax.spectral_ls`: one eigendecomposition per task, then
+   any (eta, t) without unrolling; the truncation of footnote 3 included);
+3. run GD with each ``eta*`` on ``n_test`` fresh tasks with ``n`` training samples and
+   report the test RMSE ``||w_t - w*||`` and the training RMSE (mean, min, max).
+
+Tasks are sampled in chunks inside ``jax.lax.map`` so that only spectra, not the
+``n x d`` data matrices of all tasks, are held in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from l2l_jax import spectral_ls
+from l2l_jax.experiments import common
+from l2l_jax.tasks import LeastSquares
+
+
+def eta_grid(cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """``eta_count`` step sizes log-spaced in ``[eta_min, eta_max]``."""
+    return np.geomspace(cfg.eta_min, cfg.eta_max, cfg.eta_count)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 6, 7))
+def spectra(key, m: int, d: int, n_train: int, n_valid: int, sigma, dtype, chunk: int = 25):
+    """Spectra and ``w*`` of ``m`` tasks, sampled and decomposed ``chunk`` at a time.
+
+    Within a chunk the tasks are a ``vmap`` (fast); chunks run in a ``lax.map`` (memory
+    bounded by ``chunk`` data matrices).
+    """
+
+    def one(k):
+        task = LeastSquares.sample(k, d, n_train, n_valid, sigma, dtype)
+        spec = spectral_ls.decompose(task.x_train, task.y_train, task.x_valid, task.y_valid)
+        return spec, task.w_star
+
+    chunk = min(chunk, m)
+    n_chunks = -(-m // chunk)
+    keys = jax.random.split(key, n_chunks * chunk).reshape(n_chunks, chunk)
+    out = jax.lax.map(jax.vmap(one), keys)
+    return jax.tree.map(lambda a: a.reshape((n_chunks * chunk, *a.shape[2:]))[:m], out)
+
+
+def setting(
+    cfg: ml_collections.ConfigDict, key, *, sigma: float, n: int, t: int | None = None
+) -> dict:
+    """TbT(n) and TbV(n/2, n/2): eta* by grid search, then test on fresh tasks."""
+    t = cfg.t if t is None else t
+    dtype = common.dtype_of(cfg.dtype)
+    n1 = n // 2
+    n2 = n - n1
+    radius = cfg.truncation * sigma
+    etas = jnp.asarray(eta_grid(cfg), dtype)
+    k_tbt, k_tbv, k_test = jax.random.split(key, 3)
+    result = {"sigma": sigma, "n": n, "n1": n1, "n2": n2, "t": t, "d": cfg.d}
+    specs = {
+        "tbt": spectra(k_tbt, cfg.m, cfg.d, n, 0, sigma, dtype)[0],
+        "tbv": spectra(k_tbv, cfg.m, cfg.d, n1, n2, sigma, dtype)[0],
+    }
+    test_specs, w_star = spectra(k_test, cfg.n_test, cfg.d, n, 0, sigma, dtype)
+    for name, spec in specs.items():
+        best, values = spectral_ls.grid_search(spec, etas, t, radius, objective=name)
+        best = float(best)
+        err = jax.vmap(lambda s, w, e=best: spectral_ls.test_error(s, w, e, t, radius))(
+            test_specs, w_star
+        )
+        train = jax.vmap(lambda s, e=best: spectral_ls.tbt_loss(s, e, t, radius))(test_specs)
+        test_rmse, train_rmse = np.sqrt(np.asarray(err)), np.sqrt(2 * np.asarray(train))
+        at_edge = best in (float(etas[0]), float(etas[-1]))
+        result.update(
+            {
+                f"eta_star_{name}": best,
+                f"eta_star_{name}_at_grid_edge": at_edge,
+                f"meta_objective_{name}": np.asarray(values),
+                f"test_rmse_{name}": float(test_rmse.mean()),
+                f"test_rmse_{name}_range": [float(test_rmse.min()), float(test_rmse.max())],
+                f"test_error_{name}": float(np.mean(np.asarray(err))),
+                f"train_rmse_{name}": float(train_rmse.mean()),
+                f"train_rmse_{name}_range": [float(train_rmse.min()), float(train_rmse.max())],
+            }
+        )
+    return result
+
+
+def base_results(name: str, cfg: ml_collections.ConfigDict, settings: list[dict]) -> dict:
+    """The fields every least-squares results file has."""
+    return {
+        "experiment": name,
+        "config": cfg.to_dict(),
+        "environment": common.environment(),
+        "eta_grid": eta_grid(cfg),
+        "settings": settings,
+    }
+
+
+def rmse_panels(plt, settings: list[dict], x_key: str, x_label: str, log_x: bool = False):
+    """Two panels (train RMSE, test RMSE) of TbT and TbV against ``x_key``, with ranges."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.array([s[x_key] for s in settings], float)
+    for ax, kind in zip(axes, ("train", "test"), strict=True):
+        for name, label, color in (("tbt", "train-by-train", "C3"), ("tbv", "train-by-val.", "C0")):
+            mean = np.array([s[f"{kind}_rmse_{name}"] for s in settings])
+            lo, hi = np.array([s[f"{kind}_rmse_{name}_range"] for s in settings]).T
+            ax.plot(x, mean, "o-", color=color, label=label)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.15)
+        ax.set(
+            xlabel=x_label,
+            ylabel=f"{kind} RMSE",
+            title=f"{kind} RMSE (band: range over test tasks)",
+        )
+        if log_x:
+            ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def table(settings: list[dict], x_key: str) -> str:
+    """Markdown: one row per setting."""
+    lines = [
+        f"| {x_key} | η*_TbT | η*_TbV | test RMSE TbT | test RMSE TbV | train RMSE TbT | "
+        "train RMSE TbV |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in settings:
+        lines.append(
+            f"| {s[x_key]:g} | {s['eta_star_tbt']:.3g} | {s['eta_star_tbv']:.3g} | "
+            f"{s['test_rmse_tbt']:.3f} | {s['test_rmse_tbv']:.3f} | {s['train_rmse_tbt']:.3f} | "
+            f"{s['train_rmse_tbv']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_settings(cfg, values, label: str, progress: bool, make) -> list[dict]:
+    """``make(key, value)`` for each value, with one shared key (common random numbers:
+    the same ``x``, ``w*`` and standard noise in every setting, so differences come from
+    the swept quantity alone) and a progress bar."""
+    key = jax.random.key(cfg.seed)
+    out = []
+    for v in tqdm(values, desc=label, disable=not progress):
+        out.append(make(key, v))
+    return out
+
+
+def finish(name: str, cfg, out, settings: list[dict], x_key: str, checks: dict, fig) -> dict:
+    """Write ``results.json``, ``table.md``, ``summary.txt``-ready fields and the figure."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = base_results(name, cfg, settings)
+    results["checks"] = checks
+    results["table"] = table(settings, x_key)
+    (out / "table.md").write_text(results["table"] + "\n")
+    results["figures"] = [common.save_figure(fig, out / f"{name}.png")]
+    common.write_json(out / "results.json", results)
+    return common.jsonable(results)
+
+
+def summary(results: dict) -> str:
+    """The table and the checks, one screen."""
+    lines = [
+        f"{results['experiment']}: d = {results['config']['d']}, "
+        f"t = {results['config']['t']}, m = {results['config']['m']} tasks per objective",
+        results["table"],
+        "",
+    ]
+    lines += [f"  {k}: {v}" for k, v in results["checks"].items()]
+    return "\n".join(lines)
