@@ -65,3 +65,20 @@ def test_momentum_adam_autodiff_forward_and_finite_differences(opt, values):
             h = 1e-5 * float(hp[name])
             fd = _central_fd(f_ad, hp, name, h)
             assert abs(float(g_ad[name]) - fd) <= 1e-5 * abs(fd) + 1e-9, (name, g_ad[name], fd)
+
+
+@pytest.mark.parametrize("n_train", [5, 12])  # under- (n < d = 8) and over-determined
+def test_least_squares_stable_agrees_with_unroll(n_train):
+    """grad="stable" on tasks.LeastSquares (untruncated TbT, log space) = the unroll."""
+    with jax.enable_x64(True):
+        task = tasks.LeastSquares.sample(jax.random.key(2), 8, n_train, 0, 0.5, jnp.float64)
+        for objective in ("tbt", "log_loss"):
+            for t in (5, 60):
+                eta = jnp.asarray(0.3)
+                ref = jax.value_and_grad(meta.meta_objective(task, inner.gd(), objective, steps=t))(
+                    eta
+                )
+                got = jax.value_and_grad(
+                    meta.meta_objective(task, inner.gd(), objective, steps=t, grad="stable")
+                )(eta)
+                np.testing.assert_allclose(got, ref, rtol=1e-8)

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from l2l_jax import spectral
+from l2l_jax import spectral, spectral_ls
 from l2l_jax.inner.optimizers import InnerOptimizer
+from l2l_jax.tasks.least_squares import LeastSquares
 from l2l_jax.tasks.quadratic import Quadratic
 
 Array = jnp.ndarray
@@ -63,3 +64,16 @@ def _quadratic_rule(task: Quadratic, steps: int) -> LogLossFn:
 
 
 register(Quadratic, _quadratic_rule)
+
+
+def _least_squares_rule(task: LeastSquares, steps: int) -> LogLossFn:
+    """``log`` of the training loss of ``w_t`` (untruncated TbT, Eq. 3 per task).
+
+    One eigendecomposition of ``X^T X / n``, then :func:`spectral_ls.log_tbt_loss`: the
+    ratio formula in log space plus the ERM residual, finite for any ``t``.
+    """
+    spec = spectral_ls.decompose(task.x_train, task.y_train)
+    return lambda eta: spectral_ls.log_tbt_loss(spec, jnp.asarray(eta, task.dtype), steps)
+
+
+register(LeastSquares, _least_squares_rule)
