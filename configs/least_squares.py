@@ -26,7 +26,12 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
     cfg.eta_min = 1e-6
     cfg.eta_max = 10.0
     cfg.eta_count = 170  # ratio 10^(7/169) ~ 1.1
+    # then meta-gradient descent from the grid's best eta: Adam on log(eta), differentiated
+    # through the spectral closed form (0 steps: grid only, as in the paper's code)
+    cfg.refine_steps = 100
+    cfg.refine_lr = 0.02
     cfg.dtype = "float32"
     if preset == "paper":
         cfg.eta_min, cfg.eta_max, cfg.eta_count = 1e-6, 1.0, 25
+        cfg.refine_steps = 0
     return cfg

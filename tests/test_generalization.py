@@ -45,7 +45,12 @@ def test_setting_matches_the_unroll():
 
             per_eta = np.asarray(jax.jit(jax.vmap(mean_objective))(jnp.asarray(etas)))
             np.testing.assert_allclose(res[f"meta_objective_{name}"], per_eta, rtol=1e-6)
-            assert res[f"eta_star_{name}"] == pytest.approx(etas[int(np.argmin(per_eta))])
+            assert res[f"eta_grid_best_{name}"] == pytest.approx(etas[int(np.argmin(per_eta))])
+            # meta-GD refinement starts at the grid's best point and never ends worse
+            trace = res[f"meta_gd_{name}"]
+            assert trace["objective"][0] == pytest.approx(min(per_eta), rel=1e-9)
+            assert min(trace["objective"]) <= min(per_eta)
+            assert res[f"eta_star_{name}"] in trace["eta"]
             test = LeastSquares.sample_batch(k_test, cfg.n_test, cfg.d, 8, 0, 2.0, jnp.float64)
             final = jax.vmap(
                 lambda task, e=res[f"eta_star_{name}"]: (
