@@ -18,6 +18,10 @@ size ``eta``:
   reference (:mod:`l2l_jax.reference`), in float32 and, under a scoped
   ``jax.enable_x64(True)``, float64.
 
+The group "least-squares grid search" (:mod:`benchmarks.least_squares`, under the key
+``least_squares`` of the JSON) times the spectral fast path against the vmapped
+``lax.scan`` unroll on the Figure 2 grid search of the least-squares experiments.
+
 Usage::
 
     python -m benchmarks.run --preset cpu-small [--out DIR] [--repeats N] [--no-docs]
@@ -49,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import least_squares
 from l2l_jax import inner, meta, objectives, reference, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -608,6 +613,12 @@ def update_docs_page(page: Path, preset: str, section: str) -> None:
     page.write_text(text)
 
 
+def _ls_markdown(results: dict[str, Any], heading: str) -> str:
+    """The least-squares grid search section, if the run has one."""
+    section = results.get("least_squares")
+    return "" if section is None else "\n" + least_squares.render_markdown(section, heading)
+
+
 def write_outputs(results: dict[str, Any], out: Path, docs_page: Path | None) -> dict[str, Path]:
     """JSON, markdown and PNG under ``out``; the docs page's section and plot if asked."""
     out.mkdir(parents=True, exist_ok=True)
@@ -615,13 +626,14 @@ def write_outputs(results: dict[str, Any], out: Path, docs_page: Path | None) ->
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
     paths["json"].write_text(json.dumps(_finite_or_str(results), indent=1, allow_nan=False) + "\n")
     plot(results, paths["png"])
-    body = render_markdown(results, image=f"{name}.png")
+    body = render_markdown(results, image=f"{name}.png") + _ls_markdown(results, "##")
     paths["md"].write_text(f"# Benchmark `{name}`\n\n{body}")
     if docs_page is not None:
         image_dir = docs_page.parent / DOCS_IMAGE_DIR
         image_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(paths["png"], image_dir / f"{name}.png")
         section = render_markdown(results, image=f"{DOCS_IMAGE_DIR}/{name}.png", heading="###")
+        section += _ls_markdown(results, "###")
         update_docs_page(docs_page, name, section)
         paths["docs"] = docs_page
     return paths
@@ -640,6 +652,8 @@ def run(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
     cells = measure_all(preset, repeats, progress=progress)
+    ls_preset = least_squares.PRESETS.get(preset.name)
+    ls_section = None if ls_preset is None else least_squares.measure(ls_preset, progress)
     method_ratios = add_ratios(cells)
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -653,6 +667,8 @@ def run(
         "summary": summarize(cells),
         "wall_time_s": 0.0,
     }
+    if ls_section is not None:
+        results["least_squares"] = ls_section
     results["wall_time_s"] = time.perf_counter() - start  # before writing: it is in the md
     results["paths"] = {k: str(v) for k, v in write_outputs(results, out, docs_page).items()}
     return results
@@ -686,6 +702,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     for summary in results["summary"]:
         print(f"[{summary['dtype']}, d={summary['dim']}] {flatness_claim(summary)}")
+    if "least_squares" in results:
+        print(f"[least squares] {least_squares.claim(results['least_squares'])}")
     print(f"wall time {results['wall_time_s']:.1f} s; wrote", ", ".join(results["paths"].values()))
     return results
 

@@ -11,6 +11,7 @@ import math
 import jax
 import pytest
 
+from benchmarks import least_squares as ls_bench
 from benchmarks import run as bench
 
 ENV_KEYS = {
@@ -113,7 +114,7 @@ def test_markdown_table_lists_every_cell(smoke):
     text = (out / "smoke.md").read_text()
     assert "| method | t | compile s | run ms (median) |" in text
     assert "![" in text and "(smoke.png)" in text
-    sections = text.split("\n## ")[1:]
+    sections = [s for s in text.split("\n## ")[1:] if not s.startswith("least-squares")]
     assert len(sections) == len(data["summary"])
     for section in sections:
         dtype = section.split(",")[0]
@@ -151,3 +152,38 @@ def test_stable_matches_mpmath_reference(smoke):
 def test_rejects_bad_repeats(tmp_path):
     with pytest.raises(ValueError, match="repeats"):
         bench.run(bench.PRESETS["smoke"], tmp_path, repeats=0, progress=False)
+
+
+# float32 agreement of the spectral grid search with the scan unroll (per-eta mean values).
+LS_TOL = 1e-4
+
+
+def test_least_squares_section_present(smoke):
+    out, page, data = smoke
+    section = data["least_squares"]
+    preset = ls_bench.PRESETS["smoke"]
+    assert section["settings"]["d"] == preset.d and section["settings"]["m"] == preset.m
+    assert section["settings"]["t"] == 40 and section["settings"]["radius"] == 40.0
+    got = sorted((r["objective"], r["grid"]) for r in section["rows"])
+    assert got == sorted((o, g) for o in ("tbt", "tbv") for g in ("fig2", "paper"))
+    n_etas = {r["grid"]: r["n_etas"] for r in section["rows"]}
+    assert n_etas == {"fig2": 170, "paper": 25}
+    for row in section["rows"]:
+        for side in ("decompose", "spectral", "unroll"):
+            assert row[side]["run_ms_median"] > 0 and row[side]["compile_s"] > 0, (row, side)
+            assert row[side]["repeats"] >= 1
+        assert row["speedup_grid"] > 0 and row["speedup_grid_plus_decompose"] > 0
+        assert row["us_per_task_eta"]["spectral"] > 0 and row["us_per_task_eta"]["unroll"] > 0
+    md = (out / "smoke.md").read_text()
+    assert "## least-squares grid search" in md
+    assert "### least-squares grid search" in page.read_text()
+    for row in section["rows"]:
+        assert f"| {row['objective']} | {row['grid']} | {row['n_etas']} |" in md
+
+
+def test_least_squares_sides_agree(smoke):
+    _, _, data = smoke
+    for row in data["least_squares"]["rows"]:
+        assert row["all_finite"], row
+        assert row["max_rel_diff"] < LS_TOL, row
+        assert row["argmin_agrees"] and row["argmin_spectral"] == row["argmin_unroll"], row
