@@ -5,6 +5,11 @@ Float64 is process-global in JAX, so tests scope it with ``jax.enable_x64(True)`
 
 from __future__ import annotations
 
+import os
+
+# One OpenBLAS thread (see benchmarks/__init__.py): set before jax/scipy load it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import HealthCheck, settings
