@@ -38,6 +38,10 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out docs/results/fig1
 	$(PY) -m l2l_jax thm3 --out docs/results/thm3
 	$(PY) -m l2l_jax sweep --out docs/results/sweep
+	$(PY) -m l2l_jax fig2 --out docs/results/fig2
+	$(PY) -m l2l_jax fig3 --out docs/results/fig3
+	$(PY) -m l2l_jax thm5 --out docs/results/thm5
+	$(PY) -m l2l_jax thm6 --out docs/results/thm6
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)

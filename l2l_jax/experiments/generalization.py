@@ -158,10 +158,17 @@ def rmse_panels(plt, settings: list[dict], x_key: str, x_label: str, log_x: bool
             title=f"{kind} RMSE (band: range over test tasks)",
         )
         if log_x:
-            ax.set_xscale("log")
+            log_ticks(ax, x)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def log_ticks(ax, values) -> None:
+    """Log-scaled x axis labelled at ``values`` only (no overlapping minor labels)."""
+    ax.set_xscale("log")
+    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
 
 
 def table(settings: list[dict], x_key: str) -> str:

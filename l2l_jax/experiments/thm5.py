@@ -37,6 +37,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     ax.loglog(ts, tbv_t / ts, "o-", color="C0", label="η*_TbV")
     ax.loglog(ts, tbv_t[0] / ts, ":", color="C0", label="∝ 1/t")
     ax.set(xlabel="unroll length t", ylabel="η*", title=f"Theorem 5 (σ = {cfg.sigma:g})")
+    generalization.log_ticks(ax, ts)
     ax.legend(fontsize=8)
     return generalization.finish("thm5", cfg, out, settings, "t", checks, fig)
 

@@ -33,6 +33,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     ax.loglog(ns_arr, err, "o-", color="C3", label="TbT: E||w_t − w*||²")
     ax.loglog(ns_arr, optimal, "k:", label="d σ² / n")
     ax.set(xlabel="samples n", ylabel="test error", title=f"Theorem 6 (d = {cfg.d})")
+    generalization.log_ticks(ax, ns_arr)
     ax.legend(fontsize=8)
     return generalization.finish("thm6", cfg, out, settings, "n", checks, fig)
 
