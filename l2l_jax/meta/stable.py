@@ -31,8 +31,8 @@ def register(task_type: type, rule: Callable[[object, int], LogLossFn]) -> None:
 def supported() -> str:
     names = ", ".join(f"tasks.{t.__name__}" for t in _RULES)
     return (
-        f"grad='stable' supports inner.gd() on {names}, with the objectives last_loss and "
-        "log_loss (or any objective with a from_log_loss(log_f, steps) method)"
+        f"grad='stable' supports inner.gd() on {names}, with the objectives last_loss, "
+        "log_loss and tbt (or any objective with a from_log_loss(log_f, steps) method)"
     )
 
 
