@@ -1,0 +1,41 @@
+"""Learned optimizers: the per-parameter MLP optimizer of Metz et al. (2019)."""
+
+from l2l_jax.learned.mlp_lopt import (
+    PAPER_DECAYS,
+    PAPER_TIME_SCALES,
+    LearnedInnerOptimizer,
+    LOptConfig,
+    LOptState,
+    MLPLOpt,
+    MLPNet,
+    as_optax,
+    feature_names,
+    features,
+    inner_optimizer,
+    load,
+    save,
+    second_moment_normalize,
+    step_from_output,
+    tensor_features,
+    time_features,
+)
+
+__all__ = [
+    "PAPER_DECAYS",
+    "PAPER_TIME_SCALES",
+    "LOptConfig",
+    "LOptState",
+    "LearnedInnerOptimizer",
+    "MLPLOpt",
+    "MLPNet",
+    "as_optax",
+    "feature_names",
+    "features",
+    "inner_optimizer",
+    "load",
+    "save",
+    "second_moment_normalize",
+    "step_from_output",
+    "tensor_features",
+    "time_features",
+]

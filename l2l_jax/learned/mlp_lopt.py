@@ -1,0 +1,440 @@
+"""The per-parameter MLP learned optimizer of Metz et al. (2019), in Flax NNX.
+
+Metz, Maheswaranathan, Nixon, Freeman and Sohl-Dickstein, "Understanding and correcting
+pathologies in the training of learned optimizers" (ICML 2019), as used by Wang et al.
+(2021, Sec. 5 and Appendix F) for the MNIST experiments (Figures 4-5).
+
+Every coordinate of every parameter tensor is updated by the *same* small MLP applied to
+a feature vector of that coordinate (:func:`features`):
+
+* per-tensor features (``2 + 4 K`` of them, ``K = len(decays)``): the gradient ``g``, the
+  parameter ``p``, the momenta ``m_k = EMA_k(g)``, the RMS ``r_k = sqrt(EMA_k(g^2) + eps)``,
+  the normalized momenta ``m_k / r_k`` and ``1 / r_k``; each is normalized by its root
+  mean square over the tensor (:func:`second_moment_normalize`);
+* step features (``len(time_scales)``): ``tanh(t / tau - 1)`` of the step count ``t``,
+  shared by all coordinates and appended after the normalization.
+
+With the paper's decays ``(0.5, 0.9, 0.99, 0.999, 0.9999)`` and nine time scales this is
+``22 + 9 = 31`` inputs. The MLP (one hidden layer of 32 ReLU units) outputs a direction
+``d`` and a log-magnitude ``m``; the step is ``d * exp(exp_mult * m) * step_mult`` with
+``exp_mult = step_mult = 1e-3``, so the untrained optimizer takes small steps.
+
+The meta-parameters (the MLP's weights) are a plain nested dict of arrays
+(``nnx.split(net)[1]``), and :meth:`MLPLOpt.update` is a pure function of
+them: jit-able and differentiable, usable in meta-training, as an optax transformation
+(:func:`as_optax`) and as an inner optimizer of :func:`l2l_jax.inner.unroll`
+(:func:`inner_optimizer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from l2l_jax.inner.optimizers import InnerOptimizer
+
+Array = jax.Array
+MetaParams = dict[str, Any]
+
+PAPER_DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
+PAPER_TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LOptConfig:
+    """Architecture of the learned optimizer (saved alongside the weights).
+
+    Attributes:
+      hidden_sizes: widths of the ReLU hidden layers (the paper: one layer of 32).
+      decays: EMA decays of the momentum and second-moment accumulators (the paper's five).
+      time_scales: ``tau`` of the step features ``tanh(t / tau - 1)``.
+      exp_mult: scale of the log-magnitude output (the paper's code: ``1e-3``).
+      step_mult: scale of the step (the paper's code: ``1e-3``).
+      norm_eps: ``eps`` of the tensor normalization ``x / sqrt(eps + mean(x^2))``.
+      rms_eps: ``eps`` of the RMS features ``r_k = sqrt(EMA_k(g^2) + rms_eps)``.
+      first_order: stop gradients through the inner gradients fed to the MLP (no second
+        derivatives in meta-gradients, as in the paper's settings); ``False`` keeps them.
+    """
+
+    hidden_sizes: tuple[int, ...] = (32,)
+    decays: tuple[float, ...] = PAPER_DECAYS
+    time_scales: tuple[float, ...] = PAPER_TIME_SCALES
+    exp_mult: float = 1e-3
+    step_mult: float = 1e-3
+    norm_eps: float = 1e-5
+    rms_eps: float = 1e-8
+    first_order: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        object.__setattr__(self, "decays", tuple(float(d) for d in self.decays))
+        object.__setattr__(self, "time_scales", tuple(float(t) for t in self.time_scales))
+        if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
+            raise ValueError(f"decays must be non-empty and in [0, 1), got {self.decays}.")
+        if any(h <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}.")
+        if any(t <= 0 for t in self.time_scales):
+            raise ValueError(f"time_scales must be positive, got {self.time_scales}.")
+        for name in ("exp_mult", "step_mult", "norm_eps", "rms_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+
+    @property
+    def num_tensor_features(self) -> int:
+        """``2 + 4 K``: g, p and four features per decay."""
+        return 2 + 4 * len(self.decays)
+
+    @property
+    def num_features(self) -> int:
+        """MLP input width: tensor features plus step features (31 for the paper)."""
+        return self.num_tensor_features + len(self.time_scales)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form (lists for tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LOptConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown LOptConfig fields {sorted(unknown)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def feature_names(config: LOptConfig) -> tuple[str, ...]:
+    """Names of the MLP inputs in order (the documented feature list)."""
+    names = ["grad", "param"]
+    for kind in ("momentum", "rms", "momentum/rms", "1/rms"):
+        names += [f"{kind}[{d:g}]" for d in config.decays]
+    names += [f"tanh(t/{t:g}-1)" for t in config.time_scales]
+    return tuple(names)
+
+
+class MLPNet(nnx.Module):
+    """The per-coordinate MLP: ``num_features`` inputs -> ReLU hidden layers -> 2 outputs."""
+
+    def __init__(self, config: LOptConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.config = config
+        sizes = (config.num_features, *config.hidden_sizes)
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+            setattr(
+                self, f"hidden_{i}", nnx.Linear(n_in, n_out, rngs=rngs, param_dtype=param_dtype)
+            )
+        self.out = nnx.Linear(sizes[-1], 2, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        """``(..., num_features) -> (..., 2)``: direction and log-magnitude."""
+        for i in range(len(self.config.hidden_sizes)):
+            x = jax.nn.relu(getattr(self, f"hidden_{i}")(x))
+        return self.out(x)
+
+
+@chex.dataclass(frozen=True)
+class LOptState:
+    """Accumulators of the learned optimizer (a pytree).
+
+    Attributes:
+      momentum: like ``params`` with a trailing axis of size ``K``: ``EMA_k(g)``.
+      second_moment: same shape: ``EMA_k(g^2)`` (gradients clipped, see :func:`accumulate`).
+      count: number of updates taken so far (int32 scalar).
+    """
+
+    momentum: chex.ArrayTree
+    second_moment: chex.ArrayTree
+    count: Array
+
+
+def second_moment_normalize(x: Array, axis: Sequence[int], eps: float) -> Array:
+    """``x / sqrt(eps + mean(x^2))``, the mean over ``axis`` (Metz et al. 2019).
+
+    Computed as ``(x/s) / sqrt(eps/s^2 + mean((x/s)^2))`` with ``s = max|x|`` (a constant
+    for differentiation: the result does not depend on it), so no square over- or
+    underflows: a huge tensor (``1e30``) is normalized to RMS ~1, a tensor far below
+    ``sqrt(eps)`` (``1e-30``) maps to ~``x / sqrt(eps)``, or to at most ``2 / sqrt(max
+    float)`` (float32: ~1e-19) where ``eps / s^2`` would overflow: numerically 0. Zeros
+    stay 0.
+    """
+    axis = tuple(axis)
+    s = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+    s = jnp.where(s > 0, s, jnp.ones_like(s))
+    xs = x / s
+    big = float(jnp.finfo(xs.dtype).max) / 4  # eps / s^2 is inf when s^2 underflows
+    ratio = jnp.minimum(eps / jnp.square(s), big)
+    return xs * jax.lax.rsqrt(ratio + jnp.mean(jnp.square(xs), axis=axis, keepdims=True))
+
+
+def accumulate(
+    momentum: Array, second_moment: Array, grad: Array, decays: Array
+) -> tuple[Array, Array]:
+    """One EMA step of the momentum and second-moment accumulators (trailing axis: decays).
+
+    ``m_k <- b_k m_k + (1 - b_k) g`` and ``v_k <- b_k v_k + (1 - b_k) g_c^2`` with ``g``
+    clipped to ``|g_c| <= sqrt(max float) / 2`` so ``v_k`` stays finite (float32: ~9e18).
+    """
+    limit = math.sqrt(float(jnp.finfo(grad.dtype).max)) / 2
+    g = grad[..., None]
+    g_c = jnp.clip(g, -limit, limit)
+    momentum = decays * momentum + (1 - decays) * g
+    second_moment = decays * second_moment + (1 - decays) * jnp.square(g_c)
+    return momentum, second_moment
+
+
+def time_features(count: Array, time_scales: Sequence[float], dtype) -> Array:
+    """``tanh(t / tau - 1)`` for each time scale ``tau`` (the training-step embedding)."""
+    t = jnp.asarray(count, dtype)
+    return jnp.tanh(t / jnp.asarray(time_scales, dtype) - 1)
+
+
+def tensor_features(
+    grad: Array, param: Array, momentum: Array, second_moment: Array, config: LOptConfig
+) -> Array:
+    """The ``2 + 4K`` per-coordinate features of one tensor, normalized over the tensor.
+
+    Order: ``g, p, m_1..m_K, r_1..r_K, (m/r)_1..(m/r)_K, (1/r)_1..(1/r)_K`` with
+    ``r_k = sqrt(v_k + rms_eps)``; each column divided by its RMS over the tensor.
+    """
+    rms = jnp.sqrt(second_moment + config.rms_eps)
+    stacked = jnp.concatenate(
+        [grad[..., None], param[..., None], momentum, rms, momentum / rms, 1 / rms], axis=-1
+    )
+    return second_moment_normalize(stacked, range(grad.ndim), config.norm_eps)
+
+
+def features(
+    grad: Array,
+    param: Array,
+    momentum: Array,
+    second_moment: Array,
+    count: Array,
+    config: LOptConfig,
+) -> Array:
+    """All ``num_features`` MLP inputs of one tensor: shape ``param.shape + (F,)``."""
+    per_tensor = tensor_features(grad, param, momentum, second_moment, config)
+    steps = time_features(count, config.time_scales, per_tensor.dtype)
+    steps = jnp.broadcast_to(steps, (*param.shape, steps.shape[0]))
+    return jnp.concatenate([per_tensor, steps], axis=-1)
+
+
+def step_from_output(output: Array, config: LOptConfig) -> Array:
+    """``d * exp(exp_mult * m) * step_mult`` from the MLP output ``(..., [d, m])``."""
+    direction, magnitude = output[..., 0], output[..., 1]
+    return direction * jnp.exp(config.exp_mult * magnitude) * config.step_mult
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPLOpt:
+    """The learned optimizer: an architecture (:class:`LOptConfig`) and pure functions.
+
+    Meta-parameters are not stored here: they are the first argument of :meth:`update`.
+
+    Example::
+
+        lopt = MLPLOpt()
+        meta_params = lopt.init_meta_params(jax.random.key(0))
+        state = lopt.init(params)
+        updates, state = lopt.update(meta_params, grads, state, params)
+        params = optax.apply_updates(params, updates)
+    """
+
+    config: LOptConfig = dataclasses.field(default_factory=LOptConfig)
+
+    def net(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MLPNet:
+        """A freshly initialized :class:`MLPNet` (Flax default init, zero biases)."""
+        return MLPNet(self.config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
+
+    def init_meta_params(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MetaParams:
+        """Initial meta-parameters: ``nnx.split(net)[1]`` as a plain nested dict."""
+        return nnx.to_pure_dict(nnx.split(self.net(key, param_dtype))[1])
+
+    @functools.cached_property
+    def graphdef(self) -> nnx.GraphDef:
+        """The static structure of :class:`MLPNet` (no arrays allocated)."""
+        abstract = nnx.eval_shape(lambda: self.net(jax.random.key(0)))
+        return nnx.split(abstract)[0]
+
+    @functools.cached_property
+    def meta_params_shapes(self) -> MetaParams:
+        """``jax.ShapeDtypeStruct`` tree of the meta-parameters (float32)."""
+        return jax.eval_shape(self.init_meta_params, jax.random.key(0))
+
+    def apply(self, meta_params: MetaParams, inputs: Array) -> Array:
+        """The MLP with weights ``meta_params`` on ``(..., num_features)`` inputs."""
+        return nnx.merge(self.graphdef, meta_params)(inputs)
+
+    def init(self, params: chex.ArrayTree) -> LOptState:
+        """Zero accumulators for ``params`` (same dtypes), ``count = 0``."""
+        k = len(self.config.decays)
+        zeros = lambda p: jnp.zeros((*jnp.shape(p), k), jnp.result_type(p))
+        return LOptState(
+            momentum=jax.tree.map(zeros, params),
+            second_moment=jax.tree.map(zeros, params),
+            count=jnp.zeros((), jnp.int32),
+        )
+
+    def update(
+        self,
+        meta_params: MetaParams,
+        grads: chex.ArrayTree,
+        state: LOptState,
+        params: chex.ArrayTree,
+    ) -> tuple[chex.ArrayTree, LOptState]:
+        """One step: ``(updates, new_state)`` with ``updates = -step`` (optax convention).
+
+        Pure and jit-able; differentiable in ``meta_params`` (and in ``grads``/``params``
+        unless ``config.first_order``). The accumulators are updated first and the
+        features use the new ones (so the first step already sees ``m_k = (1-b_k) g``).
+        """
+        chex.assert_trees_all_equal_shapes(grads, params)
+        chex.assert_trees_all_equal_structs(state.momentum, params)
+        cfg = self.config
+        if cfg.first_order:
+            grads = jax.lax.stop_gradient(grads)
+        net = nnx.merge(self.graphdef, meta_params)
+
+        def one_tensor(g, p, m, v):
+            g = jnp.asarray(g, jnp.result_type(p))
+            decays = jnp.asarray(cfg.decays, m.dtype)
+            m, v = accumulate(m, v, g, decays)
+            step = step_from_output(net(features(g, p, m, v, state.count, cfg)), cfg)
+            return (-step).astype(jnp.result_type(p)), m, v
+
+        out = jax.tree.map(one_tensor, grads, params, state.momentum, state.second_moment)
+        treedef = jax.tree.structure(params)
+        updates, momentum, second_moment = (
+            jax.tree.unflatten(treedef, [leaf[i] for leaf in treedef.flatten_up_to(out)])
+            for i in range(3)
+        )
+        new_state = LOptState(momentum=momentum, second_moment=second_moment, count=state.count + 1)
+        return updates, new_state
+
+
+def as_optax(lopt: MLPLOpt, meta_params: MetaParams) -> optax.GradientTransformation:
+    """The learned optimizer with fixed ``meta_params`` as an optax transformation.
+
+    ``tx.update(grads, state, params)`` requires ``params`` (a feature of the MLP).
+    """
+    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
+
+    def init_fn(params):
+        return lopt.init(params)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                "the learned optimizer needs the parameters: call tx.update(grads, state, params)."
+            )
+        return lopt.update(meta_params, updates, state, params)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedInnerOptimizer(InnerOptimizer):
+    """An :class:`~l2l_jax.inner.InnerOptimizer` whose hyperparameters are meta-parameters.
+
+    ``unroll(task, inner_optimizer(lopt), meta_params, steps)`` runs the learned optimizer;
+    ``meta.meta_objective(..., grad="autodiff")`` differentiates through it.
+    """
+
+    lopt: MLPLOpt | None = None
+
+    def hparams(self, meta_params: MetaParams | None = None, **values: Any) -> MetaParams:
+        """The hyperparameters are the meta-parameters themselves (no defaults)."""
+        if meta_params is None or values:
+            raise ValueError("pass the learned optimizer's meta-parameters: hparams(meta_params).")
+        return meta_params
+
+    def as_dict(self, hparams: MetaParams) -> dict[str, MetaParams]:
+        """Check that ``hparams`` has the meta-parameters' structure and shapes."""
+        try:
+            chex.assert_trees_all_equal_shapes(hparams, self.lopt.meta_params_shapes)
+        except (AssertionError, ValueError) as err:
+            raise TypeError(
+                f"{self.name} takes its meta-parameters (lopt.init_meta_params(key)) as "
+                f"hyperparameters: {err}"
+            ) from None
+        return {"meta_params": hparams}
+
+    def init(self, params, hparams: MetaParams) -> LOptState:
+        """Accumulators for ``params`` (the meta-parameters are not needed)."""
+        return self.lopt.init(params)
+
+    def update(self, grads, state, params, hparams: MetaParams):
+        """One step: ``(new_params, new_state)``."""
+        updates, state = self.lopt.update(hparams, grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+
+def inner_optimizer(lopt: MLPLOpt, batch_size: int | None = None) -> LearnedInnerOptimizer:
+    """``lopt`` as an inner optimizer of :func:`l2l_jax.inner.unroll` (hparams = meta-params)."""
+    return LearnedInnerOptimizer(
+        name="mlp_lopt",
+        hparam_names=("meta_params",),
+        transform=optax.identity(),
+        batch_size=batch_size,
+        lopt=lopt,
+    )
+
+
+_PARAMS, _CONFIG = "meta_params", "config"
+
+
+def save(path: str | Path, lopt: MLPLOpt | MLPNet, meta_params: MetaParams | None = None) -> Path:
+    """Save meta-parameters and the architecture with orbax (atomic; the directory is new).
+
+    ``save(path, lopt, meta_params)`` or ``save(path, net)`` for an :class:`MLPNet`.
+    The checkpoint holds two items: ``meta_params`` (a pytree) and ``config`` (JSON).
+    """
+    import orbax.checkpoint as ocp
+
+    if isinstance(lopt, MLPNet):
+        if meta_params is not None:
+            raise ValueError("save(path, net) takes the weights from the module.")
+        lopt, meta_params = MLPLOpt(lopt.config), nnx.to_pure_dict(nnx.split(lopt)[1])
+    if not isinstance(lopt, MLPLOpt) or meta_params is None:
+        raise TypeError("call save(path, lopt, meta_params) or save(path, net).")
+    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
+    path = Path(path).absolute()
+    meta_params = jax.tree.map(np.asarray, meta_params)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(
+            path,
+            args=ocp.args.Composite(
+                **{
+                    _PARAMS: ocp.args.StandardSave(meta_params),
+                    _CONFIG: ocp.args.JsonSave(lopt.config.to_dict()),
+                }
+            ),
+        )
+    return path
+
+
+def load(path: str | Path) -> tuple[MLPLOpt, MetaParams]:
+    """``(lopt, meta_params)`` from a checkpoint written by :func:`save`."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"no learned-optimizer checkpoint at {path}.")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        config = ckptr.restore(path, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
+        lopt = MLPLOpt(LOptConfig.from_dict(config[_CONFIG]))
+        restored = ckptr.restore(
+            path, args=ocp.args.Composite(**{_PARAMS: ocp.args.StandardRestore()})
+        )
+    meta_params = jax.tree.map(jnp.asarray, restored[_PARAMS])
+    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
+    return lopt, meta_params

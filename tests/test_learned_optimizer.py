@@ -1,0 +1,322 @@
+"""The MLP learned optimizer (Metz et al. 2019; Wang et al. 2021, Sec. 5).
+
+Features and MLP against a NumPy re-implementation, small initial steps, extreme
+gradients, meta-gradients through an unroll vs finite differences, the optax example of
+docs/learned_optimizer.md, and the orbax save/load roundtrip.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from l2l_jax import inner, learned, meta, objectives, tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = learned.LOptConfig(hidden_sizes=(6, 5), decays=(0.5, 0.99), time_scales=(1.0, 10.0))
+_features = jax.jit(learned.features, static_argnums=5)
+
+
+def _params(dtype, key=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
+    return {
+        "w": jax.random.normal(k1, (3, 4), dtype),
+        "b": jax.random.normal(k2, (5,), dtype),
+        "s": jax.random.normal(k3, (), dtype),
+    }
+
+
+def _random_meta_params(lopt, seed, dtype, scale=1.0):
+    """A fixed weight set drawn with NumPy (non-zero biases, so every term is tested)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda s: jnp.asarray(scale * rng.normal(size=s.shape), dtype), lopt.meta_params_shapes
+    )
+
+
+# ----------------------------------------------------------------- NumPy re-implementation
+
+
+def _np_normalize(x, eps):
+    axes = tuple(range(x.ndim - 1))
+    return x / np.sqrt(eps + np.mean(x**2, axis=axes, keepdims=True))
+
+
+def _np_mlp(meta_params, cfg, x):
+    for i in range(len(cfg.hidden_sizes)):
+        layer = meta_params[f"hidden_{i}"]
+        x = np.maximum(x @ np.asarray(layer["kernel"]) + np.asarray(layer["bias"]), 0.0)
+    return x @ np.asarray(meta_params["out"]["kernel"]) + np.asarray(meta_params["out"]["bias"])
+
+
+def _np_step(meta_params, cfg, g, p, m, v, t):
+    """One update of one tensor, written from the documented feature list."""
+    b = np.asarray(cfg.decays)
+    m = b * m + (1 - b) * g[..., None]
+    v = b * v + (1 - b) * g[..., None] ** 2
+    r = np.sqrt(v + cfg.rms_eps)
+    x = np.concatenate([g[..., None], p[..., None], m, r, m / r, 1 / r], axis=-1)
+    x = _np_normalize(x, cfg.norm_eps)
+    tf = np.tanh(t / np.asarray(cfg.time_scales) - 1)
+    x = np.concatenate([x, np.broadcast_to(tf, (*p.shape, tf.size))], axis=-1)
+    out = _np_mlp(meta_params, cfg, x)
+    step = out[..., 0] * np.exp(cfg.exp_mult * out[..., 1]) * cfg.step_mult
+    return -step, m, v, x, out
+
+
+def test_paper_architecture_has_31_features():
+    cfg = learned.LOptConfig()
+    names = learned.feature_names(cfg)
+    assert cfg.num_features == len(names) == 31
+    assert names[:3] == ("grad", "param", "momentum[0.5]") and names[-1] == "tanh(t/10000-1)"
+    shapes = learned.MLPLOpt(cfg).meta_params_shapes
+    assert shapes["hidden_0"]["kernel"].shape == (31, 32)
+    assert shapes["out"]["kernel"].shape == (32, 2)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, learned.LOptConfig()], ids=["small", "paper"])
+def test_features_and_updates_match_numpy(cfg):
+    with jax.enable_x64(True):
+        lopt = learned.MLPLOpt(cfg)
+        meta_params = _random_meta_params(lopt, 0, jnp.float64)
+        params = _params(jnp.float64)
+        state = lopt.init(params)
+        update = jax.jit(lopt.update)
+        np_state = {k: (np.zeros((*np.shape(p), len(cfg.decays))),) * 2 for k, p in params.items()}
+        for t in range(3):
+            grads = _params(jnp.float64, key=10 + t)
+            updates, new_state = update(meta_params, grads, state, params)
+            for k in params:
+                g, p = np.asarray(grads[k]), np.asarray(params[k])
+                step, m, v, x, out = _np_step(meta_params, cfg, g, p, *np_state[k], t)
+                feats = _features(
+                    grads[k],
+                    params[k],
+                    new_state.momentum[k],
+                    new_state.second_moment[k],
+                    state.count,
+                    cfg,
+                )
+                np.testing.assert_allclose(feats, x, rtol=1e-10, atol=1e-14)
+                np.testing.assert_allclose(jax.jit(lopt.apply)(meta_params, feats), out, rtol=1e-10)
+                np.testing.assert_allclose(updates[k], step, rtol=1e-10, atol=1e-16)
+                np.testing.assert_allclose(new_state.momentum[k], m, rtol=1e-12)
+                np.testing.assert_allclose(new_state.second_moment[k], v, rtol=1e-12)
+                np_state[k] = (m, v)
+            assert int(new_state.count) == t + 1
+            params = optax.apply_updates(params, updates)
+            state = new_state
+
+
+def test_initial_steps_are_small():
+    lopt = learned.MLPLOpt()
+    cfg = lopt.config
+    meta_params = lopt.init_meta_params(jax.random.key(0))
+    params = {"w": jax.random.normal(jax.random.key(1), (40, 30)), "b": jnp.zeros(30)}
+    state = lopt.init(params)
+    update = jax.jit(lopt.update)
+    for t in range(3):
+        keys = dict(zip(params, jax.random.split(jax.random.key(t), len(params)), strict=True))
+        grads = {k: jax.random.normal(keys[k], p.shape) for k, p in params.items()}
+        updates, new_state = update(meta_params, grads, state, params)
+        for k in params:
+            feats = _features(
+                grads[k],
+                params[k],
+                new_state.momentum[k],
+                new_state.second_moment[k],
+                state.count,
+                cfg,
+            )
+            d, m = jnp.moveaxis(jax.jit(lopt.apply)(meta_params, feats), -1, 0)
+            bound = cfg.step_mult * jnp.abs(d) * jnp.exp(cfg.exp_mult * m)
+            np.testing.assert_allclose(jnp.abs(updates[k]), bound, rtol=1e-5, atol=1e-10)
+            # d and m are O(1) at initialization: steps of order step_mult.
+            assert float(jnp.max(jnp.abs(updates[k]))) < 20 * cfg.step_mult
+            assert float(jnp.mean(jnp.abs(updates[k]))) < 3 * cfg.step_mult
+        params, state = optax.apply_updates(params, updates), new_state
+
+
+def test_normalization_of_huge_tiny_and_zero_tensors():
+    x = jnp.asarray([[1.0], [-2.0], [3.0]])
+    unit = learned.second_moment_normalize(x, (0,), 1e-5)
+    assert float(jnp.sqrt(jnp.mean(unit**2))) == pytest.approx(1.0, rel=1e-5)
+    huge = learned.second_moment_normalize(1e30 * x, (0,), 1e-5)  # float32: x^2 overflows
+    np.testing.assert_allclose(huge, x / jnp.sqrt(jnp.mean(x**2)), rtol=1e-6)
+    tiny = learned.second_moment_normalize(1e-30 * x, (0,), 1e-5)  # ~ x / sqrt(eps)
+    assert bool(jnp.all(jnp.isfinite(tiny))) and float(jnp.max(jnp.abs(tiny))) < 1e-18
+    zero = learned.second_moment_normalize(0 * x, (0,), 1e-5)
+    assert bool(jnp.all(zero == 0))
+    for scale in (1e30, 1e-30, 0.0):
+        g = jax.grad(lambda z: jnp.sum(learned.second_moment_normalize(z, (0,), 1e-5) ** 3))(
+            scale * x
+        )
+        assert bool(jnp.all(jnp.isfinite(g)))
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30, 0.0])
+def test_extreme_gradients_give_finite_steps_and_meta_gradients(scale):
+    lopt = learned.MLPLOpt()
+    meta_params = lopt.init_meta_params(jax.random.key(0))
+    params = _params(jnp.float32)
+    grads = jax.tree.map(lambda p: scale * jnp.sign(p + 0.1) * (1 + jnp.abs(p)), params)
+
+    def total(mp, state):
+        updates, new_state = lopt.update(mp, grads, state, params)
+        return sum(jnp.sum(u) for u in jax.tree.leaves(updates)), (updates, new_state)
+
+    state = lopt.init(params)
+    value_and_grad = jax.jit(jax.value_and_grad(total, has_aux=True))
+    for _ in range(3):  # accumulators with history, as well as the first step
+        (_, (updates, state)), meta_grad = value_and_grad(meta_params, state)
+        for tree in (updates, state, meta_grad):
+            assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree))
+        assert max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates)) < 0.02
+    feats = _features(
+        grads["w"], params["w"], state.momentum["w"], state.second_moment["w"], 2, lopt.config
+    )
+    g_feature, inv_rms = feats[..., 0], feats[..., 17:22]
+    if scale == 1e30:  # normalized like any gradient
+        assert float(jnp.sqrt(jnp.mean(g_feature**2))) == pytest.approx(1.0, rel=1e-4)
+    else:  # below sqrt(norm_eps): reads as (numerically) zero
+        assert float(jnp.max(jnp.abs(g_feature))) < 1e-18
+        np.testing.assert_allclose(inv_rms, 1.0, rtol=1e-4)  # constant 1/rms -> 1
+
+
+def _quadratic(dtype):
+    return tasks.Quadratic.random(jax.random.key(3), dim=6, scale=0.5).astype(dtype)
+
+
+def test_meta_gradient_of_unrolled_loss_matches_finite_differences():
+    steps = 20
+    with jax.enable_x64(True):
+        task = _quadratic(jnp.float64)
+        cfg = learned.LOptConfig(step_mult=0.05)  # visible progress in 20 steps
+        lopt = learned.MLPLOpt(cfg)
+        meta_params = _random_meta_params(lopt, 1, jnp.float64, scale=0.3)
+
+        def loss(mp):
+            def step(carry, _):
+                w, s = carry
+                g = jax.grad(task.loss)(w)
+                updates, s = lopt.update(mp, g, s, w)
+                return (optax.apply_updates(w, updates), s), None
+
+            w0 = task.init_params()
+            (w, _), _ = jax.lax.scan(step, (w0, lopt.init(w0)), None, length=steps)
+            return jnp.log(task.loss(w))
+
+        value, grad = jax.jit(jax.value_and_grad(loss))(meta_params)
+        loss = jax.jit(loss)
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+        initial = float(jnp.log(task.loss(task.init_params())))
+        assert abs(float(value) - initial) > 1e-2  # the meta-parameters matter
+        h = 1e-6
+        for path in (
+            ("out", "kernel", (3, 0)),
+            ("out", "bias", (1,)),
+            ("hidden_0", "kernel", (0, 5)),
+            ("hidden_0", "bias", (7,)),
+        ):
+            layer, name, idx = path
+
+            def shifted(delta, layer=layer, name=name, idx=idx):
+                new = jax.tree.map(lambda a: a, meta_params)
+                new[layer] = dict(new[layer])
+                new[layer][name] = meta_params[layer][name].at[idx].add(delta)
+                return float(loss(new))
+
+            fd = (shifted(h) - shifted(-h)) / (2 * h)
+            analytic = float(grad[layer][name][idx])
+            assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-10), path
+
+        # The inner-optimizer adapter runs the same unroll, and meta_objective accepts it.
+        opt = learned.inner_optimizer(lopt)
+        result = inner.unroll(task, opt, meta_params, steps)
+        assert float(jnp.log(result.final_loss)) == pytest.approx(float(value), rel=1e-12)
+        F = meta.meta_objective(task, opt, objectives.log_loss(), steps=steps)
+        g2 = jax.grad(F)(meta_params)
+        np.testing.assert_allclose(g2["out"]["kernel"], grad["out"]["kernel"] / steps, rtol=1e-8)
+
+
+def test_inner_optimizer_rejects_wrong_hyperparameters():
+    lopt = learned.MLPLOpt(SMALL)
+    task = _quadratic(jnp.float32)
+    F = meta.meta_objective(task, learned.inner_optimizer(lopt), objectives.log_loss(), steps=3)
+    with pytest.raises(TypeError, match="meta-parameters"):
+        F(jnp.asarray(0.1))
+
+
+def test_hand_built_descent_meta_params_reduce_the_loss():
+    """Sign convention: d = c * (normalized gradient) must descend (updates = -step)."""
+    lopt = learned.MLPLOpt(learned.LOptConfig(step_mult=0.02))
+    mp = jax.tree.map(jnp.zeros_like, lopt.init_meta_params(jax.random.key(0)))
+    kernel = mp["hidden_0"]["kernel"].at[0, 0].set(1.0).at[0, 1].set(-1.0)  # relu(+-g)
+    mp["hidden_0"]["kernel"] = kernel
+    mp["out"]["kernel"] = mp["out"]["kernel"].at[0, 0].set(1.0).at[1, 0].set(-1.0)
+    task = _quadratic(jnp.float32)
+    losses = inner.unroll(task, learned.inner_optimizer(lopt), mp, 30).losses
+    assert bool(jnp.all(jnp.diff(losses[:15]) < 0)) and float(losses[-1]) < 0.01 * float(losses[0])
+
+
+_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def test_docs_optax_example_trains_a_flax_model():
+    doc = ROOT / "docs" / "learned_optimizer.md"
+    blocks = _BLOCK.findall(doc.read_text())
+    assert len(blocks) == 1 and len(blocks[0].strip().splitlines()) <= 17
+    namespace: dict = {"__name__": "docs_example_learned_optimizer"}
+    exec(compile(blocks[0], f"{doc.name} [python block]", "exec"), namespace)
+    losses = namespace["losses"]
+    assert len(losses) == 20 and np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert int(namespace["optimizer"].opt_state.count[...]) == 20
+
+
+def test_as_optax_requires_params():
+    lopt = learned.MLPLOpt(SMALL)
+    tx = learned.as_optax(lopt, lopt.init_meta_params(jax.random.key(0)))
+    params = _params(jnp.float32)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, tx.init(params))
+
+
+def test_save_load_roundtrip(tmp_path):
+    cfg = learned.LOptConfig(hidden_sizes=(8, 4), decays=(0.9,), time_scales=(5.0,), step_mult=0.01)
+    lopt = learned.MLPLOpt(cfg)
+    meta_params = _random_meta_params(lopt, 2, jnp.float32)
+    path = learned.save(tmp_path / "lopt", lopt, meta_params)
+    loaded, loaded_params = learned.load(path)
+    assert loaded == lopt and loaded.config == cfg
+    chex_equal = jax.tree.map(
+        lambda a, b: a.dtype == b.dtype and bool(jnp.all(a == b)), meta_params, loaded_params
+    )
+    assert all(jax.tree.leaves(chex_equal))
+    params, grads = _params(jnp.float32), _params(jnp.float32, key=5)
+    u1, s1 = lopt.update(meta_params, grads, lopt.init(params), params)
+    u2, s2 = loaded.update(loaded_params, grads, loaded.init(params), params)
+    for a, b in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u2, s2)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # From the module itself; an existing or missing path is an error.
+    net = lopt.net(jax.random.key(4))
+    _, from_net = learned.load(learned.save(tmp_path / "net", net))
+    assert all(
+        jax.tree.leaves(
+            jax.tree.map(
+                lambda a, b: bool(jnp.all(a == b)),
+                from_net,
+                lopt.init_meta_params(jax.random.key(4)),
+            )
+        )
+    )
+    with pytest.raises(FileNotFoundError):
+        learned.load(tmp_path / "missing")
+    with pytest.raises(ValueError):
+        learned.save(path, lopt, meta_params)
