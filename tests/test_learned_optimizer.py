@@ -120,7 +120,7 @@ def test_initial_steps_are_small():
     meta_params = lopt.init_meta_params(jax.random.key(0))
     params = {"w": jax.random.normal(jax.random.key(1), (40, 30)), "b": jnp.zeros(30)}
     state = lopt.init(params)
-    update = jax.jit(lopt.update)
+    update, apply = jax.jit(lopt.update), jax.jit(lopt.apply)
     for t in range(3):
         keys = dict(zip(params, jax.random.split(jax.random.key(t), len(params)), strict=True))
         grads = {k: jax.random.normal(keys[k], p.shape) for k, p in params.items()}
@@ -134,7 +134,7 @@ def test_initial_steps_are_small():
                 state.count,
                 cfg,
             )
-            d, m = jnp.moveaxis(jax.jit(lopt.apply)(meta_params, feats), -1, 0)
+            d, m = jnp.moveaxis(apply(meta_params, feats), -1, 0)
             bound = cfg.step_mult * jnp.abs(d) * jnp.exp(cfg.exp_mult * m)
             np.testing.assert_allclose(jnp.abs(updates[k]), bound, rtol=1e-5, atol=1e-10)
             # d and m are O(1) at initialization: steps of order step_mult.
@@ -300,8 +300,8 @@ def test_save_load_roundtrip(tmp_path):
     )
     assert all(jax.tree.leaves(chex_equal))
     params, grads = _params(jnp.float32), _params(jnp.float32, key=5)
-    u1, s1 = lopt.update(meta_params, grads, lopt.init(params), params)
-    u2, s2 = loaded.update(loaded_params, grads, loaded.init(params), params)
+    u1, s1 = jax.jit(lopt.update)(meta_params, grads, lopt.init(params), params)
+    u2, s2 = jax.jit(loaded.update)(loaded_params, grads, loaded.init(params), params)
     for a, b in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u2, s2)), strict=True):
         np.testing.assert_array_equal(a, b)
     # From the module itself; an existing or missing path is an error.

@@ -259,16 +259,15 @@ class MLPLOpt:
         """Initial meta-parameters: ``nnx.split(net)[1]`` as a plain nested dict."""
         return nnx.to_pure_dict(nnx.split(self.net(key, param_dtype))[1])
 
-    @functools.cached_property
+    @property
     def graphdef(self) -> nnx.GraphDef:
-        """The static structure of :class:`MLPNet` (no arrays allocated)."""
-        abstract = nnx.eval_shape(lambda: self.net(jax.random.key(0)))
-        return nnx.split(abstract)[0]
+        """The static structure of :class:`MLPNet` (no arrays allocated; cached per config)."""
+        return _graphdef(self.config)
 
-    @functools.cached_property
+    @property
     def meta_params_shapes(self) -> MetaParams:
-        """``jax.ShapeDtypeStruct`` tree of the meta-parameters (float32)."""
-        return jax.eval_shape(self.init_meta_params, jax.random.key(0))
+        """``jax.ShapeDtypeStruct`` tree of the meta-parameters (float32; cached per config)."""
+        return _meta_params_shapes(self.config)
 
     def apply(self, meta_params: MetaParams, inputs: Array) -> Array:
         """The MLP with weights ``meta_params`` on ``(..., num_features)`` inputs."""
@@ -319,6 +318,17 @@ class MLPLOpt:
         )
         new_state = LOptState(momentum=momentum, second_moment=second_moment, count=state.count + 1)
         return updates, new_state
+
+
+@functools.lru_cache(maxsize=64)
+def _graphdef(config: LOptConfig) -> nnx.GraphDef:
+    abstract = nnx.eval_shape(lambda: MLPNet(config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_params_shapes(config: LOptConfig) -> MetaParams:
+    return jax.eval_shape(MLPLOpt(config).init_meta_params, jax.random.key(0))
 
 
 def as_optax(lopt: MLPLOpt, meta_params: MetaParams) -> optax.GradientTransformation:
