@@ -29,24 +29,21 @@ Per-task-per-eta costs are reported for both sides.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import statistics
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from configs import fig2
 from l2l_jax import inner, objectives, spectral_ls
 from l2l_jax.experiments.generalization import eta_grid
 from l2l_jax.tasks import LeastSquares
 
 OBJECTIVES = ("tbt", "tbv")
-# A sample of a fast call averages back-to-back calls lasting at least this long.
-MIN_SAMPLE_S = 1e-2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,68 +90,6 @@ def blas_threads() -> str | None:
 # -- timing -----------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Timed:
-    """One compiled function, its arguments, compile time and timing samples."""
-
-    name: str
-    fn: Any
-    args: tuple
-    compile_s: float
-    call_s: float = 0.0
-    out: Any = None
-    times: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def calls_per_sample(self) -> int:
-        return max(1, min(1000, math.ceil(MIN_SAMPLE_S / max(self.call_s, 1e-9))))
-
-    def sample(self) -> float:
-        n = self.calls_per_sample
-        start = time.perf_counter()
-        for _ in range(n):
-            self.out = jax.block_until_ready(self.fn(*self.args))
-        return (time.perf_counter() - start) / n
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "compile_s": self.compile_s,
-            "run_ms_median": 1e3 * statistics.median(self.times),
-            "run_ms_min": 1e3 * min(self.times),
-            "repeats": len(self.times),
-            "calls_per_sample": self.calls_per_sample,
-        }
-
-
-def _compile(name: str, fn: Any, *args: Any) -> _Timed:
-    """``jax.jit(fn).lower(*args).compile()``, timed; one warm-up call, one timed call."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    timed = _Timed(name, compiled, args, time.perf_counter() - start)
-    timed.out = jax.block_until_ready(compiled(*args))  # warm-up
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    timed.call_s = time.perf_counter() - start
-    return timed
-
-
-def _time_interleaved(cells: list[_Timed], repeats: int, budget_s: float, bar: Any) -> None:
-    """Rounds of one sample per function (shuffled order); slow ones take fewer rounds."""
-    counts = [
-        max(1, min(repeats, int(budget_s // max(c.call_s * c.calls_per_sample, 1e-9))))
-        for c in cells
-    ]
-    rng = np.random.default_rng(0)
-    if bar is not None:
-        bar.reset(total=max(counts))
-    for round_ in range(max(counts)):
-        for i in rng.permutation(len(cells)):
-            if round_ < counts[i]:
-                cells[i].times.append(cells[i].sample())
-        if bar is not None:
-            bar.update()
-
-
 # -- the two sides ----------------------------------------------------------------------
 
 
@@ -198,7 +133,7 @@ def measure(preset: LSPreset, progress: bool = True) -> dict[str, Any]:
     sizes = {"tbt": (preset.n, 0), "tbv": (n1, preset.n - n1)}
     keys = dict(zip(OBJECTIVES, jax.random.split(jax.random.key(preset.seed)), strict=True))
 
-    cells: list[_Timed] = []
+    cells: list[timing.Timed] = []
     plan = []  # (objective, grid, decompose cell, spectral cell, unroll cell, subset values)
     bar = tqdm(desc="least-squares grid search", disable=not progress, leave=False)
     for objective in OBJECTIVES:
@@ -206,15 +141,19 @@ def measure(preset: LSPreset, progress: bool = True) -> dict[str, Any]:
         batch = LeastSquares.sample_batch(
             keys[objective], preset.m, preset.d, n_train, n_valid, preset.sigma, dtype
         )
-        dec = _compile(f"{objective}/decompose", _decompose, batch)
+        dec = timing.compile_timed(f"{objective}/decompose", _decompose, batch)
         cells.append(dec)
         specs = dec.out
         batch_u = _subset(batch, m_unroll)
         for grid, etas in eta_grids.items():
             spectral_fn = spectral_grid(objective, preset.t)
-            spec = _compile(f"{objective}/{grid}/spectral", spectral_fn, specs, etas, radius)
+            spec = timing.compile_timed(
+                f"{objective}/{grid}/spectral", spectral_fn, specs, etas, radius
+            )
             unroll_fn = unroll_grid(objective, preset.t)
-            unr = _compile(f"{objective}/{grid}/unroll", unroll_fn, batch_u, etas, radius)
+            unr = timing.compile_timed(
+                f"{objective}/{grid}/unroll", unroll_fn, batch_u, etas, radius
+            )
             cells += [spec, unr]
             # Spectral values on the unroll's tasks (the same as spec's when m_unroll == m).
             same = spectral_ls.grid_search(
@@ -222,7 +161,7 @@ def measure(preset: LSPreset, progress: bool = True) -> dict[str, Any]:
             )[1]
             plan.append((objective, grid, dec, spec, unr, np.asarray(same)))
         del batch
-    _time_interleaved(cells, preset.repeats, preset.budget_s, bar)
+    timing.time_interleaved(cells, preset.repeats, preset.budget_s, bar)
     bar.close()
 
     rows = []
@@ -243,9 +182,9 @@ def measure(preset: LSPreset, progress: bool = True) -> dict[str, Any]:
                 "n_etas": n_etas,
                 "m": preset.m,
                 "m_unroll": m_unroll,
-                "decompose": dec.record(),
-                "spectral": spec.record(),
-                "unroll": unr.record(),
+                "decompose": dec.summary(),
+                "spectral": spec.summary(),
+                "unroll": unr.summary(),
                 "unroll_ms_for_m_tasks": unroll_ms_all,
                 "speedup_grid": unroll_ms_all / spec_ms,
                 "speedup_grid_plus_decompose": unroll_ms_all / (spec_ms + dec_ms),

@@ -8,7 +8,7 @@ size ``eta``:
 * compile time: ``jax.jit(fn).lower(eta)`` plus ``.compile()`` (ahead of time);
 * run time: median and min over repeats (samples) of the compiled call, with
   ``jax.block_until_ready`` after every call, after one warm-up call; a sample of a fast
-  call averages enough back-to-back calls to last ``MIN_SAMPLE_S``; the cells of one
+  call averages enough back-to-back calls to last ``timing.MIN_SAMPLE_S``; the cells of one
   (dtype, task) are timed round-robin (one sample each per round) so that load on a
   shared machine affects them alike, and ratios between them are measured side by side;
 * memory: ``compiled.memory_analysis()`` (XLA's static estimate; ``peak_bytes`` is
@@ -41,7 +41,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -53,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import least_squares
+from benchmarks import least_squares, timing
 from l2l_jax import inner, meta, objectives, reference, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,108 +228,27 @@ def device_peak_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-# A timing sample lasts at least this long: fast calls are repeated within a sample and
-# the sample's mean per call is recorded, so a ~40 microsecond call is not dominated by
-# timer and scheduler jitter (or by the first call after a slow neighbour's).
-MIN_SAMPLE_S = 1e-2
-# Calls slower than this are not re-timed to choose the calls per sample (one per sample).
-CALIBRATE_BELOW_S = 0.5
-
-
-@dataclasses.dataclass
-class _Compiled:
-    """One cell between compilation and timing."""
-
-    method: str
-    steps: int
-    fn: Any
-    arg: jax.Array
-    lower_s: float
-    xla_compile_s: float
-    warm_s: float = 0.0
-    call_s: float = 0.0
-    out: Any = None
-    times: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def calls_per_sample(self) -> int:
-        return max(1, min(1000, math.ceil(MIN_SAMPLE_S / max(self.call_s, 1e-9))))
-
-    def sample(self) -> float:
-        """Seconds per call, averaged over ``calls_per_sample`` blocking calls."""
-        n = self.calls_per_sample
-        start = time.perf_counter()
-        for _ in range(n):
-            self.out = jax.block_until_ready(self.fn(self.arg))
-        return (time.perf_counter() - start) / n
-
-
-def _elapsed(fn: Any, arg: jax.Array) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(arg))
-    return time.perf_counter() - start, out
-
-
-def compile_cell(task: tasks.Quadratic, eta: float, method: str, steps: int) -> _Compiled:
-    """``jax.jit(jax.value_and_grad(F)).lower(eta).compile()``, timed; warm-up calls.
-
-    The first call is the warm-up; the fastest of three more estimates one call's time,
-    from which the calls per timing sample are chosen.
-    """
+def compile_cell(task: tasks.Quadratic, eta: float, method: str, steps: int) -> timing.Timed:
+    """``jax.jit(jax.value_and_grad(F)).lower(eta).compile()``, timed, warmed up; named
+    ``"<method>/<t>"``."""
     f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=steps, grad=method)
-    x = jnp.asarray(eta, task.dtype)
-    start = time.perf_counter()
-    lowered = jax.jit(jax.value_and_grad(f)).lower(x)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    compiled_at = time.perf_counter()
-    cell = _Compiled(method, steps, compiled, x, lowered_at - start, compiled_at - lowered_at)
-    cell.warm_s, cell.out = _elapsed(compiled, x)
-    cell.call_s = cell.warm_s
-    if cell.warm_s < CALIBRATE_BELOW_S:
-        cell.call_s = min(_elapsed(compiled, x)[0] for _ in range(3))
-    return cell
+    return timing.compile_timed(
+        f"{method}/{steps}", jax.value_and_grad(f), jnp.asarray(eta, task.dtype)
+    )
 
 
-def repeats_within_budget(sample_s: float, repeats: int, budget_s: float) -> int:
-    """``repeats``, reduced so one cell's timed samples fit ``budget_s`` (at least one)."""
-    return max(1, min(repeats, int(budget_s // max(sample_s, 1e-9))))
-
-
-def time_interleaved(cells: list[_Compiled], repeats: int, budget_s: float, bar: Any) -> None:
-    """Time the cells in rounds, one sample each per round, so load drift hits all alike.
-
-    The order within a round is shuffled (seeded), so no cell always follows the same
-    (slow) neighbour. A cell whose calls are slow takes part in fewer rounds (see
-    :func:`repeats_within_budget`); no cell is dropped.
-    """
-    counts = [
-        repeats_within_budget(c.call_s * c.calls_per_sample, repeats, budget_s) for c in cells
-    ]
-    rng = np.random.default_rng(0)
-    bar.reset(total=max(counts))
-    for round_ in range(max(counts)):
-        for i in rng.permutation(len(cells)):
-            if round_ < counts[i]:
-                cells[i].times.append(cells[i].sample())
-        bar.update()
-
-
-def cell_record(cell: _Compiled, task: tasks.Quadratic, eta: float) -> dict[str, Any]:
+def cell_record(cell: timing.Timed, task: tasks.Quadratic, eta: float) -> dict[str, Any]:
     """A timed cell as a JSON-ready dict, with its memory and its error vs the reference."""
     value, grad = (float(v) for v in cell.out)
-    ref_value, ref_grad = reference_value_and_grad(task, eta, cell.steps)
+    method, steps = cell.name.split("/")
+    ref_value, ref_grad = reference_value_and_grad(task, eta, int(steps))
     return {
-        "method": cell.method,
-        "t": cell.steps,
-        "compile_s": cell.lower_s + cell.xla_compile_s,
+        "method": method,
+        "t": int(steps),
         "lower_s": cell.lower_s,
         "xla_compile_s": cell.xla_compile_s,
         "warmup_ms": 1e3 * cell.warm_s,
-        "run_ms_median": 1e3 * statistics.median(cell.times),
-        "run_ms_min": 1e3 * min(cell.times),
-        "repeats": len(cell.times),
-        "calls_per_sample": cell.calls_per_sample,
+        **cell.summary(),
         "memory": memory_fields(cell.fn),
         "device_peak_bytes_in_use": device_peak_bytes(),
         "value": value if math.isfinite(value) else str(value),
@@ -362,7 +280,7 @@ def measure_group(
         for method, steps in tqdm(todo, desc=f"compile {label}", disable=not progress):
             compiled.append(compile_cell(task, eta, method, steps))
         with tqdm(total=repeats, desc=f"time {label}", disable=not progress) as bar:
-            time_interleaved(compiled, repeats, preset.cell_budget_s, bar)
+            timing.time_interleaved(compiled, repeats, preset.cell_budget_s, bar)
         records = [cell_record(c, task, eta) for c in compiled]
     return [{"dtype": dtype, "dim": case.dim, "eta": eta, **r} for r in records]
 
