@@ -1,0 +1,410 @@
+"""Evaluating inner optimizers on a task: accuracy curves over independent runs, tuned SGD.
+
+Wang et al. (2021), Sec. 5 (Figures 4-5): every optimizer (tuned SGD, the learned optimizer
+meta-trained by train-by-train or train-by-validation) trains the MNIST MLP in ``runs``
+independent runs; we record training and test accuracy at evaluation points along the
+inner run and report their mean and spread over the runs.
+
+- :func:`evaluate`: the runs as one jitted ``vmap``; each run is a ``lax.scan`` over chunks
+  of ``eval_every`` steps with the metrics computed between chunks.
+- :func:`tune_sgd`: SGD's step size grid-searched against the validation loss.
+- :func:`plot_curves`: train and test accuracy curves (mean line, min-max band).
+
+Run ``i`` of ``evaluate(task, optimizer, hparams, steps, key=key)`` is reproducible with
+:func:`l2l_jax.inner.unroll`::
+
+    init_key, data_key = run_keys(key, runs)[i]
+    inner.unroll(task.with_init_key(init_key), optimizer, hparams, steps, key=data_key)
+
+(same initialization, same minibatch indices, same final parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_jax import inner
+from l2l_jax.inner.optimizers import HParams, InnerOptimizer
+
+Array = jax.Array
+METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc")
+SPREAD = "min/max over runs (std: population standard deviation over runs)"
+
+
+@chex.dataclass(frozen=True)
+class EvalResult:
+    """Metrics of ``runs`` independent inner trainings at ``n_evals`` evaluation points.
+
+    Attributes:
+      steps: ``(n_evals,)`` inner step of each evaluation point: ``0, e, 2e, ...`` and the
+        last step (``e = eval_every``).
+      train_loss: ``(runs, n_evals)`` mean cross-entropy on all training rows of the task.
+      train_acc: ``(runs, n_evals)`` accuracy on all training rows (their labels, noisy
+        ones included).
+      valid_loss, valid_acc: ``(runs, n_evals)`` on the task's validation rows, ``None``
+        when the task has none.
+      test_acc: ``(runs, n_evals)`` on the given test set, ``None`` without one.
+      params: the final parameters of every run (leaves with a leading ``runs`` axis).
+    """
+
+    steps: Array
+    train_loss: Array
+    train_acc: Array
+    params: chex.ArrayTree
+    valid_loss: Array | None = None
+    valid_acc: Array | None = None
+    test_acc: Array | None = None
+
+    @property
+    def runs(self) -> int:
+        return int(self.train_acc.shape[0])
+
+    def metric(self, name: str) -> np.ndarray:
+        """``(runs, n_evals)`` values of metric ``name`` (one of :data:`METRICS`)."""
+        if name not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {name!r}.")
+        values = getattr(self, name)
+        if values is None:
+            raise ValueError(f"{name} was not recorded (no validation rows or no test set).")
+        return np.asarray(values, np.float64)
+
+    def mean(self, name: str) -> np.ndarray:
+        """``(n_evals,)`` mean of ``name`` over the runs."""
+        return self.metric(name).mean(axis=0)
+
+    def std(self, name: str) -> np.ndarray:
+        """``(n_evals,)`` population standard deviation of ``name`` over the runs."""
+        return self.metric(name).std(axis=0)
+
+    def spread(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(min, max)`` of ``name`` over the runs, each ``(n_evals,)`` (the plotted band)."""
+        values = self.metric(name)
+        return values.min(axis=0), values.max(axis=0)
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """Mean/std/min/max of ``name`` per evaluation step, and ``final`` (the last step)."""
+        lo, hi = self.spread(name)
+        per_step = {"mean": self.mean(name), "std": self.std(name), "min": lo, "max": hi}
+        final = {k: float(v[-1]) for k, v in per_step.items()}
+        final["runs"] = self.metric(name)[:, -1]
+        return {**per_step, "final": final}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serializable summary (non-finite numbers become ``None``).
+
+        ``{"steps": [...], "runs": R, "spread": SPREAD, "<metric>": {"mean": [...],
+        "std": [...], "min": [...], "max": [...], "final": {"mean", "std", "min", "max",
+        "runs": [R values]}}}`` for every recorded metric of :data:`METRICS`; the lists are
+        per evaluation step (aligned with ``steps``).
+        """
+        from l2l_jax.experiments.common import jsonable
+
+        out: dict[str, Any] = {"steps": self.steps, "runs": self.runs, "spread": SPREAD}
+        for name in METRICS:
+            if getattr(self, name) is not None:
+                out[name] = self.summary(name)
+        return jsonable(out)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+def run_keys(key: chex.PRNGKey, runs: int) -> Array:
+    """``(runs, 2)`` keys: ``[i, 0]`` initializes run ``i``, ``[i, 1]`` draws its minibatches."""
+    return jax.vmap(jax.random.split)(jax.random.split(key, runs))
+
+
+def eval_steps(steps: int, eval_every: int) -> np.ndarray:
+    """The evaluation points ``0, e, 2e, ..., steps`` (``steps`` included once)."""
+    points = list(range(0, steps + 1, eval_every))
+    if points[-1] != steps:
+        points.append(steps)
+    return np.asarray(points, np.int32)
+
+
+def evaluate(
+    task,
+    optimizer: InnerOptimizer,
+    hparams: HParams,
+    steps: int,
+    *,
+    key: chex.PRNGKey,
+    runs: int = 5,
+    eval_every: int | None = None,
+    test_images=None,
+    test_labels=None,
+) -> EvalResult:
+    """Train ``task`` with ``optimizer`` in ``runs`` independent runs and record the metrics.
+
+    Run ``i`` starts from ``task.with_init_key(run_keys(key, runs)[i, 0])`` and draws its
+    minibatches from ``run_keys(key, runs)[i, 1]`` exactly as :func:`l2l_jax.inner.unroll`
+    does (see the module docstring). The runs are one jitted ``vmap``; each is a
+    ``lax.scan`` over chunks of ``eval_every`` steps (default: about 20 evaluation points),
+    with the training loss and accuracy, the validation ones (if the task has validation
+    rows) and the test accuracy (if ``test_images``/``test_labels`` are given) computed at
+    step 0, after every chunk and at the last step. ``hparams``: a scalar step size for
+    ``inner.sgd``, the meta-parameters for ``learned.inner_optimizer``.
+
+    The task must provide ``with_init_key``, ``loss``, ``batch_loss``, ``accuracy`` and, for
+    validation metrics, ``num_valid``/``valid_loss``/``valid_images``/``valid_labels``
+    (:class:`l2l_jax.tasks.MnistMLP` does).
+    """
+    steps = _positive_int("steps", steps)
+    runs = _positive_int("runs", runs)
+    eval_every = max(1, math.ceil(steps / 20)) if eval_every is None else eval_every
+    eval_every = _positive_int("eval_every", eval_every)
+    if (test_images is None) != (test_labels is None):
+        raise ValueError("pass both test_images and test_labels, or neither.")
+    if getattr(task, "batch_shape", ()):
+        raise ValueError(f"evaluate runs one task, got a batch {task!r}.")
+    if optimizer.batch_size is not None and not getattr(task, "num_examples", None):
+        raise ValueError(f"inner.{optimizer.name} samples minibatches, but {task!r} has no rows.")
+    optimizer.as_dict(hparams)  # readable errors before tracing
+    if test_images is not None:
+        test_images = jnp.asarray(test_images, task.dtype)
+        test_labels = jnp.asarray(test_labels, jnp.int32)
+    fn = _evaluate_fn(_ById(optimizer), steps, eval_every)
+    params, metrics = fn(task, hparams, run_keys(key, runs), test_images, test_labels)
+    return EvalResult(
+        steps=jnp.asarray(eval_steps(steps, eval_every)),
+        params=params,
+        **{name: metrics.get(name) for name in METRICS},
+    )
+
+
+class _ById:
+    """Hashable-by-identity wrapper, so a (dict-holding) optimizer can key the jit cache."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _ById) and other.value is self.value
+
+
+_JIT_CACHE: dict[tuple, Callable] = {}
+
+
+def _evaluate_fn(optimizer: _ById, steps: int, eval_every: int) -> Callable:
+    """The jitted ``(task, hparams, keys, test_x, test_y) -> (params, metrics)`` (cached)."""
+    cache_key = (optimizer, steps, eval_every)
+    if cache_key not in _JIT_CACHE:
+
+        def one_run(task, hparams, keys, test_x, test_y):
+            return _run_with_metrics(
+                task, optimizer.value, hparams, keys, steps, eval_every, test_x, test_y
+            )
+
+        _JIT_CACHE[cache_key] = jax.jit(jax.vmap(one_run, in_axes=(None, None, 0, None, None)))
+    return _JIT_CACHE[cache_key]
+
+
+def _run_with_metrics(task, optimizer, hparams, keys, steps, eval_every, test_x, test_y):
+    """One run: ``(final params, {metric: (n_evals,)})`` with metrics between chunks."""
+    init_key, data_key = keys[0], keys[1]
+    task = task.with_init_key(init_key)
+    step = _train_step(task, optimizer, hparams)
+    measure = lambda w: _metrics(task, w, test_x, test_y)
+    params = task.init_params()
+    carry = (params, optimizer.init(params, hparams))
+    step_keys = jax.random.split(data_key, steps)  # as in inner.unroll: step k uses [k]
+    full = steps // eval_every
+    rest = steps - full * eval_every
+
+    def chunk(carry, keys):
+        carry, _ = jax.lax.scan(step, carry, keys)
+        return carry, measure(carry[0])
+
+    first = measure(params)
+    chunks = step_keys[: full * eval_every].reshape(full, eval_every, *step_keys.shape[1:])
+    carry, during = jax.lax.scan(chunk, carry, chunks)
+    pieces = [jax.tree.map(lambda x: x[None], first), during]
+    if rest:
+        carry, last = chunk(carry, step_keys[full * eval_every :])
+        pieces.append(jax.tree.map(lambda x: x[None], last))
+    metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
+    return carry[0], metrics
+
+
+def _train_step(task, optimizer: InnerOptimizer, hparams) -> Callable:
+    """The scan body of :func:`l2l_jax.inner.unroll` (without truncation).
+
+    Duplicated (a few lines) because ``unroll`` returns only the end of the run: the
+    evaluation needs the parameters and optimizer state between chunks. Same minibatch
+    draw (``randint(k, (batch_size,), 0, n)``), gradient and update, so the runs match
+    ``unroll`` (tested).
+    """
+    if optimizer.batch_size is None:
+        grad_fn = lambda w, _: jax.value_and_grad(task.loss)(w)
+    else:
+        size, n = optimizer.batch_size, task.num_examples
+
+        def grad_fn(w, k):
+            idx = jax.random.randint(k, (size,), 0, n)
+            return jax.value_and_grad(task.batch_loss)(w, idx)
+
+    def step(carry, k):
+        w, s = carry
+        loss, g = grad_fn(w, k)
+        return optimizer.update(g, s, w, hparams), loss
+
+    return step
+
+
+def _metrics(task, params, test_x, test_y) -> dict[str, Array]:
+    """Scalar metrics of ``params``: train (and validation, test) loss/accuracy."""
+    out = {
+        "train_loss": task.loss(params),
+        "train_acc": task.accuracy(params, task.train_images, task.train_labels),
+    }
+    if getattr(task, "num_valid", 0):
+        out["valid_loss"] = task.valid_loss(params)
+        out["valid_acc"] = task.accuracy(params, task.valid_images, task.valid_labels)
+    if test_x is not None:
+        out["test_acc"] = task.accuracy(params, test_x, test_y)
+    return out
+
+
+# -- SGD baseline --------------------------------------------------------------------------------
+
+
+def tune_sgd(
+    task,
+    lrs: Sequence[float],
+    steps: int,
+    *,
+    key: chex.PRNGKey,
+    batch_size: int = 32,
+    runs: int = 5,
+) -> tuple[float, dict[str, Any]]:
+    """SGD's step size from the grid ``lrs`` with the lowest final validation loss.
+
+    Every ``lr`` trains ``runs`` runs of ``inner.unroll(task.with_init_key(...),
+    inner.sgd(batch_size), lr, steps, key=...)`` (the keys of :func:`run_keys`, as in
+    :func:`evaluate`), all in one jitted ``vmap`` over ``lrs`` and runs. The score of
+    ``lr`` is the mean over runs of ``task.valid_loss`` at the last step; a non-finite
+    mean (a diverging run) scores ``+inf``. Ties go to the first ``lr`` of the grid.
+
+    Returns ``(best_lr, table)``; ``table`` holds ``lrs``, ``valid_loss`` (``(len(lrs),
+    runs)``, raw), ``score`` (``(len(lrs),)``, the criterion), ``diverged``, ``best_lr``,
+    ``best_index``, ``steps``, ``runs`` and ``batch_size`` (NumPy arrays and numbers;
+    ``experiments.common.jsonable`` turns ``inf`` into ``null``).
+    """
+    steps = _positive_int("steps", steps)
+    runs = _positive_int("runs", runs)
+    batch_size = _positive_int("batch_size", batch_size)
+    if not getattr(task, "num_valid", 0):
+        raise ValueError(
+            "tune_sgd selects by validation loss, but the task has no validation rows: "
+            "build it with MnistMLP.from_data(..., n_valid=N)."
+        )
+    grid = np.asarray(lrs, np.float64)
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+        raise ValueError(f"lrs must be a non-empty 1-d grid of step sizes >= 0, got {lrs!r}.")
+    fn = _tune_fn(steps, batch_size)
+    losses = np.asarray(fn(task, jnp.asarray(grid, task.dtype), run_keys(key, runs)), np.float64)
+    scores = sgd_scores(losses)
+    best = int(np.argmin(scores))
+    table = {
+        "lrs": grid,
+        "valid_loss": losses,
+        "score": scores,
+        "diverged": ~np.isfinite(scores),
+        "best_lr": float(grid[best]),
+        "best_index": best,
+        "steps": steps,
+        "runs": runs,
+        "batch_size": batch_size,
+    }
+    return float(grid[best]), table
+
+
+def sgd_scores(valid_losses) -> np.ndarray:
+    """``(n_lrs,)`` mean over runs (last axis) of the final validation losses; NaN/inf -> +inf."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = np.asarray(valid_losses, np.float64).mean(axis=-1)
+    return np.where(np.isfinite(mean), mean, np.inf)
+
+
+_TUNE_CACHE: dict[tuple[int, int], Callable] = {}
+
+
+def _tune_fn(steps: int, batch_size: int) -> Callable:
+    """Jitted ``(task, lrs, keys) -> (n_lrs, runs)`` final validation losses (cached)."""
+    if (steps, batch_size) not in _TUNE_CACHE:
+        sgd = inner.sgd(batch_size=batch_size)
+
+        def one(task, lr, keys):
+            run = inner.unroll(task.with_init_key(keys[0]), sgd, lr, steps, key=keys[1])
+            return task.valid_loss(run.params)
+
+        over_runs = jax.vmap(one, in_axes=(None, None, 0))
+        _TUNE_CACHE[steps, batch_size] = jax.jit(jax.vmap(over_runs, in_axes=(None, 0, None)))
+    return _TUNE_CACHE[steps, batch_size]
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def plot_curves(
+    results: Mapping[str, EvalResult],
+    path: str | Path,
+    *,
+    metrics: Sequence[str] = ("train_acc", "test_acc"),
+    title: str | None = None,
+) -> str:
+    """One panel per metric (default: train and test accuracy) over inner steps.
+
+    Each optimizer of ``results`` (label -> :class:`EvalResult`) is drawn as its mean over
+    runs with a min-max band. Metrics an optimizer did not record are skipped. Saves a PNG
+    at ``path`` and returns its file name.
+    """
+    from l2l_jax.experiments.common import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], metrics, strict=True):
+        for label, result in results.items():
+            if getattr(result, name) is None:
+                continue
+            steps = np.asarray(result.steps)
+            (line,) = ax.plot(steps, result.mean(name), label=label)
+            lo, hi = result.spread(name)
+            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_xlabel("inner step")
+        ax.set_ylabel(name.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, Path(path))
+
+
+def _positive_int(name: str, x) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
+        raise ValueError(f"{name} must be a positive integer, got {x!r}.")
+    return int(x)
+
+
+__all__ = [
+    "METRICS",
+    "SPREAD",
+    "EvalResult",
+    "eval_steps",
+    "evaluate",
+    "plot_curves",
+    "run_keys",
+    "sgd_scores",
+    "tune_sgd",
+]
