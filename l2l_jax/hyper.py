@@ -1,0 +1,203 @@
+"""Hypergradient descent and towers of hyper-optimizers (Chandra et al. 2022, seed 002).
+
+An optax optimizer built with :func:`optax.inject_hyperparams` has its hyperparameters
+``h`` (learning rate, b1, b2, ...) learned online: at step ``t`` the gradient
+``g_t = grad f(w_t)`` also gives the *hypergradient* of the current loss with respect to
+the hyperparameters used in the previous update,
+
+    d f(w_t) / d h_{t-1} = <g_t, d u_{t-1} / d h_{t-1}>,        w_t = w_{t-1} + u_{t-1},
+
+where ``u_{t-1}`` is differentiated with the gradient, the optimizer state and the
+parameters held fixed (the paper's "detach": Sec. 3 of Chandra et al.; for SGD this is
+Baydin et al. 2018's ``-g_t . g_{t-1}``). Another optax optimizer takes that gradient
+step on the hyperparameters. Because the result is itself an optax transformation whose
+incoming gradient is ``d f / d(its parameters)``, the hyper-optimizer may again be a
+:func:`hyper` optimizer: towers of any height in one expression (see :func:`tower`).
+
+**Parametrization.** The hyper-optimizer acts on unconstrained ``raw`` values, mapped to
+hyperparameters by a constraint per name (:data:`DEFAULT_CONSTRAINTS`):
+``"positive"``: ``h = exp(raw)`` (learning rates, eps; the hyper-step is then relative),
+``"unit"``: ``h = sigmoid(raw)`` (b1, b2, momentum, decays: stays in (0, 1)),
+``"none"``: ``h = raw`` (the paper's direct form; a learning rate may turn negative).
+The hypergradient reported in the state is with respect to ``raw``.
+
+**Cost.** One forward-mode JVP of the update per learned hyperparameter per step (and a
+params-sized tangent per learned hyperparameter in the state), so the cost grows
+linearly with the number of learned hyperparameters and with the tower's height.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+CONSTRAINTS: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
+    "positive": (jnp.exp, jnp.log),
+    "unit": (jax.nn.sigmoid, lambda h: jnp.log(h) - jnp.log1p(-h)),
+    "none": (lambda r: r, lambda h: h),
+}
+DEFAULT_CONSTRAINTS: dict[str, str] = {
+    "learning_rate": "positive",
+    "eps": "positive",
+    "b1": "unit",
+    "b2": "unit",
+    "momentum": "unit",
+    "decay": "unit",
+}
+
+
+class HyperState(NamedTuple):
+    """State of a :func:`hyper` optimizer (a pytree: jit, scan and checkpoint it).
+
+    Attributes:
+      raw: unconstrained learned hyperparameters, by name.
+      inner: state of the wrapped ``optax.inject_hyperparams`` optimizer.
+      outer: state of the hyper-optimizer (itself a ``HyperState`` in a tower).
+      tangents: ``d u_{t-1} / d raw_k``, one params-shaped pytree per learned name.
+      hypergrad: the last hypergradient ``d f(w_t) / d raw_{t-1}``, by name.
+    """
+
+    raw: dict[str, Array]
+    inner: Any
+    outer: Any
+    tangents: dict[str, Any]
+    hypergrad: dict[str, Array]
+
+
+def _constraint(name: str, constraints: Mapping[str, str]) -> str:
+    kind = constraints.get(name, DEFAULT_CONSTRAINTS.get(name, "none"))
+    if kind not in CONSTRAINTS:
+        raise ValueError(
+            f"constraint for {name!r} must be one of {tuple(CONSTRAINTS)}, got {kind!r}."
+        )
+    return kind
+
+
+def _vdot(a, b) -> Array:
+    """``sum_i <a_i, b_i>`` over matching pytrees."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def hyperparams(state: HyperState, constraints: Mapping[str, str] | None = None) -> dict:
+    """The current (constrained) learned hyperparameters of a :func:`hyper` state."""
+    constraints = constraints or {}
+    return {k: CONSTRAINTS[_constraint(k, constraints)][0](v) for k, v in state.raw.items()}
+
+
+def hyper(
+    factory: Callable[..., optax.GradientTransformation],
+    init: Mapping[str, float],
+    hyper_optimizer: optax.GradientTransformation,
+    *,
+    learn: Sequence[str] | None = None,
+    constraints: Mapping[str, str] | None = None,
+    **static: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """``factory(**init, **static)`` whose hyperparameters ``learn`` are learned online.
+
+    Args:
+      factory: an optax optimizer factory, e.g. ``optax.adam``.
+      init: initial values of the numeric hyperparameters (all of them are injected).
+      hyper_optimizer: optax optimizer for the learned hyperparameters' raw values; may
+        be another :func:`hyper` optimizer (a tower).
+      learn: names to learn (default: every name in ``init``).
+      constraints: name -> ``"positive" | "unit" | "none"`` (defaults by name, see the
+        module docstring).
+      static: non-learned, non-numeric arguments of ``factory``.
+
+    Returns:
+      An optax ``GradientTransformationExtraArgs``; its ``update`` needs ``params``.
+    """
+    learn = tuple(init) if learn is None else tuple(learn)
+    unknown = [k for k in learn if k not in init]
+    if not learn or unknown:
+        raise ValueError(
+            f"learn must name hyperparameters given in init {sorted(init)}; got {list(learn)}."
+        )
+    constraints = dict(constraints or {})
+    kinds = {k: _constraint(k, constraints) for k in learn}
+    for k in learn:
+        if kinds[k] == "positive" and not init[k] > 0:
+            raise ValueError(f"init[{k!r}] must be > 0 for a 'positive' constraint.")
+        if kinds[k] == "unit" and not 0 < init[k] < 1:
+            raise ValueError(f"init[{k!r}] must be in (0, 1) for a 'unit' constraint.")
+    inner_tx = optax.inject_hyperparams(factory)(**init, **static)
+
+    def constrain(raw: dict[str, Array]) -> dict[str, Array]:
+        return {k: CONSTRAINTS[kinds[k]][0](raw[k]) for k in learn}
+
+    def init_fn(params) -> HyperState:
+        dtype = jnp.result_type(*jax.tree.leaves(params))
+        raw = {k: jnp.asarray(CONSTRAINTS[kinds[k]][1](jnp.asarray(init[k], dtype))) for k in learn}
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return HyperState(
+            raw=raw,
+            inner=inner_tx.init(params),
+            outer=hyper_optimizer.init(raw),
+            tangents={k: zeros for k in learn},
+            hypergrad={k: jnp.zeros((), dtype) for k in learn},
+        )
+
+    def update_fn(updates, state: HyperState, params=None, **extra):
+        del extra
+        if params is None:
+            raise ValueError("hyper optimizers need params: call update(grads, state, params).")
+        grads = updates
+        # 1. hypergradient of f(w_t) w.r.t. the raw values used for u_{t-1}
+        hypergrad = {k: _vdot(grads, state.tangents[k]).astype(state.raw[k].dtype) for k in learn}
+        # 2. a hyper-optimizer step on the raw values (a tower recurses here)
+        raw_updates, outer = hyper_optimizer.update(hypergrad, state.outer, state.raw)
+        raw = optax.apply_updates(state.raw, raw_updates)
+
+        # 3. this step's update u_t and its tangents d u_t / d raw_k (grads, state, params
+        #    held fixed: the "detach" of Chandra et al.)
+        def step(r):
+            values = {
+                k: v.astype(state.inner.hyperparams[k].dtype) for k, v in constrain(r).items()
+            }
+            inner = state.inner._replace(hyperparams={**state.inner.hyperparams, **values})
+            return inner_tx.update(grads, inner, params)
+
+        tangents = {}
+        for k in learn:
+            direction = {
+                j: jnp.zeros_like(v) if j != k else jnp.ones_like(v) for j, v in raw.items()
+            }
+            (u, inner), (du, _) = jax.jvp(step, (raw,), (direction,))
+            tangents[k] = du
+        new_state = HyperState(
+            raw=raw, inner=inner, outer=outer, tangents=tangents, hypergrad=hypergrad
+        )
+        return u, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def tower(
+    *levels: tuple[Callable[..., optax.GradientTransformation], Mapping[str, float]]
+    | optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+    """A tower in one expression, written leftmost-first as in the paper.
+
+    ``tower((optax.adam, {"learning_rate": 1e-3}), (optax.sgd, {"learning_rate": 1e-2}),
+    optax.sgd(1e-4))`` is Adam whose learning rate is tuned by SGD, whose learning rate is
+    tuned by plain SGD(1e-4) ("Adam/SGD/SGD"). Every level but the last is a
+    ``(factory, init)`` pair whose hyperparameters are all learned; the last is a fixed
+    optax optimizer.
+    """
+    if len(levels) < 2 or not isinstance(levels[-1], optax.GradientTransformation):
+        raise ValueError(
+            "tower needs at least one (factory, init) level followed by a fixed optax "
+            "optimizer, e.g. tower((optax.sgd, {'learning_rate': 0.1}), optax.sgd(1e-3))."
+        )
+    tx = levels[-1]
+    for level in reversed(levels[:-1]):
+        factory, init = level
+        tx = hyper(factory, init, tx)
+    return tx
