@@ -52,8 +52,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import least_squares, timing
+from benchmarks import least_squares, timing, towers
 from l2l_jax import inner, meta, objectives, reference, tasks
+
+# Extra groups: key in the JSON -> module with PRESETS, measure, render_markdown, claim.
+GROUPS = {"least_squares": least_squares, "towers": towers}
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
@@ -531,10 +534,13 @@ def update_docs_page(page: Path, preset: str, section: str) -> None:
     page.write_text(text)
 
 
-def _ls_markdown(results: dict[str, Any], heading: str) -> str:
-    """The least-squares grid search section, if the run has one."""
-    section = results.get("least_squares")
-    return "" if section is None else "\n" + least_squares.render_markdown(section, heading)
+def _groups_markdown(results: dict[str, Any], heading: str) -> str:
+    """The sections of the extra groups (:data:`GROUPS`) the run has."""
+    return "".join(
+        "\n" + module.render_markdown(results[key], heading)
+        for key, module in GROUPS.items()
+        if key in results
+    )
 
 
 def write_outputs(results: dict[str, Any], out: Path, docs_page: Path | None) -> dict[str, Path]:
@@ -544,14 +550,14 @@ def write_outputs(results: dict[str, Any], out: Path, docs_page: Path | None) ->
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
     paths["json"].write_text(json.dumps(_finite_or_str(results), indent=1, allow_nan=False) + "\n")
     plot(results, paths["png"])
-    body = render_markdown(results, image=f"{name}.png") + _ls_markdown(results, "##")
+    body = render_markdown(results, image=f"{name}.png") + _groups_markdown(results, "##")
     paths["md"].write_text(f"# Benchmark `{name}`\n\n{body}")
     if docs_page is not None:
         image_dir = docs_page.parent / DOCS_IMAGE_DIR
         image_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(paths["png"], image_dir / f"{name}.png")
         section = render_markdown(results, image=f"{DOCS_IMAGE_DIR}/{name}.png", heading="###")
-        section += _ls_markdown(results, "###")
+        section += _groups_markdown(results, "###")
         update_docs_page(docs_page, name, section)
         paths["docs"] = docs_page
     return paths
@@ -570,8 +576,11 @@ def run(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
     cells = measure_all(preset, repeats, progress=progress)
-    ls_preset = least_squares.PRESETS.get(preset.name)
-    ls_section = None if ls_preset is None else least_squares.measure(ls_preset, progress)
+    sections = {
+        key: module.measure(module.PRESETS[preset.name], progress)
+        for key, module in GROUPS.items()
+        if preset.name in module.PRESETS
+    }
     method_ratios = add_ratios(cells)
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -585,8 +594,7 @@ def run(
         "summary": summarize(cells),
         "wall_time_s": 0.0,
     }
-    if ls_section is not None:
-        results["least_squares"] = ls_section
+    results.update(sections)
     results["wall_time_s"] = time.perf_counter() - start  # before writing: it is in the md
     results["paths"] = {k: str(v) for k, v in write_outputs(results, out, docs_page).items()}
     return results
@@ -620,8 +628,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     for summary in results["summary"]:
         print(f"[{summary['dtype']}, d={summary['dim']}] {flatness_claim(summary)}")
-    if "least_squares" in results:
-        print(f"[least squares] {least_squares.claim(results['least_squares'])}")
+    for key, module in GROUPS.items():
+        if key in results:
+            print(f"[{key}] {module.claim(results[key])}")
     print(f"wall time {results['wall_time_s']:.1f} s; wrote", ", ".join(results["paths"].values()))
     return results
 

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import least_squares as ls_bench
 from benchmarks import run as bench
+from benchmarks import towers as towers_bench
 
 ENV_KEYS = {
     "preset",
@@ -114,7 +115,8 @@ def test_markdown_table_lists_every_cell(smoke):
     text = (out / "smoke.md").read_text()
     assert "| method | t | compile s | run ms (median) |" in text
     assert "![" in text and "(smoke.png)" in text
-    sections = [s for s in text.split("\n## ")[1:] if not s.startswith("least-squares")]
+    groups = ("least-squares", "hypergradient towers")
+    sections = [s for s in text.split("\n## ")[1:] if not s.startswith(groups)]
     assert len(sections) == len(data["summary"])
     for section in sections:
         dtype = section.split(",")[0]
@@ -187,3 +189,29 @@ def test_least_squares_sides_agree(smoke):
         assert row["all_finite"], row
         assert row["max_rel_diff"] < LS_TOL, row
         assert row["argmin_agrees"] and row["argmin_spectral"] == row["argmin_unroll"], row
+
+
+def test_towers_section(smoke):
+    """Every (optimizer, height) of the smoke preset is timed; ratios are to height 0."""
+    out, page, data = smoke
+    section = data["towers"]
+    rows = {(r["optimizer"], r["height"]): r for r in section["rows"]}
+    heights = section["settings"]["heights"]
+    assert set(rows) == {(o, h) for o in ("sgd", "adam") for h in heights}
+    for (_, height), row in rows.items():
+        assert row["run_ms_median"] > 0 and row["repeats"] >= 1
+        if height == 0:
+            assert row["ratio_to_plain"] == pytest.approx(1.0)
+    md = (out / "smoke.md").read_text()
+    assert "hypergradient towers" in md and "hypergradient towers" in page.read_text()
+
+
+def test_tower_builder_heights():
+    """Height h nests h hyper levels (a HyperState h deep); height 0 is plain optax."""
+    params = {"w": jax.numpy.ones(3)}
+    assert not hasattr(towers_bench.build_tower("sgd", 0).init(params), "raw")
+    state = towers_bench.build_tower("adam", 3).init(params)
+    depth = 0
+    while hasattr(state, "raw"):
+        depth, state = depth + 1, state.outer
+    assert depth == 3
