@@ -1,4 +1,4 @@
-"""The documentation's Python examples run: README.md, docs/quickstart.md, docs/hyper.md.
+"""The documentation's Python examples run: README.md and the docs pages in DOCUMENTS.
 
 Each file's ```python blocks are executed in order in one namespace (later blocks use
 names defined by earlier ones), so an API change that breaks an example fails here.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ("README.md", "docs/quickstart.md", "docs/hyper.md")
+DOCUMENTS = ("README.md", "docs/quickstart.md", "docs/hyper.md", "docs/mnist.md")
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
