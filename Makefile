@@ -42,6 +42,7 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax fig3 --out docs/results/fig3
 	$(PY) -m l2l_jax thm5 --out docs/results/thm5
 	$(PY) -m l2l_jax thm6 --out docs/results/thm6
+	$(PY) -m l2l_jax towers --out docs/results/towers
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)
