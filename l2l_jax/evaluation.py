@@ -33,6 +33,7 @@ import numpy as np
 
 from l2l_jax import inner
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
+from l2l_jax.inner.unroll import gradient_fn
 
 Array = jax.Array
 METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc")
@@ -238,21 +239,10 @@ def _run_with_metrics(task, optimizer, hparams, keys, steps, eval_every, test_x,
 
 
 def _train_step(task, optimizer: InnerOptimizer, hparams) -> Callable:
-    """The scan body of :func:`l2l_jax.inner.unroll` (without truncation).
-
-    Duplicated (a few lines) because ``unroll`` returns only the end of the run: the
-    evaluation needs the parameters and optimizer state between chunks. Same minibatch
-    draw (``randint(k, (batch_size,), 0, n)``), gradient and update, so the runs match
-    ``unroll`` (tested).
-    """
-    if optimizer.batch_size is None:
-        grad_fn = lambda w, _: jax.value_and_grad(task.loss)(w)
-    else:
-        size, n = optimizer.batch_size, task.num_examples
-
-        def grad_fn(w, k):
-            idx = jax.random.randint(k, (size,), 0, n)
-            return jax.value_and_grad(task.batch_loss)(w, idx)
+    """The scan body of :func:`l2l_jax.inner.unroll` (without truncation): the same
+    :func:`~l2l_jax.inner.unroll.gradient_fn` and update, kept step by step here because
+    the evaluation needs the parameters and optimizer state between chunks."""
+    grad_fn = gradient_fn(task, optimizer.batch_size, name=optimizer.name)
 
     def step(carry, k):
         w, s = carry

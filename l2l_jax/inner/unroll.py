@@ -53,6 +53,30 @@ class UnrollResult:
         return self.losses[-1]
 
 
+def gradient_fn(task, batch_size: int | None, *, name: str = "optimizer"):
+    """``(params, key) -> (loss, grads)``: the gradient every inner loop steps with.
+
+    Full batch (``task.loss``, ``key`` ignored) when ``batch_size`` is None; otherwise
+    ``task.batch_loss`` on ``jax.random.randint(key, (batch_size,), 0, task.num_examples)``
+    (rows drawn with replacement). One home for the draw, so :func:`unroll`, evaluation
+    and truncated meta-training see the same minibatch for the same key.
+    """
+    if batch_size is None:
+        return lambda w, _: jax.value_and_grad(task.loss)(w)
+    n = task.num_examples
+    if n is None:
+        raise ValueError(
+            f"inner.{name} samples minibatches, but {task!r} has no examples; "
+            "use inner.gd() or a task with data."
+        )
+
+    def grad_fn(w, k):
+        idx = jax.random.randint(k, (batch_size,), 0, n)
+        return jax.value_and_grad(task.batch_loss)(w, idx)
+
+    return grad_fn
+
+
 def unroll(
     task,
     optimizer: InnerOptimizer,
@@ -87,25 +111,10 @@ def unroll(
     radius = _radius(task, max_norm)
     params = task.init_params()
     state = optimizer.init(params, hparams)
-    if optimizer.batch_size is None:
-        grad_fn = lambda w, _: jax.value_and_grad(task.loss)(w)
-        xs = None
-    else:
-        n = task.num_examples
-        if n is None:
-            raise ValueError(
-                f"inner.{optimizer.name} samples minibatches, but {task!r} has no examples; "
-                "use inner.gd() or a task with data."
-            )
-        if key is None:
-            raise ValueError(f"inner.{optimizer.name} is stochastic: pass key=jax.random.key(...).")
-        size = optimizer.batch_size
-
-        def grad_fn(w, k):
-            idx = jax.random.randint(k, (size,), 0, n)
-            return jax.value_and_grad(task.batch_loss)(w, idx)
-
-        xs = jax.random.split(key, steps)
+    if optimizer.batch_size is not None and key is None:
+        raise ValueError(f"inner.{optimizer.name} is stochastic: pass key=jax.random.key(...).")
+    grad_fn = gradient_fn(task, optimizer.batch_size, name=optimizer.name)
+    xs = None if optimizer.batch_size is None else jax.random.split(key, steps)
 
     def step(carry, k):
         w, s = carry

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from l2l_jax import validation
 from l2l_jax.inner.optimizers import InnerOptimizer
+from l2l_jax.inner.unroll import gradient_fn
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -327,13 +328,8 @@ def inner_step(
     """
     _, k_data, k_eval, k_next = run_keys(run.key)
     size = _batch_size(config, optimizer)
-    if size is None:
-        loss, grads = jax.value_and_grad(task.loss)(run.params)
-    else:
-        idx = jax.random.randint(
-            jax.random.fold_in(k_data, run.step), (size,), 0, task.num_examples
-        )
-        loss, grads = jax.value_and_grad(task.batch_loss)(run.params, idx)
+    grad_fn = gradient_fn(task, size)
+    loss, grads = grad_fn(run.params, jax.random.fold_in(k_data, run.step))
     params, opt_state = optimizer.update(grads, run.opt_state, run.params, meta_params)
     term = _eval_loss(task, params, jax.random.fold_in(k_eval, run.step), config)
     step = run.step + 1
