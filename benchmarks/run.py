@@ -35,13 +35,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -54,6 +50,7 @@ import numpy as np
 
 from benchmarks import least_squares, timing, towers
 from l2l_jax import inner, meta, objectives, reference, tasks
+from l2l_jax.experiments import common
 
 # Extra groups: key in the JSON -> module with PRESETS, measure, render_markdown, claim.
 GROUPS = {"least_squares": least_squares, "towers": towers}
@@ -128,46 +125,9 @@ PRESETS: dict[str, Preset] = {
 # -- environment ------------------------------------------------------------------------
 
 
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except (ImportError, AttributeError):
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 def environment(preset: Preset) -> dict[str, Any]:
-    """Backend, devices, library versions, host and date of this run."""
-    devices = jax.devices()
-    affinity = getattr(os, "sched_getaffinity", None)
-    return {
-        "preset": preset.name,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "jax": _version("jax"),
-        "jaxlib": _version("jaxlib"),
-        "optax": _version("optax"),
-        "numpy": np.__version__,
-        "mpmath": _version("mpmath"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(affinity(0)) if affinity else os.cpu_count(),
-        "git_commit": _git_commit(),
-    }
+    """The preset's name and :func:`l2l_jax.experiments.common.environment`."""
+    return {"preset": preset.name, **common.environment()}
 
 
 # -- one cell ---------------------------------------------------------------------------

@@ -7,10 +7,12 @@ killed run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import platform
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,22 +134,43 @@ def succeeded(trajectory: Sequence[float], target: float, rtol: float, window: i
 
 
 # -- results ------------------------------------------------------------------------------
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+def _git_commit() -> str | None:
+    """The checkout's HEAD, when the package runs from a git checkout (else None)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
 def environment() -> dict:
-    """Backend, devices and versions, recorded in every results file."""
-    import optax
-
-    import l2l_jax
-
+    """Backend, devices, versions, host, date and commit: recorded in every results file."""
     devices = jax.devices()
+    affinity = getattr(os, "sched_getaffinity", None)
     return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "l2l_jax": l2l_jax.__version__,
+        **{m: _version(m) for m in ("l2l_jax", "jax", "jaxlib", "optax", "numpy", "mpmath")},
         "python": platform.python_version(),
+        "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "cpus_usable": len(affinity(0)) if affinity else os.cpu_count(),
+        "git_commit": _git_commit(),
     }
 
 
