@@ -10,14 +10,7 @@ from l2l_jax.experiments import common, generalization
 
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict:
-    ns = [round(r * cfg.d) for r in cfg.n_over_d]
-    settings = generalization.sweep_settings(
-        cfg,
-        ns,
-        "fig3 n",
-        progress,
-        lambda key, n: generalization.setting(cfg, key, sigma=cfg.sigma, n=n),
-    )
+    settings = generalization.sample_size_sweep(cfg, "fig3 n", progress)
     gap = [s["test_rmse_tbt"] - s["test_rmse_tbv"] for s in settings]
     checks = {
         "test_rmse_gap_per_n": gap,

@@ -198,6 +198,14 @@ def sweep_settings(cfg, values, label: str, progress: bool, make) -> list[dict]:
     return out
 
 
+def sample_size_sweep(cfg, label: str, progress: bool) -> list[dict]:
+    """Settings for ``n = r * d``, ``r`` in ``cfg.n_over_d``, at ``cfg.sigma`` (fig3, thm6)."""
+    ns = [round(r * cfg.d) for r in cfg.n_over_d]
+    return sweep_settings(
+        cfg, ns, label, progress, lambda key, n: setting(cfg, key, sigma=cfg.sigma, n=n)
+    )
+
+
 def finish(name: str, cfg, out, settings: list[dict], x_key: str, checks: dict, fig) -> dict:
     """Write ``results.json``, ``table.md``, ``summary.txt``-ready fields and the figure."""
     out = Path(out)

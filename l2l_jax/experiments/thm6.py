@@ -11,14 +11,7 @@ from l2l_jax.experiments import common, generalization
 
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict:
-    ns = [round(r * cfg.d) for r in cfg.n_over_d]
-    settings = generalization.sweep_settings(
-        cfg,
-        ns,
-        "thm6 n",
-        progress,
-        lambda key, n: generalization.setting(cfg, key, sigma=cfg.sigma, n=n),
-    )
+    settings = generalization.sample_size_sweep(cfg, "thm6 n", progress)
     optimal = np.array([cfg.d * cfg.sigma**2 / s["n"] for s in settings])
     err = np.array([s["test_error_tbt"] for s in settings])
     for s, opt in zip(settings, optimal, strict=True):
@@ -29,7 +22,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     }
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ns_arr = np.array(ns, float)
+    ns_arr = np.array([s["n"] for s in settings], float)
     ax.loglog(ns_arr, err, "o-", color="C3", label="TbT: E||w_t − w*||²")
     ax.loglog(ns_arr, optimal, "k:", label="d σ² / n")
     ax.set(xlabel="samples n", ylabel="test error", title=f"Theorem 6 (d = {cfg.d})")
