@@ -102,7 +102,7 @@ def update_map(
     return step, z0, n_params
 
 
-def _to_float64(tree):
+def to_float64(tree):
     """Every floating leaf of ``tree`` (tasks included) as float64 (inside ``enable_x64``)."""
 
     def cast(x):
@@ -137,6 +137,28 @@ class Linearization:
         return self.spectral_radius <= 1 + tol
 
 
+def jacobian(
+    task,
+    optimizer,
+    hparams: HParams,
+    params: chex.ArrayTree,
+    state: chex.ArrayTree,
+    *,
+    batch_size: int | None = None,
+    key: chex.PRNGKey | None = None,
+) -> Array:
+    """``J = dT/dz`` at ``z = (params, state)``, traceable (``jit``/``vmap`` it).
+
+    ``T`` steps with the full-batch gradient of ``task.loss``, or with ``batch_size`` the
+    minibatch gradient drawn from ``key`` (held fixed). In the inputs' dtype;
+    :func:`linearize` is the float64 entry point.
+    """
+    optimizer = as_inner_optimizer(optimizer)
+    draw = gradient_fn(task, batch_size)
+    step, z0, _ = update_map(optimizer, hparams, lambda w: draw(w, key)[1], params, state)
+    return jax.jacfwd(step)(z0)
+
+
 def linearize(
     task,
     optimizer,
@@ -154,7 +176,8 @@ def linearize(
     on the NQM the noise is additive and does not change ``J`` of a linear optimizer), or
     with ``batch_size`` the minibatch gradient of ``key``, held fixed (one noise draw).
     ``optimizer`` is any :class:`~l2l_jax.inner.InnerOptimizer` or a learned optimizer
-    (``hparams`` are then its meta-parameters). Computed with ``jax.jacfwd`` in float64.
+    (``hparams`` are then its meta-parameters). Computed with ``jax.jacfwd`` in float64
+    (the point itself is taken as given, then cast).
     """
     optimizer = as_inner_optimizer(optimizer)
     if (batch_size is None) != (key is None):
@@ -162,18 +185,51 @@ def linearize(
             "pass batch_size and key together (the linearization uses one fixed minibatch "
             "gradient), or neither (full-batch gradient)."
         )
+    if params is None:  # in the task's own dtype: a float64 draw would be another w_0
+        params = task.init_params()
+    chex.assert_trees_all_equal_shapes(params, jax.eval_shape(task.init_params))
     with jax.enable_x64(True):
-        task64, hparams64 = _to_float64((task, hparams))
-        if params is None:
-            params = task64.init_params()
-        params = _to_float64(params)
-        state = optimizer.init(params, hparams64) if state is None else _to_float64(state)
-        chex.assert_trees_all_equal_shapes(params, task64.init_params())
-        draw = gradient_fn(task64, batch_size)
-        grad = lambda w: draw(w, key)[1]
-        step, z0, n_params = update_map(optimizer, hparams64, grad, params, state)
-        jac = np.asarray(jax.jit(jax.jacfwd(step))(z0), np.float64)
+        task64, hparams64, params = to_float64((task, hparams, params))
+        state = optimizer.init(params, hparams64) if state is None else to_float64(state)
+        fn = lambda t, h, w, s, k: jacobian(t, optimizer, h, w, s, batch_size=batch_size, key=k)
+        jac = np.asarray(jax.jit(fn)(task64, hparams64, params, state, key), np.float64)
+    n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     return Linearization(jacobian=jac, eigenvalues=eigenvalues(jac), num_params=n_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledStep(InnerOptimizer):
+    """``base`` with its parameter step multiplied by a traced factor ``s``.
+
+    ``w' = w + s (base(w) - w)``; the hyperparameters are ``{"step_scale": s, "base":
+    base_hparams}``. For GD this is the step size ``s eta``; for a learned optimizer it is
+    the global step-size multiplier whose stability region :func:`jacobian` maps.
+    """
+
+    base: InnerOptimizer | None = None
+
+    def as_dict(self, hparams):
+        return {"step_scale": hparams["step_scale"], "base": hparams["base"]}
+
+    def init(self, params, hparams):
+        return self.base.init(params, hparams["base"])
+
+    def update(self, grads, state, params, hparams):
+        new, state = self.base.update(grads, state, params, hparams["base"])
+        s = hparams["step_scale"]
+        return jax.tree.map(lambda w, n: w + (s * (n - w)).astype(w.dtype), params, new), state
+
+
+def scaled_step(optimizer) -> ScaledStep:
+    """:class:`ScaledStep` of ``optimizer`` (an inner or learned optimizer)."""
+    base = as_inner_optimizer(optimizer)
+    return ScaledStep(
+        name=f"{base.name}*step_scale",
+        hparam_names=("step_scale", "base"),
+        transform=base.transform,
+        batch_size=base.batch_size,
+        base=base,
+    )
 
 
 # -- spectra ----------------------------------------------------------------------------------
@@ -236,7 +292,7 @@ def coordinate_jacobians(
     lams = _vector("curvatures", curvatures, positive=False)
     with jax.enable_x64(True):
         fn = jax.jit(lambda h, c: _coordinate_jacobians(optimizer, h, c, point))
-        return np.asarray(fn(_to_float64(hparams), jnp.asarray(lams)), np.float64)
+        return np.asarray(fn(to_float64(hparams), jnp.asarray(lams)), np.float64)
 
 
 def _coordinate_jacobians(
@@ -273,14 +329,16 @@ class StabilityGrid:
         """``(m, n)`` booleans: ``radius <= 1 + tol``."""
         return self.radius <= 1 + self.tol
 
-    def to_dict(self) -> dict:
-        return {
-            "step_sizes": self.step_sizes,
-            "curvatures": self.curvatures,
-            "radius": self.radius,
-            "stable": self.stable,
-            "tol": self.tol,
-        }
+    def max_stable_step(self) -> np.ndarray:
+        """``(n,)``: per curvature, the largest grid step size below which every step size
+        of the grid is stable (NaN when even the smallest is unstable): the measured
+        boundary, to compare with ``2 / lambda`` (GD) or ``2 (1 + beta) / lambda``."""
+        unstable = ~self.stable
+        first_bad = np.where(unstable.any(axis=0), unstable.argmax(axis=0), len(self.step_sizes))
+        out = np.full(len(self.curvatures), np.nan)
+        ok = first_bad > 0
+        out[ok] = self.step_sizes[first_bad[ok] - 1]
+        return out
 
 
 def _vector(name: str, x, positive: bool = True) -> np.ndarray:

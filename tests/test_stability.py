@@ -149,3 +149,77 @@ def test_learned_optimizer_linearizes_on_the_nqm():
 def test_bad_input_names_the_field(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_default_point_is_the_tasks_own_initialization():
+    """A float32 task linearizes at its float32 w_0 (a float64 draw would be another point)."""
+    lopt = learned.MLPLOpt()
+    task = tasks.NQM.power_law(jax.random.key(0), 3)
+    meta_params = lopt.init_meta_params(jax.random.key(1))
+    default = stability.linearize(task, lopt, meta_params)
+    explicit = stability.linearize(task, lopt, meta_params, task.init_params(), None)
+    np.testing.assert_array_equal(default.jacobian, explicit.jacobian)
+
+
+def test_scaled_step_multiplies_the_step_size():
+    lam = np.array([0.5, 3.0])
+    task = tasks.NQM.from_curvature(jax.random.key(0), lam)
+    with jax.enable_x64(True):
+        hp = {"step_scale": jnp.asarray(4.0), "base": jnp.asarray(0.1)}
+        lin = stability.linearize(task, stability.scaled_step(inner.gd()), hp)
+    assert_same_spectrum(lin.eigenvalues, stability.gd_eigenvalues(0.4, lam))
+
+
+def test_max_stable_step_is_the_measured_boundary():
+    grid = stability.StabilityGrid(
+        np.array([0.1, 1.0, 10.0]),
+        np.array([1.0, 2.0]),
+        np.array([[0.5, 0.9], [0.9, 1.5], [2.0, 3.0]]),
+    )
+    np.testing.assert_array_equal(grid.max_stable_step(), [1.0, 0.1])
+    grid = stability.StabilityGrid(np.array([0.1]), np.array([1.0]), np.array([[2.0]]))
+    assert np.isnan(grid.max_stable_step()[0])
+
+
+TINY = (
+    "--config.nqm.dim=3",
+    "--config.batch_size=4",
+    "--config.train.meta_steps=3",
+    "--config.train.horizon=8",
+    "--config.train.segment=4",
+    "--config.train.meta_batch=2",
+    "--config.analysis.steps=6",
+    "--config.analysis.points=(0,5)",
+    "--config.analysis.curvature_scales=(0.1,10.0,2)",
+    "--config.analysis.step_scales=(0.1,10.0,2)",
+    "--config.analysis.grid_curvature_scales=(0.1,10.0,2)",
+    "--config.analysis.sgd_lrs=(0.1,1.0,2)",
+    "--config.analysis.baselines=('sgd',)",
+    "--config.sweep.step_sizes=(1e-3,10.0,31)",
+    "--config.sweep.curvatures=(1e-2,1e3,31)",
+    "--config.sweep.betas=(0.9,)",
+)
+
+
+def test_experiment_end_to_end_tiny(tmp_path):
+    import json
+
+    from l2l_jax import cli
+
+    results = cli.main(["stability", "--out", str(tmp_path), "--no-progress", *TINY])
+    for name in ("results.json", "summary.txt", *results["figures"]):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (
+        saved["meta_training"]["nonfinite"] == 0 and len(saved["meta_training"]["meta_loss"]) == 3
+    )
+    for check in saved["classic"].values():
+        assert check["cells_off_boundary_disagreeing"] == 0
+        assert 1 / check["grid_ratio"] <= check["max_stable_over_analytic_min"]
+        assert check["max_stable_over_analytic_max"] <= 1 + 1e-9
+    size = 3 * (1 + 2 * len(learned.PAPER_DECAYS))
+    assert saved["trajectory"]["size"] == size
+    assert np.shape(saved["trajectory"]["eigenvalues_real"]) == (2, size)
+    assert np.shape(saved["step_scale_grid"]["radius"]) == (2, 2)
+    assert len(saved["curvature_sweep"]["radius_initial"]) == 2
+    assert "learned optimizer" in (tmp_path / "summary.txt").read_text()

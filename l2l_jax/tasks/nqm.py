@@ -171,9 +171,10 @@ class NQM:
     def scaled(self, factor: float) -> NQM:
         """The same task with curvature ``factor * h`` (noise covariance ``factor * C`` too,
         keeping ``C = noise_scale * H``): a sweep over ``factor`` probes where an optimizer
-        is stable (Harrison et al. Sec. 3)."""
-        validation.positive("factor", factor)
-        return self.replace(curvature=self.curvature * jnp.asarray(factor, self.dtype))
+        is stable (Harrison et al. Sec. 3). ``factor`` may be traced (``vmap`` over it)."""
+        if validation.known_true(~(jnp.asarray(factor) > 0)):
+            raise ValueError(f"factor must be > 0 (it multiplies the curvature), got {factor}.")
+        return self._with(curvature=self.curvature * jnp.asarray(factor, self.dtype))
 
     def with_init_key(self, key: jax.Array) -> NQM:
         """The same task with another initialization key (works under ``jit``/``vmap``)."""
