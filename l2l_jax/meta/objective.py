@@ -12,6 +12,8 @@ One argument, ``grad``, chooses how its gradient is computed; the value is the s
 e.g. ``tasks.LeastSquares.sample_batch``) and returns the mean of the per-task objective
 over the batch, computed with ``jax.vmap`` (Wang et al. 2021, Eq. 3-4). ``max_norm``
 truncates diverging inner runs (footnote 3; see :func:`l2l_jax.inner.unroll`).
+``remat`` bounds the memory of ``"autodiff"`` through long unrolls with
+:func:`jax.checkpoint` on scan segments (see :func:`l2l_jax.inner.unroll`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from l2l_jax import objectives as objectives_lib
 from l2l_jax import validation
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
-from l2l_jax.inner.unroll import MaxNorm, unroll
+from l2l_jax.inner.unroll import MaxNorm, Remat, remat_segment, unroll
 from l2l_jax.meta import stable
 
 METHODS = ("autodiff", "forward", "stable")
@@ -76,7 +78,9 @@ class MetaObjective:
     it once and call it many times.
     """
 
-    def __init__(self, task, optimizer, objective, *, steps, grad, key, max_norm, batched):
+    def __init__(
+        self, task, optimizer, objective, *, steps, grad, key, max_norm, batched, remat=None
+    ):
         if not isinstance(optimizer, InnerOptimizer):
             raise TypeError(
                 f"optimizer must be an inner optimizer such as inner.gd(), got "
@@ -91,6 +95,8 @@ class MetaObjective:
         self.grad = grad
         self.key = key
         self.max_norm = max_norm
+        remat_segment(remat, self.steps)  # validates
+        self.remat = remat
         self.batched = bool(batched)
         self.batch_size = _batch_size(task) if self.batched else None
         if not self.batched and getattr(task, "batch_shape", ()):
@@ -114,7 +120,15 @@ class MetaObjective:
             self._fn = jax.jit(self._unrolled)
 
     def _one_task(self, hparams, task, key):
-        result = unroll(task, self.optimizer, hparams, self.steps, key, max_norm=self.max_norm)
+        result = unroll(
+            task,
+            self.optimizer,
+            hparams,
+            self.steps,
+            key,
+            max_norm=self.max_norm,
+            remat=self.remat,
+        )
         return self.objective(result)
 
     def _unrolled(self, hparams, task, key):
@@ -140,7 +154,7 @@ class MetaObjective:
             f"MetaObjective(task={self.task!r}, optimizer={self.optimizer.name!r}, "
             f"objective={getattr(self.objective, 'name', self.objective)!r}, "
             f"steps={self.steps}, grad={self.grad!r}, batched={self.batched}, "
-            f"max_norm={self.max_norm!r})"
+            f"max_norm={self.max_norm!r}, remat={self.remat!r})"
         )
 
 
@@ -154,6 +168,7 @@ def meta_objective(
     key: jax.Array | None = None,
     max_norm: MaxNorm | None = None,
     batched: bool = False,
+    remat: Remat = None,
 ) -> MetaObjective:
     """The meta-objective ``F(hparams) = objective(unroll(task, optimizer, hparams, steps))``.
 
@@ -173,6 +188,12 @@ def meta_objective(
       batched: ``task`` is a batch with one leading axis of ``m`` tasks; ``F`` is the mean
         over tasks of the per-task objective (Eq. 3-4), by ``jax.vmap``. Works with
         ``grad="autodiff"`` and ``"forward"``.
+      remat: bounded memory for ``grad="autodiff"`` through long unrolls: ``None`` (off),
+        a segment length ``s`` (the unroll's scan runs in segments of ``s`` steps under
+        :func:`jax.checkpoint`: memory ~ ``steps / s + s`` instead of ~ ``steps``, for
+        about one extra forward pass), or ``True`` for ``s = ceil(sqrt(steps))``. Values
+        are unchanged and gradients agree up to float rounding. No effect on
+        ``"forward"`` (whose memory is already flat) or ``"stable"`` (no unroll).
 
     Returns:
       A callable ``F``; ``jax.value_and_grad(F)(eta)`` gives value and meta-gradient.
@@ -186,6 +207,7 @@ def meta_objective(
         key=key,
         max_norm=max_norm,
         batched=batched,
+        remat=remat,
     )
 
 

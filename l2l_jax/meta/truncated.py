@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from l2l_jax import validation
 from l2l_jax.inner.optimizers import InnerOptimizer
-from l2l_jax.inner.unroll import gradient_fn
+from l2l_jax.inner.unroll import checkpointed_scan, gradient_fn, remat_segment
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -84,6 +84,11 @@ class TruncatedConfig:
         decorrelates the runs; ``False`` starts them all at 0.
       reset_nonfinite: also re-initialize a run whose parameters became NaN/inf (else it
         would stay non-finite forever).
+      remat: bounded memory for ``estimator="tbptt"`` with long segments: ``None`` (off),
+        or a length ``s`` for which the ``K``-step scan runs in segments of ``s`` steps
+        under :func:`jax.checkpoint` (memory ~ ``K / s + s`` steps' residuals instead of
+        ``K``, about one extra forward pass of time); ``True`` is ``s = ceil(sqrt(K))``.
+        The gradient agrees with ``None`` up to float rounding.
     """
 
     horizon: int = 200
@@ -99,6 +104,7 @@ class TruncatedConfig:
     clip: float = 1.0
     stagger: bool = True
     reset_nonfinite: bool = True
+    remat: int | bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("horizon", "segment", "meta_batch", "es_pairs"):
@@ -112,6 +118,7 @@ class TruncatedConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}.")
+        remat_segment(self.remat, self.segment)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (stored in checkpoints and compared on resume)."""
@@ -358,7 +365,8 @@ def segment_loss(
     def body(carry, _):
         return inner_step(meta_params, carry, task, optimizer, config)
 
-    new, out = jax.lax.scan(body, run, None, length=config.segment)
+    segment = remat_segment(config.remat, config.segment)
+    new, out = checkpointed_scan(body, run, None, config.segment, segment)
     aux = {"train_loss": jnp.mean(out["train_loss"]), "resets": jnp.sum(out["reset"])}
     return jnp.mean(out["meta_loss"]), (new, aux)
 
@@ -607,6 +615,17 @@ def save_checkpoint(manager, state: TruncatedState, config: TruncatedConfig) -> 
     )
 
 
+def _config_with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields it predates filled in with their defaults (the
+    behaviour it was written with)."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(TruncatedConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    return json.loads(json.dumps({**defaults, **saved}))
+
+
 def restore_checkpoint(
     manager, template: TruncatedState, config: TruncatedConfig, step: int | None = None
 ) -> TruncatedState:
@@ -621,7 +640,7 @@ def restore_checkpoint(
     saved_config = manager.restore(
         step, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()})
     )[_CONFIG]
-    if saved_config != json.loads(json.dumps(config.to_dict())):
+    if _config_with_defaults(saved_config) != json.loads(json.dumps(config.to_dict())):
         raise ValueError(
             f"the checkpoint at step {step} was written with config {saved_config}, not "
             f"{config.to_dict()}; resume with the same config or use a new directory."
