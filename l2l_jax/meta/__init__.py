@@ -11,9 +11,12 @@ from l2l_jax.meta.truncated import (
     es_gradient,
     init_state,
     make_meta_step,
+    meta_batch_mesh,
     meta_step,
     meta_train,
     segment_loss,
+    shard_state,
+    state_sharding,
     tbptt_gradient,
 )
 
@@ -30,11 +33,14 @@ __all__ = [
     "es_gradient",
     "init_state",
     "make_meta_step",
+    "meta_batch_mesh",
     "meta_gd",
     "meta_objective",
     "meta_step",
     "meta_train",
     "segment_loss",
+    "shard_state",
+    "state_sharding",
     "tbptt_gradient",
     "train",
 ]

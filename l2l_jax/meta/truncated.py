@@ -20,6 +20,10 @@ Pieces (all pure; :func:`meta_step` is the jitted unit of work):
 * :func:`meta_step`, :func:`meta_train`: the update with non-finite steps skipped and
   counted, and the Python loop with progress bar, JSONL metrics and orbax checkpoints that
   resume bit-exactly.
+* :func:`meta_batch_mesh`, :func:`shard_state`: opt-in data parallelism over devices with
+  ``jax.sharding``: the meta-batch axis of the runs is split over a 1-d mesh, the
+  meta-parameters are replicated, and XLA turns the mean over the meta-batch into a
+  cross-device reduction (``meta_train(..., mesh=meta_batch_mesh())``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import dataclasses
 import inspect
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from l2l_jax import validation
@@ -551,17 +556,108 @@ def meta_step(
 
 
 def make_meta_step(
-    optimizer, config: TruncatedConfig, meta_optimizer: optax.GradientTransformation | None = None
+    optimizer,
+    config: TruncatedConfig,
+    meta_optimizer: optax.GradientTransformation | None = None,
+    mesh: Mesh | None = None,
 ) -> Callable[[TruncatedState, Any], tuple[TruncatedState, dict[str, Array]]]:
     """``jax.jit`` of :func:`meta_step` as ``step(state, task)`` (the task is traced, so
-    its data are arguments rather than constants baked into the compiled program)."""
+    its data are arguments rather than constants baked into the compiled program).
+
+    With a 1-d ``mesh`` (:func:`meta_batch_mesh`), the step is compiled for the state
+    laid out by :func:`state_sharding` (runs split over the devices along the meta-batch
+    axis, everything else replicated) and keeps that layout for the new state; the task
+    is replicated. Inputs placed otherwise are moved first (:func:`shard_state`,
+    :func:`replicate`; free when they already are).
+    """
     inner = as_inner_optimizer(optimizer)
     tx = meta_optimizer or default_meta_optimizer(config)
+    if mesh is not None:
+        check_mesh(mesh, config)
 
     def build():
-        return jax.jit(lambda state, task: meta_step(state, task, inner, config, tx))
+        step = lambda state, task: meta_step(state, task, inner, config, tx)
+        if mesh is None:
+            return jax.jit(step)
+        spec, rep = state_sharding(mesh), _replicated(mesh)
+        jitted = jax.jit(step, in_shardings=(spec, rep), out_shardings=(spec, rep))
 
-    return _cached(("step", optimizer, config, meta_optimizer), build)
+        def sharded_step(state, task):
+            return jitted(jax.device_put(state, spec), jax.device_put(task, rep))
+
+        return sharded_step
+
+    return _cached(("step", optimizer, config, meta_optimizer, mesh), build)
+
+
+# -- sharding the meta-batch over devices -----------------------------------------------------
+
+
+def meta_batch_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "batch") -> Mesh:
+    """A 1-d :class:`jax.sharding.Mesh` over ``devices`` (default: all of ``jax.devices()``,
+    every host's in a multi-host run) with the one axis ``axis``: pass it as
+    ``meta_train(..., mesh=...)`` to split the meta-batch over them."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("meta_batch_mesh needs at least one device, got none.")
+    return Mesh(np.asarray(devices), (axis,))
+
+
+def check_mesh(mesh: Mesh, config: TruncatedConfig) -> None:
+    """``ValueError`` unless ``mesh`` is 1-d and its device count divides ``meta_batch``."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"mesh must be a jax.sharding.Mesh (e.g. meta.meta_batch_mesh()), got "
+            f"{type(mesh).__name__}."
+        )
+    if len(mesh.axis_names) != 1:
+        raise ValueError(
+            f"mesh must have one axis (the meta-batch is split along it), got axes "
+            f"{mesh.axis_names} of shape {tuple(mesh.devices.shape)}; build it with "
+            "meta.meta_batch_mesh(devices)."
+        )
+    n = mesh.devices.size
+    if config.meta_batch % n:
+        up = -(-config.meta_batch // n) * n
+        raise ValueError(
+            f"TruncatedConfig.meta_batch = {config.meta_batch} is not divisible by the {n} "
+            f"devices of the mesh: each device must hold the same number of inner runs. "
+            f"Use meta_batch = {up} (a multiple of {n}), or a mesh over a number of devices "
+            f"that divides {config.meta_batch}."
+        )
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def state_sharding(mesh: Mesh) -> TruncatedState:
+    """The layout of a :class:`TruncatedState` on a 1-d ``mesh``, as a pytree prefix.
+
+    Every array of ``inner`` (the ``B`` runs: parameters, optimizer states, steps, keys)
+    is split along its leading meta-batch axis over the mesh axis; the meta-parameters,
+    the meta-optimizer state, the ES key and the counters are replicated. Usable as
+    ``in_shardings``/``out_shardings`` of :func:`jax.jit` and with :func:`jax.device_put`.
+    """
+    rep = _replicated(mesh)
+    return TruncatedState(
+        meta_params=rep,
+        opt_state=rep,
+        inner=NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])),
+        key=rep,
+        step=rep,
+        nonfinite_count=rep,
+    )
+
+
+def shard_state(state: TruncatedState, mesh: Mesh) -> TruncatedState:
+    """``state`` placed on ``mesh`` as :func:`state_sharding` says (no copy where it is)."""
+    return jax.device_put(state, state_sharding(mesh))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array of ``tree`` (e.g. the task and its data) replicated on ``mesh``."""
+    return jax.device_put(tree, _replicated(mesh))
 
 
 def _make_init_runs(inner: InnerOptimizer) -> Callable:
@@ -596,8 +692,37 @@ def _cached(key: tuple, build: Callable[[], Callable]) -> Callable:
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
+def _to_host(x: Any) -> np.ndarray:
+    """The whole array on the host (sharded arrays are gathered)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # multi-host (untested)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _leaves_dict(state: TruncatedState) -> dict[str, np.ndarray]:
-    return {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+    return {f"{i:05d}": _to_host(x) for i, x in enumerate(jax.tree.leaves(state))}
+
+
+def _placed_like(x: np.ndarray, ref: Any) -> Array:
+    """``x`` on the devices of ``ref`` with its sharding when ``ref`` spans several
+    devices (a sharded state), else a default-device array as before."""
+    sharding = getattr(ref, "sharding", None)
+    if sharding is not None and len(sharding.device_set) > 1:
+        return jax.device_put(x, sharding)
+    return jnp.asarray(x)
+
+
+def _config_with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields it predates filled in with their defaults (the
+    behaviour it was written with)."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(TruncatedConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    return json.loads(json.dumps({**defaults, **saved}))
 
 
 def save_checkpoint(manager, state: TruncatedState, config: TruncatedConfig) -> None:
@@ -615,21 +740,13 @@ def save_checkpoint(manager, state: TruncatedState, config: TruncatedConfig) -> 
     )
 
 
-def _config_with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config with the fields it predates filled in with their defaults (the
-    behaviour it was written with)."""
-    defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(TruncatedConfig)
-        if f.default is not dataclasses.MISSING
-    }
-    return json.loads(json.dumps({**defaults, **saved}))
-
-
 def restore_checkpoint(
     manager, template: TruncatedState, config: TruncatedConfig, step: int | None = None
 ) -> TruncatedState:
     """The state saved at ``step`` (default: the latest), into ``template``'s structure.
+
+    Arrays go onto the template's sharding when it is spread over several devices (a
+    state placed by :func:`shard_state`), so a sharded run resumes sharded.
 
     Raises ``ValueError`` when the checkpoint was written with another config or a state
     of another structure, shape or dtype.
@@ -662,7 +779,7 @@ def restore_checkpoint(
                 f"checkpoint array {i} has shape {x.shape} {x.dtype}, the state expects "
                 f"{np.shape(ref)} {np.asarray(ref).dtype}: another task or optimizer."
             )
-        out.append(jnp.asarray(x))
+        out.append(_placed_like(x, ref))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -722,6 +839,7 @@ def meta_train(
     metrics_path: str | Path | None = None,
     progress: bool | str = True,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    mesh: Mesh | None = None,
 ) -> TruncatedResult:
     """Meta-train ``optimizer`` on ``task`` until ``steps`` meta-steps are done in total.
 
@@ -736,12 +854,24 @@ def meta_train(
     started) are appended to ``metrics_path`` (default ``checkpoint_dir/metrics.jsonl``;
     on resume, lines after the checkpoint are dropped) and passed to ``callback(step,
     metrics)``.
+
+    ``mesh`` (opt-in; e.g. :func:`meta_batch_mesh` over all devices) splits the meta-batch
+    over the devices of a 1-d :class:`jax.sharding.Mesh` (``meta_batch`` must be a
+    multiple of their number): each device advances ``B / n`` runs, the meta-parameters
+    are replicated and the mean over the meta-batch is reduced across devices by XLA.
+    The meta-parameters agree with the unsharded run up to float rounding (the order of
+    the mean's sums changes); checkpoints hold whole arrays and resume onto the mesh.
+    ``mesh=None`` (default) is the single-device program.
     """
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
     validation.positive_int("checkpoint_every", checkpoint_every)
+    if mesh is not None:
+        check_mesh(mesh, config)
     state = init_state(key, task, optimizer, config, meta_params, meta_optimizer)
+    if mesh is not None:
+        state, task = shard_state(state, mesh), replicate(task, mesh)
     manager = None
     if checkpoint_dir is not None:
         import orbax.checkpoint as ocp
@@ -770,7 +900,7 @@ def meta_train(
             _truncate_jsonl(metrics_path, start)
         elif metrics_path.exists():
             metrics_path.unlink()
-    step_fn = make_meta_step(optimizer, config, meta_optimizer)
+    step_fn = make_meta_step(optimizer, config, meta_optimizer, mesh)
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     label = progress if isinstance(progress, str) else "meta-training"
