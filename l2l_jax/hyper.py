@@ -21,6 +21,11 @@ hyperparameters by a constraint per name (:data:`DEFAULT_CONSTRAINTS`):
 ``"none"``: ``h = raw`` (the paper's direct form; a learning rate may turn negative).
 The hypergradient reported in the state is with respect to ``raw``.
 
+**Warm-up (opt-in).** :func:`with_warmup` multiplies an optimizer's update by the linear
+warm-up factor ``min(1, t / steps)`` of Ma & Yarats (2021) at its ``t``-th step; the
+factor sits inside the wrapped optimizer, so the hypergradient is that of the update
+actually applied, ``<g_t, omega_{t-1} d u_{t-1} / d h_{t-1}>``. Off unless asked for.
+
 **Cost.** One forward-mode JVP of the update per learned hyperparameter per step (and a
 params-sized tangent per learned hyperparameter in the state), so the cost grows
 linearly with the number of learned hyperparameters and with the tower's height.
@@ -28,6 +33,7 @@ linearly with the number of learned hyperparameters and with the tower's height.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -177,6 +183,57 @@ def hyper(
         return u, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def untuned_warmup_steps(b2: float = 0.999) -> int:
+    """Ma & Yarats (2021)'s untuned warm-up length for Adam: ``2 / (1 - b2)`` steps."""
+    if not 0 < b2 < 1:
+        raise ValueError(f"b2 must be in (0, 1), got {b2}.")
+    return round(2.0 / (1.0 - b2))
+
+
+def warmup_factor(count: Array, steps: int) -> Array:
+    """``min(1, (count + 1) / steps)``: the factor of the update at step ``count + 1``
+    (Ma & Yarats 2021, "linear" warm-up ``omega_t = min(1, t / steps)``)."""
+    return jnp.minimum(1.0, (count + 1.0) / steps)
+
+
+def with_warmup(
+    factory: Callable[..., optax.GradientTransformation], steps: int
+) -> Callable[..., optax.GradientTransformation]:
+    """``factory`` whose update is multiplied by a linear warm-up factor (opt-in).
+
+    Adam's first update moves every coordinate by about its learning rate whatever the
+    gradient's scale (``m_1 / sqrt(v_1) = sign(g_1)``), and in hypergradient descent that
+    update is taken at the initial learning rate, before any hypergradient exists (there
+    is no previous update to differentiate; so too in Chandra et al.'s own ``gdtuo``
+    code, whose first hyper-step sees a zero gradient). Ma & Yarats (2021, "On the
+    adequacy of untuned warmup for adaptive optimization", AAAI) trace Adam's need for
+    warm-up to this size of its early updates and recommend, untuned, the linear factor
+    ``omega_t = min(1, t / steps)`` with ``steps = 2 / (1 - b2)``
+    (:func:`untuned_warmup_steps`). Here the factor is applied *inside* the optimizer
+    (``optax.chain(factory(...), optax.scale_by_schedule(...))``, the counter in its
+    state), so :func:`hyper` differentiates the scaled update and the hypergradient stays
+    exact for the step actually taken. The same factory works with
+    ``optax.inject_hyperparams`` alone (a plain optimizer with the same warm-up).
+
+    Args:
+      factory: an optax optimizer factory, e.g. ``optax.adam``.
+      steps: warm-up length; ``0`` returns ``factory`` itself (no warm-up).
+    """
+    if steps < 0 or int(steps) != steps:
+        raise ValueError(f"warm-up steps must be a non-negative integer, got {steps!r}.")
+    if steps == 0:
+        return factory
+
+    @functools.wraps(factory)  # keeps factory's signature for inject_hyperparams
+    def warmed(*args, **kwargs) -> optax.GradientTransformation:
+        return optax.chain(
+            factory(*args, **kwargs),
+            optax.scale_by_schedule(lambda count: warmup_factor(count, int(steps))),
+        )
+
+    return warmed
 
 
 def tower(

@@ -65,6 +65,54 @@ def test_sgd_tuned_by_sgd_is_baydin_closed_form(constraint):
     np.testing.assert_allclose(np.asarray(w), wn, rtol=1e-12)
 
 
+def test_warmed_sgd_tuned_by_sgd_is_scaled_baydin_closed_form():
+    """With ``with_warmup``, u_t = -omega_t alpha_t g_t, omega_t = min(1, t / K), and the
+    hypergradient is that of the update taken: -omega_{t-1} g_t . g_{t-1}."""
+    kappa, alpha0, steps = 0.01, 0.1, 3
+    with jax.enable_x64(True):
+        tx = hyper.hyper(
+            hyper.with_warmup(optax.sgd, steps),
+            {"learning_rate": alpha0},
+            optax.sgd(kappa),
+            constraints={"learning_rate": "none"},
+        )
+        w, states = _run(tx, 6)
+    alpha, wn, g_prev, omega_prev = alpha0, W0.copy(), np.zeros(3), 0.0
+    for t, state in enumerate(states, start=1):
+        g = _grad_np(wn)
+        hg = -omega_prev * (g @ g_prev)
+        np.testing.assert_allclose(
+            float(state.hypergrad["learning_rate"]), hg, rtol=1e-12, atol=1e-15
+        )
+        alpha = alpha - kappa * hg
+        omega = min(1.0, t / steps)
+        wn, g_prev, omega_prev = wn - omega * alpha * g, g, omega
+    np.testing.assert_allclose(np.asarray(w), wn, rtol=1e-12)
+
+
+def test_with_warmup_is_optax_linear_warmup_and_off_by_default():
+    """Plain (inject_hyperparams) Adam with the warm-up = optax Adam whose learning rate
+    follows min(1, t / K); steps = 0 is the factory itself; Ma & Yarats's length."""
+    assert hyper.with_warmup(optax.adam, 0) is optax.adam
+    assert hyper.untuned_warmup_steps(0.999) == 2000
+    assert hyper.untuned_warmup_steps(0.99) == 200
+    lr, steps = 0.05, 4
+    warmed = optax.inject_hyperparams(hyper.with_warmup(optax.adam, steps))(learning_rate=lr)
+    ref = optax.adam(lambda count: lr * jnp.minimum(1.0, (count + 1.0) / steps))
+    with jax.enable_x64(True):  # (init inside: the injected lr is then float64 too)
+        w1 = w2 = jnp.asarray(W0)
+        s1, s2 = warmed.init(w1), ref.init(w2)
+        for _ in range(6):
+            u1, s1 = warmed.update(jax.grad(_f)(w1), s1, w1)
+            u2, s2 = ref.update(jax.grad(_f)(w2), s2, w2)
+            np.testing.assert_allclose(u1, u2, rtol=1e-12)
+            w1, w2 = optax.apply_updates(w1, u1), optax.apply_updates(w2, u2)
+    w = jnp.asarray(W0, jnp.float32)
+    assert warmed.update(jax.grad(_f)(w), warmed.init(w), w)[0].dtype == jnp.float32
+    with pytest.raises(ValueError, match="warm-up steps"):
+        hyper.with_warmup(optax.adam, -1)
+
+
 def test_adam_hypergradients_match_finite_differences():
     """d f(w_t) / d raw_k of the previous update, by central differences of that update."""
     init = {"learning_rate": 0.05, "b1": 0.8, "b2": 0.95, "eps": 1e-3}
