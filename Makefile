@@ -43,6 +43,7 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax thm5 --out docs/results/thm5
 	$(PY) -m l2l_jax thm6 --out docs/results/thm6
 	$(PY) -m l2l_jax towers --out docs/results/towers
+	$(PY) -m l2l_jax stability --out docs/results/stability
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)
