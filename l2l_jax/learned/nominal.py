@@ -1,0 +1,719 @@
+"""A learned optimizer built around a nominal descent term (Harrison, Metz and
+Sohl-Dickstein, "A Closer Look at Learned Optimization: Stability, Robustness, and
+Inductive Biases", NeurIPS 2022).
+
+The paper's stability analysis (Sec. 3, noisy quadratic model) shows that a blackbox
+update ``P grad`` is stable only where the eigenvalues of ``I - P H`` stay inside the unit
+circle, and that adding a hand-designed *nominal* descent step ``alpha grad`` and a
+weight-decay-like term moves them inside (Sec. 4). The resulting optimizer (the paper's
+STAR; ``MLPNomLOpt`` in ``google/learned_optimization``) updates each tensor ``w`` by
+
+.. code-block:: text
+
+    Δw = -( lr · exp(k_n c) · d_nom           nominal step, learned magnitude c
+            + step_mult · exp(k_b a) · d · ρ    blackbox term d, Adam-preconditioned (ρ)
+            + wd · exp(k_r r) · w )            stabilizing weight decay, learned magnitude r
+
+where ``d_nom`` is a hand-designed direction (:data:`ESTIMATORS`: SGD, heavy-ball
+momentum, aggregated momentum, Adam, Adam over several momentum decays), and
+``(d, a, c, r)`` are the four outputs of a tiny per-coordinate MLP (two hidden layers of 4
+ReLU units by default) of normalized gradient-statistics features and a step embedding.
+``c`` and ``r`` are averaged over the tensor by default (a learned per-tensor log step
+size and log weight decay, ``controller="tensor"``). The accumulator decays are
+meta-parameters too, ``b = sigmoid(logit(b0) + theta)``, so they stay in ``(0, 1)``.
+
+The output layer starts at zero, so with freshly initialized meta-parameters
+``(d, a, c, r) = 0``: the update is exactly the nominal optimizer (plus ``wd · w`` when
+``weight_decay > 0``), e.g. ``optax.adam(1e-3)`` for the default config. Meta-training
+starts from a working optimizer instead of a random one.
+
+The MLP has two numerically identical forms (:data:`MLP_FORMS`): ``"matmul"`` (the
+default) multiplies the stacked features by the weight matrices; ``"elementwise"``
+unrolls the few hidden units into scalar multiply-adds at trace time, which XLA fuses
+into one elementwise loop. Measured on CPU (``benchmarks/nominal.py``), the unrolled form
+is no faster for a step and several times slower for the meta-gradient: its backward pass
+reduces over all coordinates once per weight instead of one ``x^T delta`` product.
+
+Meta-parameters are a plain nested dict (``nnx.to_pure_dict`` of :class:`NominalNet`);
+:meth:`NominalLOpt.update` is pure, so the optimizer plugs into
+:mod:`l2l_jax.meta.truncated`, :func:`as_optax`, :func:`inner_optimizer` and
+:func:`save`/:func:`load` like :class:`~l2l_jax.learned.MLPLOpt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from l2l_jax.learned import common, mlp_lopt
+from l2l_jax.learned.mlp_lopt import PAPER_TIME_SCALES, second_moment_normalize, time_features
+
+Array = jax.Array
+MetaParams = dict[str, Any]
+
+ESTIMATORS = ("sgd", "momentum", "aggmo", "adam", "adam_multi")
+CONTROLLERS = ("tensor", "parameter")
+MLP_FORMS = ("matmul", "elementwise")
+OUTPUTS = ("direction", "magnitude", "nominal", "regularization")
+# Step sizes of the nominal optimizers when the config gives none. Momentum and AggMo
+# sum past gradients (heavy-ball traces, up to 1/(1 - b) times the gradient), hence
+# their smaller values.
+DEFAULT_LEARNING_RATES = {
+    "sgd": 0.1,
+    "momentum": 0.01,
+    "aggmo": 1e-3,
+    "adam": 1e-3,
+    "adam_multi": 1e-3,
+}
+KIND = "nominal"
+_POSITIVE_FIELDS = ("learning_rate", "eps", "step_mult", "blackbox_eps", "norm_eps", "rms_eps")
+_NON_NEGATIVE_FIELDS = ("nominal_exp_mult", "exp_mult", "reg_exp_mult", "weight_decay")
+_REAL_FIELDS = _POSITIVE_FIELDS + _NON_NEGATIVE_FIELDS
+
+
+def _fix(field: str, value: Any, rule: str, fix: str) -> ValueError:
+    return ValueError(f"NominalConfig.{field} {rule}, got {value!r}; {fix}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class NominalConfig:
+    """Architecture of the nominal-term learned optimizer (saved with the weights).
+
+    Attributes:
+      estimator: the nominal direction ``d_nom`` (:data:`ESTIMATORS`): ``"sgd"`` (``g``),
+        ``"momentum"`` (heavy-ball trace of ``momentum_decays[0]``, as
+        ``optax.sgd(lr, momentum=b)``), ``"aggmo"`` (mean of the traces of all
+        ``momentum_decays``, Lucas et al. 2019), ``"adam"`` (``optax.adam`` with
+        ``b1 = momentum_decays[0]``, ``b2 = rms_decays[0]``) or ``"adam_multi"`` (Adam's
+        bias-corrected momenta of all ``momentum_decays`` averaged, over Adam's
+        denominator; the reference's default ``AdamAggMo``).
+      learning_rate: the nominal step size ``lr``; ``None`` takes
+        :data:`DEFAULT_LEARNING_RATES` of the estimator (resolved at construction).
+      momentum_decays: initial decays of the momentum accumulators ``m_k`` (learned).
+      rms_decays: initial decays of the second-moment accumulators ``v_j`` (learned).
+      eps: Adam's ``eps`` (added to ``sqrt(v_hat)``, as in optax).
+      hidden_sizes: ReLU hidden layers of the per-coordinate MLP (the reference: 4, 4).
+      time_scales: ``tau`` of the step features ``tanh(t / tau - 1)``.
+      controller: ``"tensor"``: the nominal and weight-decay magnitudes ``c, r`` are
+        averaged over each tensor (a learned per-tensor log step size); ``"parameter"``:
+        one per coordinate.
+      nominal_exp_mult: ``k_n`` in ``lr exp(k_n c)``.
+      exp_mult: ``k_b`` in the blackbox magnitude ``exp(k_b a)`` (Metz et al.: 1e-3).
+      step_mult: scale of the blackbox term (Metz et al.: 1e-3).
+      blackbox_eps: ``eps`` of the blackbox preconditioner, relative to the tensor's RMS
+        gradient: ``rho = 1 / (sqrt(v_hat) / s + blackbox_eps)``, at most
+        ``1 / blackbox_eps``.
+      weight_decay: ``wd`` of the stabilizing term ``wd exp(k_r r) w``; 0 switches it off
+        (and its learned magnitude with it).
+      reg_exp_mult: ``k_r`` in ``wd exp(k_r r)``.
+      norm_eps: ``eps`` of the feature normalization ``x / sqrt(eps + mean(x^2))``.
+      rms_eps: ``eps`` inside the RMS features ``sqrt(v + rms_eps)``.
+      first_order: stop gradients through the inner gradients (no second derivatives
+        of the inner loss in meta-gradients).
+      mlp_form: ``"matmul"`` or ``"elementwise"`` (:data:`MLP_FORMS`; same values). On
+        CPU (``benchmarks/nominal.py``, MNIST MLP, hidden (4, 4)) the elementwise form's
+        step is about as fast (1.05x) but its meta-gradient 3.9x slower and its compile
+        1.3-2x slower, hence the default.
+    """
+
+    estimator: str = "adam"
+    learning_rate: float | None = None
+    momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    rms_decays: tuple[float, ...] = (0.999,)
+    eps: float = 1e-8
+    hidden_sizes: tuple[int, ...] = (4, 4)
+    time_scales: tuple[float, ...] = PAPER_TIME_SCALES
+    controller: str = "tensor"
+    nominal_exp_mult: float = 1.0
+    exp_mult: float = 1e-3
+    step_mult: float = 1e-3
+    blackbox_eps: float = 0.1
+    weight_decay: float = 0.0
+    reg_exp_mult: float = 1.0
+    norm_eps: float = 1e-5
+    rms_eps: float = 1e-8
+    first_order: bool = False
+    mlp_form: str = "matmul"
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise _fix(
+                "estimator",
+                self.estimator,
+                "is not a nominal estimator",
+                f"use one of {ESTIMATORS}",
+            )
+        for name in ("momentum_decays", "rms_decays", "hidden_sizes", "time_scales"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise _fix(name, value, "must be a sequence", "pass a tuple, e.g. (0.9,)")
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        for name in ("momentum_decays", "rms_decays", "time_scales"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", DEFAULT_LEARNING_RATES[self.estimator])
+        for name in _REAL_FIELDS:  # plain floats: JSON-serializable and hashable alike
+            if _is_real(getattr(self, name)):
+                object.__setattr__(self, name, float(getattr(self, name)))
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("momentum_decays", "rms_decays"):
+            decays = getattr(self, name)
+            if not decays or not all(0.0 < d < 1.0 for d in decays):
+                raise _fix(
+                    name,
+                    decays,
+                    "must be non-empty with every decay in (0, 1)",
+                    "use e.g. (0.9, 0.99)",
+                )
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            raise _fix(
+                "hidden_sizes",
+                self.hidden_sizes,
+                "must be non-empty and positive",
+                "use e.g. (4, 4)",
+            )
+        if any(not t > 0 for t in self.time_scales):
+            raise _fix(
+                "time_scales", self.time_scales, "must be positive", "use e.g. (1.0, 10.0, 100.0)"
+            )
+        for name in _POSITIVE_FIELDS:
+            value = getattr(self, name)
+            if not (_is_real(value) and math.isfinite(value) and value > 0):
+                raise _fix(
+                    name,
+                    value,
+                    "must be a finite number > 0",
+                    f"pass a positive value (default {_default(name)})",
+                )
+        for name in _NON_NEGATIVE_FIELDS:
+            value = getattr(self, name)
+            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise _fix(
+                    name,
+                    value,
+                    "must be a finite number >= 0",
+                    f"pass a non-negative value (default {_default(name)})",
+                )
+        if self.controller not in CONTROLLERS:
+            raise _fix(
+                "controller", self.controller, "is not a controller", f"use one of {CONTROLLERS}"
+            )
+        if self.mlp_form not in MLP_FORMS:
+            raise _fix("mlp_form", self.mlp_form, "is not an MLP form", f"use one of {MLP_FORMS}")
+
+    @property
+    def num_tensor_features(self) -> int:
+        """``2 + 2K + 2J``: g, p, m_k, sqrt(v_j), m_k / sqrt(v_1), 1 / sqrt(v_j)."""
+        return 2 + 2 * len(self.momentum_decays) + 2 * len(self.rms_decays)
+
+    @property
+    def num_features(self) -> int:
+        """MLP input width: tensor features plus step features."""
+        return self.num_tensor_features + len(self.time_scales)
+
+    def replace(self, **changes: Any) -> NominalConfig:
+        """A copy with ``changes`` (``learning_rate`` re-defaults if the estimator changes)."""
+        if "estimator" in changes and "learning_rate" not in changes:
+            changes["learning_rate"] = None
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form (lists for tuples) with ``kind = "nominal"``."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+        return {"kind": KIND, **values}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> NominalConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        values = dict(values)
+        kind = values.pop("kind", KIND)
+        if kind != KIND:
+            raise ValueError(f"not a nominal learned-optimizer config (kind {kind!r}).")
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown NominalConfig fields {sorted(unknown)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(NominalConfig) if f.name == name)
+
+
+def feature_names(config: NominalConfig) -> tuple[str, ...]:
+    """Names of the MLP inputs in order."""
+    m = [f"{d:g}" for d in config.momentum_decays]
+    v = [f"{d:g}" for d in config.rms_decays]
+    names = ["grad", "param"]
+    names += [f"momentum[{d}]" for d in m] + [f"rms[{d}]" for d in v]
+    names += [f"momentum[{d}]/rms[{v[0]}]" for d in m] + [f"1/rms[{d}]" for d in v]
+    return tuple(names + [f"tanh(t/{t:g}-1)" for t in config.time_scales])
+
+
+# -- the network ------------------------------------------------------------------------
+
+
+class NominalNet(nnx.Module):
+    """The meta-parameters as a module: the MLP (``num_features -> hidden -> 4``, output
+    layer zero-initialized) and the logit offsets of the accumulator decays (zero)."""
+
+    def __init__(self, config: NominalConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.config = config
+        sizes = (config.num_features, *config.hidden_sizes)
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+            layer = nnx.Linear(n_in, n_out, rngs=rngs, param_dtype=param_dtype)
+            setattr(self, f"hidden_{i}", layer)
+        self.out = nnx.Linear(
+            sizes[-1],
+            len(OUTPUTS),
+            kernel_init=nnx.initializers.zeros,
+            rngs=rngs,
+            param_dtype=param_dtype,
+        )
+        self.momentum_logits = nnx.Param(jnp.zeros(len(config.momentum_decays), param_dtype))
+        self.rms_logits = nnx.Param(jnp.zeros(len(config.rms_decays), param_dtype))
+
+    def __call__(self, x: Array) -> Array:
+        """``(..., num_features) -> (..., 4)``: direction, magnitude, nominal, regularization."""
+        for i in range(len(self.config.hidden_sizes)):
+            x = jax.nn.relu(getattr(self, f"hidden_{i}")(x))
+        return self.out(x)
+
+
+@chex.dataclass(frozen=True)
+class NominalState:
+    """Accumulators (a pytree).
+
+    Attributes:
+      momentum: like ``params`` with a trailing axis ``K``: ``m_k = EMA_{b_k}(g)``.
+      second_moment: trailing axis ``J``: ``v_j = EMA_{b_j}(g^2)``.
+      count: updates taken so far (int32 scalar).
+    """
+
+    momentum: chex.ArrayTree
+    second_moment: chex.ArrayTree
+    count: Array
+
+
+@chex.dataclass(frozen=True)
+class Decays:
+    """The learned decays of one step: ``b``, ``1 - b`` and ``log b`` for the momentum
+    (``m_*``, shape ``(K,)``) and second-moment (``v_*``, ``(J,)``) accumulators."""
+
+    m: Array
+    m_rest: Array
+    m_log: Array
+    v: Array
+    v_rest: Array
+    v_log: Array
+
+
+def decays(meta_params: MetaParams, config: NominalConfig, dtype=None) -> Decays:
+    """``b = sigmoid(logit(b0) + theta)`` of both accumulator sets (paper: learned decays)."""
+    out = []
+    for base, offset in (
+        (config.momentum_decays, meta_params["momentum_logits"]),
+        (config.rms_decays, meta_params["rms_logits"]),
+    ):
+        dtype_ = dtype or jnp.result_type(offset)
+        z0 = jnp.asarray([common.logit(b) for b in base], dtype_)
+        out += common.decay_terms(z0, jnp.asarray(offset, dtype_))
+    return Decays(m=out[0], m_rest=out[1], m_log=out[2], v=out[3], v_rest=out[4], v_log=out[5])
+
+
+# -- per-tensor pieces ----------------------------------------------------------------------
+
+
+def _safe_sqrt(x: Array) -> Array:
+    """``sqrt(x + tiny)``: the same value, but a finite derivative at ``x = 0``."""
+    return jnp.sqrt(x + jnp.finfo(x.dtype).tiny)
+
+
+def accumulate(
+    momentum: Array, second_moment: Array, grad: Array, dec: Decays
+) -> tuple[Array, Array]:
+    """One EMA step: ``m_k <- b_k m_k + (1 - b_k) g``, ``v_j <- b_j v_j + (1 - b_j) g^2``.
+
+    ``g^2`` uses ``g`` clipped to ``sqrt(max float) / 2`` so ``v`` stays finite.
+    """
+    limit = math.sqrt(float(jnp.finfo(grad.dtype).max)) / 2
+    g = grad[..., None]
+    momentum = dec.m_rest * g + dec.m * momentum
+    g_c = jnp.clip(g, -limit, limit)
+    second_moment = dec.v_rest * jnp.square(g_c) + dec.v * second_moment
+    return momentum, second_moment
+
+
+def bias_corrections(log_decay: Array, step: Array) -> Array:
+    """``1 - b^t = -expm1(t log b)`` (Adam's bias correction, accurate for ``b`` near 1)."""
+    return -jnp.expm1(jnp.asarray(step, log_decay.dtype) * log_decay)
+
+
+def nominal_direction(
+    grad: Array,
+    momentum: Array,
+    second_moment: Array,
+    step: Array,
+    dec: Decays,
+    config: NominalConfig,
+) -> Array:
+    """The hand-designed direction ``d_nom`` of one tensor (Sec. 4: the nominal term).
+
+    ``step`` is ``t``, the number of the update being taken (1 for the first).
+    Heavy-ball traces are ``m_k / (1 - b_k)`` (``sum_s b^(t-s) g_s``, optax's ``trace``).
+    """
+    est = config.estimator
+    if est == "sgd":
+        return grad
+    if est in ("momentum", "aggmo"):
+        traces = momentum / dec.m_rest
+        return traces[..., 0] if est == "momentum" else jnp.mean(traces, axis=-1)
+    m_hat = momentum / bias_corrections(dec.m_log, step)
+    v_hat = second_moment[..., 0] / bias_corrections(dec.v_log[0], step)
+    numerator = m_hat[..., 0] if est == "adam" else jnp.mean(m_hat, axis=-1)
+    return numerator / (_safe_sqrt(v_hat) + config.eps)
+
+
+def _sqrt_or_zero(x: Array) -> Array:
+    """``sqrt(x)`` for ``x > 0``, else 0, with derivative 0 there (not ``inf``)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+
+
+def blackbox_preconditioner(
+    second_moment: Array, step: Array, dec: Decays, config: NominalConfig
+) -> Array:
+    """``rho = 1 / (sqrt(v_hat) / s + blackbox_eps)``, ``s = sqrt(mean_tensor(v_hat))``.
+
+    Adam's preconditioner ``1 / (sqrt(v_hat) + eps)`` with both terms measured in units
+    of the tensor's RMS gradient ``s``, so the blackbox term, like the nominal Adam step,
+    does not change when the loss is rescaled, and stays below ``1 / blackbox_eps``.
+    Second moments below ``sqrt(tiny)`` (gradients below ~3e-10 in float32) count as 0,
+    which keeps the derivatives ``~ 1 / (sqrt(v_hat) s)`` finite.
+    """
+    v_hat = second_moment[..., 0] / bias_corrections(dec.v_log[0], step)
+    v_hat = jnp.where(v_hat > math.sqrt(float(jnp.finfo(v_hat.dtype).tiny)), v_hat, 0)
+    scale = _sqrt_or_zero(jnp.mean(v_hat))
+    ratio = _sqrt_or_zero(v_hat) / jnp.where(scale > 0, scale, 1)
+    return 1 / (ratio + config.blackbox_eps)
+
+
+def tensor_features(
+    grad: Array, param: Array, momentum: Array, second_moment: Array, config: NominalConfig
+) -> Array:
+    """The ``num_tensor_features`` inputs of one tensor, shape ``param.shape + (F,)``, each
+    normalized by its RMS over the tensor (Metz et al. 2019's second-moment normalization).
+
+    Order: ``g, p, m_1..m_K, r_1..r_J, m_1/r_1..m_K/r_1, 1/r_1..1/r_J`` with
+    ``r_j = sqrt(v_j + rms_eps)`` (no bias correction: the normalization removes it).
+    """
+    rms = jnp.sqrt(second_moment + config.rms_eps)
+    stacked = jnp.concatenate(
+        [grad[..., None], param[..., None], momentum, rms, momentum / rms[..., :1], 1 / rms],
+        axis=-1,
+    )
+    return second_moment_normalize(stacked, range(param.ndim), config.norm_eps)
+
+
+def _layers(meta_params: MetaParams, config: NominalConfig) -> list[tuple[Array, Array]]:
+    names = [f"hidden_{i}" for i in range(len(config.hidden_sizes))] + ["out"]
+    return [(meta_params[n]["kernel"], meta_params[n]["bias"]) for n in names]
+
+
+def _first_layer(
+    meta_params: MetaParams, step_features: Array, config: NominalConfig
+) -> tuple[Array, Array]:
+    """First-layer kernel rows of the tensor features, and the bias plus the step
+    features' contribution (the same for every coordinate: computed once, not broadcast)."""
+    kernel, bias = meta_params["hidden_0"]["kernel"], meta_params["hidden_0"]["bias"]
+    n = config.num_tensor_features
+    return kernel[:n], bias + step_features @ kernel[n:]
+
+
+def mlp_matmul(
+    meta_params: MetaParams, x: Array, step_features: Array, config: NominalConfig
+) -> tuple[Array, ...]:
+    """The MLP as matrix products ``x @ W + b`` on tensor features ``x`` of shape
+    ``(..., F)``. Returns the four outputs (:data:`OUTPUTS`), each of shape ``(...)``."""
+    layers = _layers(meta_params, config)
+    kernel, bias = _first_layer(meta_params, step_features, config)
+    x = jax.nn.relu(x @ kernel + bias)
+    for kernel, bias in layers[1:-1]:
+        x = jax.nn.relu(x @ kernel + bias)
+    out = x @ layers[-1][0] + layers[-1][1]
+    return tuple(out[..., i] for i in range(len(OUTPUTS)))
+
+
+def _dense_unrolled(x: Sequence[Array], kernel: Array, bias: Array) -> list[Array]:
+    """``y_j = bias_j + sum_i x_i kernel_ij``: one scalar multiply-add per weight."""
+    out = []
+    for j in range(kernel.shape[1]):
+        acc = x[0] * kernel[0, j] + bias[j]
+        for i in range(1, len(x)):
+            acc = acc + x[i] * kernel[i, j]
+        out.append(acc)
+    return out
+
+
+def mlp_elementwise(
+    meta_params: MetaParams, x: Array, step_features: Array, config: NominalConfig
+) -> tuple[Array, ...]:
+    """The MLP unrolled into scalar multiply-adds on the feature columns (a Python loop over
+    the few hidden units at trace time; XLA fuses it into one loop over the coordinates).
+    Same inputs and outputs as :func:`mlp_matmul`."""
+    layers = _layers(meta_params, config)
+    kernel, bias = _first_layer(meta_params, step_features, config)
+    h = [x[..., i] for i in range(x.shape[-1])]
+    h = [jax.nn.relu(a) for a in _dense_unrolled(h, kernel, bias)]
+    for kernel, bias in layers[1:-1]:
+        h = [jax.nn.relu(a) for a in _dense_unrolled(h, kernel, bias)]
+    return tuple(_dense_unrolled(h, *layers[-1]))
+
+
+MLPS = {"matmul": mlp_matmul, "elementwise": mlp_elementwise}
+
+
+def combine(
+    outputs: Sequence[Array],
+    grad: Array,
+    param: Array,
+    momentum: Array,
+    second_moment: Array,
+    step: Array,
+    dec: Decays,
+    config: NominalConfig,
+) -> Array:
+    """The update ``-(nominal + blackbox + decay)`` of one tensor from the MLP outputs
+    ``(d, a, c, r)`` (each ``param.shape``) and the new accumulators; ``step = t >= 1``."""
+    direction, magnitude, nominal, reg = outputs
+    if config.controller == "tensor":
+        nominal, reg = jnp.mean(nominal), jnp.mean(reg)
+    d_nom = nominal_direction(grad, momentum, second_moment, step, dec, config)
+    update = config.learning_rate * jnp.exp(config.nominal_exp_mult * nominal) * d_nom
+    rho = blackbox_preconditioner(second_moment, step, dec, config)
+    update = update + config.step_mult * jnp.exp(config.exp_mult * magnitude) * direction * rho
+    if config.weight_decay > 0:
+        update = update + config.weight_decay * jnp.exp(config.reg_exp_mult * reg) * param
+    return -update
+
+
+# -- the optimizer --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NominalLOpt:
+    """The nominal-term learned optimizer: an architecture and pure functions.
+
+    Example::
+
+        lopt = NominalLOpt()                       # Adam(1e-3) at initialization
+        meta_params = lopt.init_meta_params(jax.random.key(0))
+        state = lopt.init(params)
+        updates, state = lopt.update(meta_params, grads, state, params)
+        params = optax.apply_updates(params, updates)
+    """
+
+    config: NominalConfig = dataclasses.field(default_factory=NominalConfig)
+
+    def net(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> NominalNet:
+        """A freshly initialized :class:`NominalNet`."""
+        return NominalNet(self.config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
+
+    def init_meta_params(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MetaParams:
+        """Initial meta-parameters (``nnx.to_pure_dict``): the optimizer is the nominal one."""
+        return nnx.to_pure_dict(nnx.split(self.net(key, param_dtype))[1])
+
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        """The static structure of :class:`NominalNet` (cached per config)."""
+        return _graphdef(self.config)
+
+    @property
+    def meta_params_shapes(self) -> MetaParams:
+        """``jax.ShapeDtypeStruct`` tree of the meta-parameters (float32; cached)."""
+        return _meta_params_shapes(self.config)
+
+    def apply(self, meta_params: MetaParams, inputs: Array) -> Array:
+        """The MLP on ``(..., num_features)`` inputs (tensor and step features) -> ``(..., 4)``."""
+        return nnx.merge(self.graphdef, meta_params)(inputs)
+
+    def decays(self, meta_params: MetaParams) -> Decays:
+        """The learned accumulator decays (``.m``, ``.v``) and their complements."""
+        return decays(meta_params, self.config)
+
+    def init(self, params: chex.ArrayTree) -> NominalState:
+        """Zero accumulators for ``params`` (same dtypes), ``count = 0``."""
+        k, j = len(self.config.momentum_decays), len(self.config.rms_decays)
+        zeros = lambda n: lambda p: jnp.zeros((*jnp.shape(p), n), jnp.result_type(p))
+        return NominalState(
+            momentum=jax.tree.map(zeros(k), params),
+            second_moment=jax.tree.map(zeros(j), params),
+            count=jnp.zeros((), jnp.int32),
+        )
+
+    def update(
+        self,
+        meta_params: MetaParams,
+        grads: chex.ArrayTree,
+        state: NominalState,
+        params: chex.ArrayTree,
+    ) -> tuple[chex.ArrayTree, NominalState]:
+        """One step: ``(updates, new_state)``, ``updates = -(nominal + blackbox + decay)``.
+
+        Pure, jit-able, differentiable in ``meta_params`` (and in ``grads``/``params``
+        unless ``config.first_order``). Accumulators are updated first; the features and
+        the nominal direction use the new ones (as optax does).
+        """
+        chex.assert_trees_all_equal_shapes(grads, params)
+        chex.assert_trees_all_equal_structs(state.momentum, params)
+        cfg = self.config
+        if cfg.first_order:
+            grads = jax.lax.stop_gradient(grads)
+        leaves, treedef = jax.tree.flatten(params)
+        columns = [treedef.flatten_up_to(t) for t in (grads, state.momentum, state.second_moment)]
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        mp = jax.tree.map(lambda a: jnp.asarray(a, dtype), meta_params)
+        dec = decays(mp, cfg, dtype)
+        step = state.count + 1
+        tensors, inputs = [], []
+        for p, g, m, v in zip(leaves, *columns, strict=True):
+            p, g = jnp.asarray(p, dtype), jnp.asarray(g, dtype)
+            m, v = accumulate(jnp.asarray(m, dtype), jnp.asarray(v, dtype), g, dec)
+            tensors.append((g, p, m, v))
+            inputs.append(tensor_features(g, p, m, v, cfg).reshape(-1, cfg.num_tensor_features))
+        # One MLP call on every coordinate of every tensor (one small graph, not one per
+        # tensor: compile time), split back into tensors for the per-tensor terms.
+        steps = time_features(state.count, cfg.time_scales, dtype)
+        flat = MLPS[cfg.mlp_form](mp, jnp.concatenate(inputs), steps, cfg) if leaves else ()
+        bounds = np.cumsum([0] + [int(np.prod(jnp.shape(p))) for p in leaves])
+        updates, momentum, second_moment = [], [], []
+        for i, (leaf, (g, p, m, v)) in enumerate(zip(leaves, tensors, strict=True)):
+            outputs = [o[bounds[i] : bounds[i + 1]].reshape(p.shape) for o in flat]
+            u = combine(outputs, g, p, m, v, step, dec, cfg)
+            kind = jnp.result_type(leaf)
+            updates.append(u.astype(kind))
+            momentum.append(m.astype(kind))
+            second_moment.append(v.astype(kind))
+        new_state = NominalState(
+            momentum=jax.tree.unflatten(treedef, momentum),
+            second_moment=jax.tree.unflatten(treedef, second_moment),
+            count=step,
+        )
+        return jax.tree.unflatten(treedef, updates), new_state
+
+
+@functools.lru_cache(maxsize=64)
+def _graphdef(config: NominalConfig) -> nnx.GraphDef:
+    abstract = nnx.eval_shape(lambda: NominalNet(config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_params_shapes(config: NominalConfig) -> MetaParams:
+    return jax.eval_shape(NominalLOpt(config).init_meta_params, jax.random.key(0))
+
+
+# -- adapters and checkpoints ---------------------------------------------------------------
+
+
+def as_optax(lopt: NominalLOpt, meta_params: MetaParams) -> optax.GradientTransformation:
+    """``lopt`` with fixed ``meta_params`` as an optax transformation (needs ``params``)."""
+    return mlp_lopt.as_optax(lopt, meta_params)
+
+
+def inner_optimizer(
+    lopt: NominalLOpt, batch_size: int | None = None
+) -> mlp_lopt.LearnedInnerOptimizer:
+    """``lopt`` as an :class:`~l2l_jax.inner.InnerOptimizer` (hparams = meta-parameters)."""
+    return mlp_lopt.LearnedInnerOptimizer(
+        name="nominal_lopt",
+        hparam_names=("meta_params",),
+        transform=optax.identity(),
+        batch_size=batch_size,
+        lopt=lopt,
+    )
+
+
+def save(path: str | Path, lopt: NominalLOpt, meta_params: MetaParams) -> Path:
+    """Save ``meta_params`` and ``lopt.config`` (JSON, ``kind = "nominal"``) with orbax.
+
+    The directory must not exist; orbax writes atomically (temporary directory, rename).
+    """
+    if not isinstance(lopt, NominalLOpt):
+        raise TypeError(
+            f"save(path, lopt, meta_params) takes a NominalLOpt, got {type(lopt).__name__}."
+        )
+    return common.save_checkpoint(path, meta_params, lopt.config.to_dict(), lopt.meta_params_shapes)
+
+
+def load(path: str | Path) -> tuple[NominalLOpt, MetaParams]:
+    """``(lopt, meta_params)`` from a checkpoint written by :func:`save`."""
+    config = common.load_config(path)
+    if config.get("kind") != KIND:
+        raise ValueError(
+            f"{path} holds no nominal learned optimizer (config kind {config.get('kind')!r}); "
+            "load an MLPLOpt checkpoint with learned.load."
+        )
+    lopt = NominalLOpt(NominalConfig.from_dict(config))
+    return lopt, common.load_meta_params(path, lopt.meta_params_shapes)
+
+
+def random_meta_params(
+    lopt: NominalLOpt, key: chex.PRNGKey, scale: float = 0.5, dtype=jnp.float32
+) -> MetaParams:
+    """Meta-parameters with every entry ``scale * N(0, 1)`` (all terms active; for tests and
+    benchmarks, where the zero output layer of :meth:`NominalLOpt.init_meta_params` would
+    hide the learned terms)."""
+    leaves, treedef = jax.tree.flatten(lopt.meta_params_shapes)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [scale * jax.random.normal(k, s.shape, dtype) for k, s in zip(keys, leaves, strict=True)],
+    )
+
+
+__all__ = [
+    "CONTROLLERS",
+    "DEFAULT_LEARNING_RATES",
+    "ESTIMATORS",
+    "MLP_FORMS",
+    "OUTPUTS",
+    "Decays",
+    "NominalConfig",
+    "NominalLOpt",
+    "NominalNet",
+    "NominalState",
+    "accumulate",
+    "as_optax",
+    "bias_corrections",
+    "blackbox_preconditioner",
+    "combine",
+    "decays",
+    "feature_names",
+    "inner_optimizer",
+    "load",
+    "mlp_elementwise",
+    "mlp_matmul",
+    "nominal_direction",
+    "random_meta_params",
+    "save",
+    "tensor_features",
+]
