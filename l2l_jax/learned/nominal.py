@@ -2,11 +2,11 @@
 Sohl-Dickstein, "A Closer Look at Learned Optimization: Stability, Robustness, and
 Inductive Biases", NeurIPS 2022).
 
-The paper's stability analysis (Sec. 3, noisy quadratic model) shows that a blackbox
-update ``P grad`` is stable only where the eigenvalues of ``I - P H`` stay inside the unit
-circle, and that adding a hand-designed *nominal* descent step ``alpha grad`` and a
-weight-decay-like term moves them inside (Sec. 4). The resulting optimizer (the paper's
-STAR; ``MLPNomLOpt`` in ``google/learned_optimization``) updates each tensor ``w`` by
+The paper's stability analysis on a noisy quadratic model shows that a blackbox update
+``P grad`` is stable only where the eigenvalues of ``I - P H`` stay inside the unit
+circle, and that a hand-designed *nominal* descent step ``alpha grad`` and a
+weight-decay-like term move them inside. The optimizer it builds on this (STAR;
+``MLPNomLOpt`` in ``google/learned_optimization``) updates each tensor ``w`` by
 
 .. code-block:: text
 
@@ -30,9 +30,10 @@ starts from a working optimizer instead of a random one.
 The MLP has two numerically identical forms (:data:`MLP_FORMS`): ``"matmul"`` (the
 default) multiplies the stacked features by the weight matrices; ``"elementwise"``
 unrolls the few hidden units into scalar multiply-adds at trace time, which XLA fuses
-into one elementwise loop. Measured on CPU (``benchmarks/nominal.py``), the unrolled form
-is no faster for a step and several times slower for the meta-gradient: its backward pass
-reduces over all coordinates once per weight instead of one ``x^T delta`` product.
+into one elementwise loop. Measured on CPU (``benchmarks/nominal.py``, MNIST MLP), the
+unrolled form makes a step 5-14% faster but the meta-gradient about 3x slower (matmul /
+elementwise time 0.26-0.34): its backward pass reduces over all coordinates once per
+weight instead of computing one ``x^T delta`` product.
 
 Meta-parameters are a plain nested dict (``nnx.to_pure_dict`` of :class:`NominalNet`);
 :meth:`NominalLOpt.update` is pure, so the optimizer plugs into
@@ -125,8 +126,7 @@ class NominalConfig:
         of the inner loss in meta-gradients).
       mlp_form: ``"matmul"`` or ``"elementwise"`` (:data:`MLP_FORMS`; same values). On
         CPU (``benchmarks/nominal.py``, MNIST MLP, hidden (4, 4)) the elementwise form's
-        step is about as fast (1.05x) but its meta-gradient 3.9x slower and its compile
-        1.3-2x slower, hence the default.
+        step is 5-14% faster but its meta-gradient about 3x slower, hence the default.
     """
 
     estimator: str = "adam"
@@ -375,7 +375,7 @@ def nominal_direction(
     dec: Decays,
     config: NominalConfig,
 ) -> Array:
-    """The hand-designed direction ``d_nom`` of one tensor (Sec. 4: the nominal term).
+    """The hand-designed direction ``d_nom`` of one tensor (the paper's nominal term).
 
     ``step`` is ``t``, the number of the update being taken (1 for the first).
     Heavy-ball traces are ``m_k / (1 - b_k)`` (``sum_s b^(t-s) g_s``, optax's ``trace``).
