@@ -7,6 +7,9 @@ forms agree, and it plugs into optax, save/load and truncated meta-training.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -464,3 +467,14 @@ def test_config_defaults_and_dict_roundtrip():
     assert cfg.replace(estimator="sgd").learning_rate == N.DEFAULT_LEARNING_RATES["sgd"]
     with pytest.raises(ValueError, match="unknown"):
         N.NominalConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_docs_example_runs():
+    doc = Path(__file__).resolve().parents[1] / "docs" / "nominal.md"
+    blocks = re.findall(r"^```python[ \t]*\n(.*?)^```[ \t]*$", doc.read_text(), re.M | re.S)
+    assert len(blocks) == 1
+    namespace: dict = {"__name__": "docs_example_nominal"}
+    exec(compile(blocks[0], f"{doc.name} [python block]", "exec"), namespace)
+    task, w, run = namespace["task"], namespace["w"], namespace["run"]
+    assert len(run.metrics) == 20 and run.nonfinite_count == 0
+    assert float(task.loss(w)) < 0.01 * float(task.loss(task.init_params()))
