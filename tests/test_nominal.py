@@ -478,3 +478,20 @@ def test_docs_example_runs():
     task, w, run = namespace["task"], namespace["w"], namespace["run"]
     assert len(run.metrics) == 20 and run.nonfinite_count == 0
     assert float(task.loss(w)) < 0.01 * float(task.loss(task.init_params()))
+
+
+def test_stability_analysis_at_init_is_heavy_ball():
+    """At initialization the training dynamics are heavy-ball momentum's: eigenvalues the
+    roots of z^2 - (1 + b - lr lam) z + b per curvature lam, plus b2 for each v."""
+    from l2l_jax import stability
+
+    with jax.enable_x64(True):
+        task = tasks.Quadratic.random(jax.random.key(0), dim=5, scale=0.5).astype(jnp.float64)
+        cfg = N.NominalConfig(estimator="momentum", learning_rate=0.1, momentum_decays=(0.9,))
+        lopt = N.NominalLOpt(cfg)
+        mp = lopt.init_meta_params(jax.random.key(0), jnp.float64)
+        ev = np.asarray(stability.linearize(task, N.inner_optimizer(lopt), mp).eigenvalues)
+        lam = np.linalg.eigvalsh(np.asarray(task.hessian))
+    roots = [np.roots([1, -(1 + 0.9 - 0.1 * x), 0.9]) for x in lam]
+    expected = np.sort_complex(np.concatenate([*roots, np.full(lam.size, 0.999)]))
+    np.testing.assert_allclose(np.sort_complex(ev), expected, atol=1e-12)
