@@ -347,6 +347,16 @@ def test_adam_direction_and_blackbox_preconditioner_ignore_the_gradient_scale(c)
     assert 0 < float(jnp.min(rho1)) and float(jnp.max(rho1)) <= 1 / SCALE_CFG.blackbox_eps
 
 
+def test_blackbox_preconditioner_at_the_float32_limits():
+    """Equal second moments give rho = 1 / (1 + blackbox_eps) even at the clipping limit
+    (where 1 / v_hat is subnormal), and 1 / blackbox_eps for an all-zero tensor."""
+    cfg = N.NominalConfig()
+    dec = N.NominalLOpt(cfg).decays(N.NominalLOpt(cfg).init_meta_params(jax.random.key(0)))
+    for g, expected in ((1e30, 1 / 1.1), (1.0, 1 / 1.1), (0.0, 10.0)):
+        _, v = N.accumulate(jnp.zeros((6, 3)), jnp.zeros((6, 1)), jnp.full(6, g), dec)
+        np.testing.assert_allclose(N.blackbox_preconditioner(v, 1, dec, cfg), expected, rtol=1e-6)
+
+
 # -- adapters ------------------------------------------------------------------------------------
 
 

@@ -407,12 +407,17 @@ def blackbox_preconditioner(
     of the tensor's RMS gradient ``s``, so the blackbox term, like the nominal Adam step,
     does not change when the loss is rescaled, and stays below ``1 / blackbox_eps``.
     Second moments below ``sqrt(tiny)`` (gradients below ~3e-10 in float32) count as 0,
-    which keeps the derivatives ``~ 1 / (sqrt(v_hat) s)`` finite.
+    which keeps the derivatives ``~ 1 / (sqrt(v_hat) s)`` finite. The RMS is taken of
+    ``sqrt(v_hat) / max sqrt(v_hat)`` (a constant for differentiation), so it cannot
+    overflow; in sqrt space, as ``1 / max v_hat`` can be subnormal (flushed to 0 on CPU).
     """
     v_hat = second_moment[..., 0] / bias_corrections(dec.v_log[0], step)
-    v_hat = jnp.where(v_hat > math.sqrt(float(jnp.finfo(v_hat.dtype).tiny)), v_hat, 0)
-    scale = _sqrt_or_zero(jnp.mean(v_hat))
-    ratio = _sqrt_or_zero(v_hat) / jnp.where(scale > 0, scale, 1)
+    floor = math.sqrt(float(jnp.finfo(v_hat.dtype).tiny))
+    root = _sqrt_or_zero(jnp.where(v_hat > floor, v_hat, 0))
+    top = jax.lax.stop_gradient(jnp.max(root))
+    x = root / jnp.where(top > 0, top, 1)
+    rms = _sqrt_or_zero(jnp.mean(jnp.square(x)))
+    ratio = x / jnp.where(rms > 0, rms, 1)
     return 1 / (ratio + config.blackbox_eps)
 
 
