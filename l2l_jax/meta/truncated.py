@@ -701,6 +701,14 @@ def _to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _host_value(x: Any) -> np.ndarray:
+    """A replicated value (a counter, a metric) on the host; in a multi-host run, from
+    this process's own copy (untested)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 def _leaves_dict(state: TruncatedState) -> dict[str, np.ndarray]:
     return {f"{i:05d}": _to_host(x) for i, x in enumerate(jax.tree.leaves(state))}
 
@@ -730,7 +738,7 @@ def save_checkpoint(manager, state: TruncatedState, config: TruncatedConfig) -> 
     import orbax.checkpoint as ocp
 
     manager.save(
-        int(state.step),
+        int(_host_value(state.step)),
         args=ocp.args.Composite(
             **{
                 _STATE: ocp.args.StandardSave(_leaves_dict(state)),
@@ -774,10 +782,11 @@ def restore_checkpoint(
     out = []
     for i, ref in enumerate(leaves):
         x = np.asarray(restored[f"{i:05d}"])
-        if x.shape != np.shape(ref) or x.dtype != np.asarray(ref).dtype:
+        ref_dtype = np.dtype(ref.dtype) if hasattr(ref, "dtype") else np.asarray(ref).dtype
+        if x.shape != np.shape(ref) or x.dtype != ref_dtype:
             raise ValueError(
                 f"checkpoint array {i} has shape {x.shape} {x.dtype}, the state expects "
-                f"{np.shape(ref)} {np.asarray(ref).dtype}: another task or optimizer."
+                f"{np.shape(ref)} {ref_dtype}: another task or optimizer."
             )
         out.append(_placed_like(x, ref))
     return jax.tree.unflatten(treedef, out)
@@ -800,13 +809,13 @@ class TruncatedResult:
     @property
     def nonfinite_count(self) -> int:
         """Meta-steps skipped over the whole run (including before a resume)."""
-        return int(self.state.nonfinite_count)
+        return int(_host_value(self.state.nonfinite_count))
 
 
 def _host_metrics(metrics: Mapping[str, Array]) -> dict[str, Any]:
     out = {}
     for name, value in metrics.items():
-        v = np.asarray(value)
+        v = _host_value(value)
         out[name] = bool(v) if v.dtype == bool else (int(v) if v.dtype.kind in "iu" else float(v))
     return out
 
@@ -892,7 +901,7 @@ def meta_train(
             state = restore_checkpoint(manager, state, config, latest)
         if metrics_path is None:
             metrics_path = checkpoint_dir / "metrics.jsonl"
-    start = int(state.step)
+    start = int(_host_value(state.step))
     if metrics_path is not None:
         metrics_path = Path(metrics_path)
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -909,7 +918,7 @@ def meta_train(
             for _ in range(start, steps):
                 t_step = time.perf_counter()
                 state, metrics = step_fn(state, task)
-                record = {"step": int(state.step), **_host_metrics(metrics)}
+                record = {"step": int(_host_value(state.step)), **_host_metrics(metrics)}
                 now = time.perf_counter()
                 record.update(step_time=now - t_step, time=now - t0)
                 history.append(record)
@@ -922,7 +931,7 @@ def meta_train(
                     save_checkpoint(manager, state, config)
                 if callback is not None:
                     callback(record["step"], record)
-        if manager is not None and manager.latest_step() != int(state.step):
+        if manager is not None and manager.latest_step() != int(_host_value(state.step)):
             save_checkpoint(manager, state, config)
     finally:
         if manager is not None:
