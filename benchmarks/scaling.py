@@ -245,13 +245,14 @@ def claim(section: dict[str, Any]) -> str:
         extra = f"; a 1-device mesh costs {ratio:.2f}× the unsharded step"
     if section["simulated_devices"]:
         where = (
-            f"simulated CPU devices sharing {section['cpus_usable']} cores, so no speedup "
-            "is expected"
+            f"simulated CPU devices sharing {section['cpus_usable']} cores: no speedup is "
+            "expected, and this is not a measure of multi-device scaling"
         )
     else:
         where = f"{section['backend']} devices"
     base = section["speedup_base_devices"]
-    return f"meta-training throughput vs {base} device(s) ({where}): {parts}{extra}."
+    unit = "device" if base == 1 else "devices"
+    return f"meta-training throughput vs {base} {unit} ({where}): {parts}{extra}."
 
 
 def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
