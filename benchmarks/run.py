@@ -48,12 +48,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import least_squares, timing, towers
+from benchmarks import flops, learned, least_squares, memory, nominal, scaling, timing, towers
 from l2l_jax import inner, meta, objectives, reference, tasks
 from l2l_jax.experiments import common
 
 # Extra groups: key in the JSON -> module with PRESETS, measure, render_markdown, claim.
-GROUPS = {"least_squares": least_squares, "towers": towers}
+GROUPS = {
+    "least_squares": least_squares,
+    "towers": towers,
+    "learned_optimizer": learned,
+    "flops": flops,
+    "nominal": nominal,
+    "memory": memory,
+    "scaling": scaling,
+}
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
