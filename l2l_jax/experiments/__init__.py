@@ -10,7 +10,21 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXPERIMENTS = ("fig1", "thm3", "sweep", "fig2", "fig3", "thm5", "thm6", "towers", "stability")
+EXPERIMENTS = (
+    "fig1",
+    "thm3",
+    "sweep",
+    "fig2",
+    "fig3",
+    "thm5",
+    "thm6",
+    "fig4a",
+    "fig4b",
+    "fig4c",
+    "fig5",
+    "towers",
+    "stability",
+)
 
 
 def get(name: str) -> ModuleType:

@@ -1,0 +1,10 @@
+"""Figure 4(c) of Wang et al. (2021); the setting is ``configs/fig4c.py``."""
+
+from __future__ import annotations
+
+import functools
+
+from l2l_jax.experiments import mnist_lopt
+
+run = functools.partial(mnist_lopt.run_setting, "fig4c")
+summarize = mnist_lopt.summary
