@@ -320,3 +320,25 @@ def test_save_load_roundtrip(tmp_path):
         learned.load(tmp_path / "missing")
     with pytest.raises(ValueError):
         learned.save(path, lopt, meta_params)
+
+
+def test_descent_init_checks_its_arguments_and_keeps_other_units():
+    lopt = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(6, 5)))
+    random = lopt.init_meta_params(jax.random.key(0))
+    warm = learned.descent_init(lopt, random, feature="grad", scale=2.0)
+    np.testing.assert_array_equal(
+        warm["hidden_0"]["kernel"][:, 2:], random["hidden_0"]["kernel"][:, 2:]
+    )
+    np.testing.assert_array_equal(warm["out"]["kernel"][:, 0], [2.0, -2.0, 0, 0, 0])
+    # two hidden layers pass x through as relu(x), relu(-x): the step is -step_mult * 2 * g~
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    grads = {"w": jnp.asarray([3.0, -1.0, 0.5, 0.0, 2.0, -4.0])}
+    updates, _ = lopt.update(warm, grads, lopt.init(params), params)
+    g = np.asarray(grads["w"], np.float64)
+    expected = -lopt.config.step_mult * 2.0 * g / np.sqrt(lopt.config.norm_eps + np.mean(g**2))
+    np.testing.assert_allclose(np.asarray(updates["w"]), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="feature must be one of"):
+        learned.descent_init(lopt, random, feature="adam")
+    narrow = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(1,)))
+    with pytest.raises(ValueError, match=">= 2 units per hidden layer"):
+        learned.descent_init(narrow, narrow.init_meta_params(jax.random.key(0)))

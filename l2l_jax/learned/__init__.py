@@ -1,5 +1,9 @@
-"""Learned optimizers: the per-parameter MLP optimizer of Metz et al. (2019)."""
+"""Learned optimizers: the per-parameter MLP optimizer of Metz et al. (2019), and the
+nominal-term optimizer of Harrison, Metz and Sohl-Dickstein (2022) in
+:mod:`l2l_jax.learned.nominal` (its ``as_optax``, ``inner_optimizer``, ``save`` and
+``load`` live there)."""
 
+from l2l_jax.learned import nominal
 from l2l_jax.learned.mlp_lopt import (
     PAPER_DECAYS,
     PAPER_TIME_SCALES,
@@ -9,6 +13,7 @@ from l2l_jax.learned.mlp_lopt import (
     MLPLOpt,
     MLPNet,
     as_optax,
+    descent_init,
     feature_names,
     features,
     inner_optimizer,
@@ -19,6 +24,7 @@ from l2l_jax.learned.mlp_lopt import (
     tensor_features,
     time_features,
 )
+from l2l_jax.learned.nominal import NominalConfig, NominalLOpt, NominalNet, NominalState
 
 __all__ = [
     "PAPER_DECAYS",
@@ -28,11 +34,17 @@ __all__ = [
     "LearnedInnerOptimizer",
     "MLPLOpt",
     "MLPNet",
+    "NominalConfig",
+    "NominalLOpt",
+    "NominalNet",
+    "NominalState",
     "as_optax",
+    "descent_init",
     "feature_names",
     "features",
     "inner_optimizer",
     "load",
+    "nominal",
     "save",
     "second_moment_normalize",
     "step_from_output",

@@ -141,6 +141,22 @@ class MLPNet(nnx.Module):
             x = jax.nn.relu(getattr(self, f"hidden_{i}")(x))
         return self.out(x)
 
+    def split_call(self, per_tensor: Array, steps: Array) -> Array:
+        """``self(concat([per_tensor, broadcast(steps)]))`` without the broadcast.
+
+        The step features are the same for every coordinate, so their share of the first
+        layer, ``steps @ W[n:] + b``, is one vector added to ``per_tensor @ W[:n]``: the
+        ``(..., num_features)`` input is never built (equal up to summation order).
+        """
+        first = self.hidden_0
+        n = per_tensor.shape[-1]
+        kernel = first.kernel[...]
+        x = per_tensor @ kernel[:n] + (steps @ kernel[n:] + first.bias[...])
+        x = jax.nn.relu(x)
+        for i in range(1, len(self.config.hidden_sizes)):
+            x = jax.nn.relu(getattr(self, f"hidden_{i}")(x))
+        return self.out(x)
+
 
 @chex.dataclass(frozen=True)
 class LOptState:
@@ -307,7 +323,9 @@ class MLPLOpt:
             g = jnp.asarray(g, jnp.result_type(p))
             decays = jnp.asarray(cfg.decays, m.dtype)
             m, v = accumulate(m, v, g, decays)
-            step = step_from_output(net(features(g, p, m, v, state.count, cfg)), cfg)
+            per_tensor = tensor_features(g, p, m, v, cfg)
+            steps = time_features(state.count, cfg.time_scales, per_tensor.dtype)
+            step = step_from_output(net.split_call(per_tensor, steps), cfg)
             return (-step).astype(jnp.result_type(p)), m, v
 
         out = jax.tree.map(one_tensor, grads, params, state.momentum, state.second_moment)
@@ -318,6 +336,54 @@ class MLPLOpt:
         )
         new_state = LOptState(momentum=momentum, second_moment=second_moment, count=state.count + 1)
         return updates, new_state
+
+
+def descent_init(
+    lopt: MLPLOpt,
+    meta_params: MetaParams,
+    feature: str = "momentum/rms[0.9]",
+    scale: float = 1.0,
+) -> MetaParams:
+    """``meta_params`` changed so the MLP starts as a descent method on one feature.
+
+    Two units of every hidden layer carry ``relu(x)`` and ``relu(-x)`` of the input
+    feature ``x`` (by name, :func:`feature_names`; default: the Adam-like direction
+    ``m/r`` at decay 0.9, the gradients' EMA over the root of their squares' EMA, both
+    with decay 0.9) and nothing else; the direction output reads ``scale * (relu(x)
+    - relu(-x)) = scale * x`` from them and nothing else, and the magnitude output is 0.
+    So the untrained optimizer's update is exactly ``-step_mult * scale * x``, where ``x``
+    is normalized by its RMS over each tensor (:func:`tensor_features`): with the default
+    feature, an Adam step (``b1 = b2 = 0.9``, no bias correction) rescaled to RMS
+    ``step_mult * scale`` over each tensor. The other hidden units keep their random
+    weights, so the meta-gradient reaches every weight (their output weights start at
+    zero, not their gradients).
+
+    A warm start (Metz et al. 2019 meta-train from a random MLP for ~10^4 meta-steps; a
+    short CPU budget cannot), documented wherever it is used; both meta-objectives of a
+    comparison start from the same point.
+    """
+    names = feature_names(lopt.config)
+    if feature not in names:
+        raise ValueError(f"feature must be one of {names}, got {feature!r}.")
+    if any(h < 2 for h in lopt.config.hidden_sizes):
+        raise ValueError(
+            f"descent_init needs >= 2 units per hidden layer, got {lopt.config.hidden_sizes}."
+        )
+    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
+    index = names.index(feature)
+    out = jax.tree.map(jnp.asarray, meta_params)
+    pos_neg = jnp.asarray([1.0, -1.0])
+    for i in range(len(lopt.config.hidden_sizes)):
+        layer = out[f"hidden_{i}"]
+        kernel = layer["kernel"].at[:, :2].set(0.0)
+        if i == 0:
+            kernel = kernel.at[index, :2].set(pos_neg)
+        else:  # relu(u0 - u1) = relu(x), relu(u1 - u0) = relu(-x)
+            kernel = kernel.at[:2, :2].set(jnp.asarray([[1.0, -1.0], [-1.0, 1.0]]))
+        out[f"hidden_{i}"] = {"kernel": kernel, "bias": layer["bias"].at[:2].set(0.0)}
+    kernel = jnp.zeros_like(out["out"]["kernel"]).at[:2, 0].set(scale * pos_neg)
+    out["out"] = {"kernel": kernel, "bias": jnp.zeros_like(out["out"]["bias"])}
+    return out
 
 
 @functools.lru_cache(maxsize=64)
