@@ -153,7 +153,8 @@ def meta_train_objective(
 
     Resumes from the checkpoints in ``directory/objective`` when there are any. Returns the
     final meta-parameters and a record: steps, skipped non-finite steps, wall time of
-    this call, and the per-step ``meta_loss`` of the whole run (from ``metrics.jsonl``).
+    this call and summed over every meta-step of the run (resumes included), and the
+    per-step ``meta_loss`` of the whole run (from ``metrics.jsonl``).
     """
     start = time.perf_counter()
     run = meta.meta_train(
@@ -175,6 +176,8 @@ def meta_train_objective(
         "meta_steps": int(run.state.step),
         "nonfinite_steps": run.nonfinite_count,
         "seconds_this_call": time.perf_counter() - start,
+        # wall time of every meta-step of the run, including those before a resume
+        "meta_step_seconds_total": float(sum(h["step_time"] for h in history)),
         "meta_loss": [h["meta_loss"] for h in history],
         "grad_norm": [h["grad_norm"] for h in history],
     }
@@ -384,5 +387,10 @@ def summary(results: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"  {k}: {v}" for k, v in results["checks"].items()]
-    lines.append(f"  total: {results['timings']['total_s']:.0f} s")
+    meta = results["meta_training"]
+    seconds = sum(m["meta_step_seconds_total"] for m in meta.values())
+    lines.append(
+        f"  time: {results['timings']['total_s']:.0f} s this call; meta-steps of both "
+        f"objectives {seconds:.0f} s in all (resumes included)"
+    )
     return "\n".join(lines)
