@@ -33,7 +33,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --preset $(PRESET)
 
-## figures: regenerate the experiment results and the figures the docs show
+## figures: regenerate the experiment results and the figures the docs show (over an hour on 2 CPU cores: fig4a-c, an estimated 10-15 min each, dominate)
 figures: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out docs/results/fig1
 	$(PY) -m l2l_jax thm3 --out docs/results/thm3
@@ -42,8 +42,12 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax fig3 --out docs/results/fig3
 	$(PY) -m l2l_jax thm5 --out docs/results/thm5
 	$(PY) -m l2l_jax thm6 --out docs/results/thm6
+	$(PY) -m l2l_jax fig4a --out docs/results/fig4a
+	$(PY) -m l2l_jax fig4b --out docs/results/fig4b
+	$(PY) -m l2l_jax fig4c --out docs/results/fig4c
 	$(PY) -m l2l_jax towers --out docs/results/towers
 	$(PY) -m l2l_jax stability --out docs/results/stability
+	$(PY) -m l2l_jax ood --out docs/results/ood
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)

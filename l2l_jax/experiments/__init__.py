@@ -24,6 +24,7 @@ EXPERIMENTS = (
     "fig5",
     "towers",
     "stability",
+    "ood",
 )
 
 
