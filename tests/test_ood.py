@@ -110,7 +110,7 @@ TINY = [
 ]
 
 
-def test_tiny_end_to_end_and_resume(tmp_path):
+def test_tiny_end_to_end_and_refused_resume(tmp_path):
     out = tmp_path / "ood"
     results = cli.main(["ood", "--out", str(out), *TINY])
     saved = json.loads((out / "results.json").read_text())
@@ -133,8 +133,7 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     for f in ("ood_ratios.png", "loss_curves.png", "meta_training.png", "table.md"):
         assert (out / f).exists()
     assert (out / "lopt_plain").is_dir() and (out / "lopt_nominal").is_dir()
-    # a repeated command resumes from the checkpoints: same meta-parameters, same numbers
-    again = cli.main(["ood", "--out", str(out), *TINY])
-    assert again["per_task"] == results["per_task"]
+    # (resuming from the checkpoints is tested with meta.meta_train in test_truncated.py;
+    # a second full run here would double the cost of this test)
     with pytest.raises(ValueError, match="another configuration"):
         cli.main(["ood", "--out", str(out), *TINY[:-1], "--config.meta.segment=2"])
