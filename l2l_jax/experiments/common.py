@@ -220,3 +220,27 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+CHECKPOINT_CONFIG = "experiment_config.json"
+
+
+def guard_checkpoints(settings: dict, directory: Path) -> None:
+    """Refuse to resume checkpoints in ``directory`` written with other ``settings``.
+
+    ``meta.meta_train`` checks its own config, but not what an experiment builds around
+    it (data, optimizer, starting point): the experiment passes those ``settings`` (a
+    JSON-able dict), saved next to the checkpoints on the first run and compared after.
+    """
+    wanted = json.loads(json.dumps(jsonable(settings)))
+    path = Path(directory) / CHECKPOINT_CONFIG
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != wanted:
+            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+            raise ValueError(
+                f"{directory} holds meta-training checkpoints of another configuration "
+                f"(fields {changed} differ); delete it or use another --out directory."
+            )
+    else:
+        write_json(path, wanted)

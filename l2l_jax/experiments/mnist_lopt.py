@@ -42,7 +42,6 @@ META_OPTIMIZERS = {"adam": optax.adam, "rmsprop": optax.rmsprop}
 WARM_STARTS = ("descent", "none")
 # Config fields that do not change what meta-training computes (safe to change on resume).
 _EVAL_ONLY = ("runs", "eval_points", "sgd_lr_min", "sgd_lr_max", "sgd_lr_count", "compare_to")
-_CHECKPOINT_CONFIG = "experiment_config.json"
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -119,24 +118,10 @@ def truncated_config(cfg: ml_collections.ConfigDict, objective: str) -> meta.Tru
 
 
 def guard_checkpoints(cfg: ml_collections.ConfigDict, directory: Path) -> None:
-    """Refuse to resume checkpoints written with other meta-training settings.
-
-    ``meta_train`` checks its own config, but not the data, the learned optimizer or its
-    starting point; those are in the experiment config, saved next to the checkpoints.
-    """
-    wanted = {k: v for k, v in cfg.to_dict().items() if k not in _EVAL_ONLY}
-    wanted = json.loads(json.dumps(common.jsonable(wanted)))
-    path = directory / _CHECKPOINT_CONFIG
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != wanted:
-            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-            raise ValueError(
-                f"{directory} holds meta-training checkpoints of another configuration "
-                f"(fields {changed} differ); delete it or use another --out directory."
-            )
-    else:
-        common.write_json(path, wanted)
+    """:func:`common.guard_checkpoints` on every config field that changes meta-training
+    (all but the evaluation-only ones)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _EVAL_ONLY}
+    common.guard_checkpoints(settings, directory)
 
 
 def meta_train_objective(

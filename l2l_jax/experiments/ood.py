@@ -50,7 +50,6 @@ _FIELDS = {
     "digits": ("family", "sizes", "n_train", "batch_size", "horizon_mult"),
     "nqm": ("family", "dim", "power", "scale", "noise_scale", "batch_size", "horizon_mult"),
 }
-_CHECKPOINT_CONFIG = "experiment_config.json"
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -251,22 +250,11 @@ def truncated_config(
 
 
 def guard_checkpoints(cfg: ml_collections.ConfigDict, directory: Path) -> None:
-    """Refuse to resume checkpoints written with other meta-training settings."""
+    """:func:`common.guard_checkpoints` on the fields that change meta-training."""
     fields = ("seed", "source", "train_tasks", "init_step", "plain", "nominal", "first_order")
     wanted = {k: cfg[k] for k in fields} | {"meta": cfg.meta.to_dict()}
     wanted["tasks"] = {n: cfg.tasks[n].to_dict() for n in cfg.train_tasks}
-    wanted = json.loads(json.dumps(common.jsonable(_plain(wanted))))
-    path = directory / _CHECKPOINT_CONFIG
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != wanted:
-            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-            raise ValueError(
-                f"{directory} holds meta-training checkpoints of another configuration "
-                f"(fields {changed} differ); delete it or use another --out directory."
-            )
-    else:
-        common.write_json(path, wanted)
+    common.guard_checkpoints(_plain(wanted), directory)
 
 
 def _plain(x):

@@ -1,8 +1,8 @@
 """Pieces shared by learned optimizers: checkpoints of (architecture, meta-parameters)
 and decays parametrized in logit space.
 
-:mod:`l2l_jax.learned.nominal` uses these; :mod:`l2l_jax.learned.mlp_lopt` has its own
-copies of the checkpoint code (it predates this module).
+:mod:`l2l_jax.learned.mlp_lopt` and :mod:`l2l_jax.learned.nominal` save and load through
+these.
 """
 
 from __future__ import annotations

@@ -39,11 +39,11 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from l2l_jax.inner.optimizers import InnerOptimizer
+from l2l_jax.learned import common
 
 Array = jax.Array
 MetaParams = dict[str, Any]
@@ -465,52 +465,23 @@ def inner_optimizer(lopt: MLPLOpt, batch_size: int | None = None) -> LearnedInne
     )
 
 
-_PARAMS, _CONFIG = "meta_params", "config"
-
-
 def save(path: str | Path, lopt: MLPLOpt | MLPNet, meta_params: MetaParams | None = None) -> Path:
     """Save meta-parameters and the architecture with orbax (atomic; the directory is new).
 
     ``save(path, lopt, meta_params)`` or ``save(path, net)`` for an :class:`MLPNet`.
-    The checkpoint holds two items: ``meta_params`` (a pytree) and ``config`` (JSON).
+    The checkpoint holds two items: ``meta_params`` (a pytree) and ``config`` (JSON),
+    written by :func:`l2l_jax.learned.common.save_checkpoint`.
     """
-    import orbax.checkpoint as ocp
-
     if isinstance(lopt, MLPNet):
         if meta_params is not None:
             raise ValueError("save(path, net) takes the weights from the module.")
         lopt, meta_params = MLPLOpt(lopt.config), nnx.to_pure_dict(nnx.split(lopt)[1])
     if not isinstance(lopt, MLPLOpt) or meta_params is None:
         raise TypeError("call save(path, lopt, meta_params) or save(path, net).")
-    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
-    path = Path(path).absolute()
-    meta_params = jax.tree.map(np.asarray, meta_params)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(
-            path,
-            args=ocp.args.Composite(
-                **{
-                    _PARAMS: ocp.args.StandardSave(meta_params),
-                    _CONFIG: ocp.args.JsonSave(lopt.config.to_dict()),
-                }
-            ),
-        )
-    return path
+    return common.save_checkpoint(path, meta_params, lopt.config.to_dict(), lopt.meta_params_shapes)
 
 
 def load(path: str | Path) -> tuple[MLPLOpt, MetaParams]:
     """``(lopt, meta_params)`` from a checkpoint written by :func:`save`."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    if not path.exists():
-        raise FileNotFoundError(f"no learned-optimizer checkpoint at {path}.")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        config = ckptr.restore(path, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
-        lopt = MLPLOpt(LOptConfig.from_dict(config[_CONFIG]))
-        restored = ckptr.restore(
-            path, args=ocp.args.Composite(**{_PARAMS: ocp.args.StandardRestore()})
-        )
-    meta_params = jax.tree.map(jnp.asarray, restored[_PARAMS])
-    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
-    return lopt, meta_params
+    lopt = MLPLOpt(LOptConfig.from_dict(common.load_config(path)))
+    return lopt, common.load_meta_params(path, lopt.meta_params_shapes)
