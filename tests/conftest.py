@@ -10,8 +10,10 @@ import os
 # One OpenBLAS thread (see benchmarks/__init__.py): set before jax/scipy load it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -32,3 +34,30 @@ def unit_roundoff(dtype) -> float:
 
 def as_dtype(x, dtype):
     return jnp.asarray(x, dtype)
+
+
+BENCH_BEGIN = "<!-- BEGIN GENERATED bench:smoke (make bench PRESET=smoke) -->"
+BENCH_END = "<!-- END GENERATED bench:smoke -->"
+
+
+@pytest.fixture(scope="session")
+def bench_smoke(tmp_path_factory):
+    """One run of ``python -m benchmarks.run --preset smoke`` shared by every bench test.
+
+    Returns ``(out, page, results)``: the output directory, a docs page whose generated
+    section the run rewrote, and the results dict ``benchmarks.run.main`` returned (each
+    group's section under its key). The groups' own tests read their sections from it
+    instead of measuring them a second time.
+    """
+    from benchmarks import run as bench
+
+    out = tmp_path_factory.mktemp("bench")
+    page = out / "docs" / "performance.md"
+    page.parent.mkdir()
+    page.write_text(f"# Performance\n\nintro\n\n{BENCH_BEGIN}\nstale\n{BENCH_END}\n\noutro\n")
+    x64_before = bool(jax.config.jax_enable_x64)
+    results = bench.main(
+        ["--preset", "smoke", "--out", str(out), "--docs", str(page), "--no-progress"]
+    )
+    assert bool(jax.config.jax_enable_x64) == x64_before, "the bench must not leak x64"
+    return out, page, results

@@ -10,6 +10,8 @@ import math
 
 import jax
 import pytest
+from conftest import BENCH_BEGIN as BEGIN
+from conftest import BENCH_END as END
 
 from benchmarks import least_squares as ls_bench
 from benchmarks import run as bench
@@ -51,8 +53,6 @@ CELL_KEYS = {
 }
 # float32 / float64 relative error allowed against the mpmath reference.
 TOL = {"float32": 1e-5, "float64": 1e-12}
-BEGIN = "<!-- BEGIN GENERATED bench:smoke (make bench PRESET=smoke) -->"
-END = "<!-- END GENERATED bench:smoke -->"
 
 
 def _reject_constant(name: str):
@@ -60,15 +60,9 @@ def _reject_constant(name: str):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One run of ``python -m benchmarks.run --preset smoke`` into a temporary directory."""
-    out = tmp_path_factory.mktemp("bench")
-    page = out / "docs" / "performance.md"
-    page.parent.mkdir()
-    page.write_text(f"# Performance\n\nintro\n\n{BEGIN}\nstale\n{END}\n\noutro\n")
-    x64_before = bool(jax.config.jax_enable_x64)
-    bench.main(["--preset", "smoke", "--out", str(out), "--docs", str(page), "--no-progress"])
-    assert bool(jax.config.jax_enable_x64) == x64_before, "the bench must not leak x64"
+def smoke(bench_smoke):
+    """The shared smoke run (``conftest.bench_smoke``), its JSON parsed strictly."""
+    out, page, _ = bench_smoke
     data = json.loads((out / "smoke.json").read_text(), parse_constant=_reject_constant)
     return out, page, data
 

@@ -24,14 +24,14 @@ SMOKE = learned_bench.PRESETS["smoke"]
 
 
 @pytest.fixture(scope="module")
-def learned_section() -> dict:
-    return learned_bench.measure(SMOKE, progress=False)
+def learned_section(bench_smoke) -> dict:
+    """The group's section of the shared smoke run (``conftest.bench_smoke``)."""
+    return bench_smoke[2]["learned_optimizer"]
 
 
 @pytest.fixture(scope="module")
-def flops_section(learned_section) -> dict:
-    """After the learned group: it reuses the compiled library step."""
-    return flops_bench.measure(flops_bench.PRESETS["smoke"], progress=False)
+def flops_section(bench_smoke) -> dict:
+    return bench_smoke[2]["flops"]
 
 
 def test_hand_written_matches_library_loss_and_gradient():

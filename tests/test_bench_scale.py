@@ -27,8 +27,9 @@ TIMED_KEYS = {"run_ms_median", "run_ms_min", "repeats", "time_vs_autodiff", "val
 
 
 @pytest.fixture(scope="module")
-def memory_section():
-    return memory.measure(memory.PRESETS["smoke"], progress=False)
+def memory_section(bench_smoke):
+    """The group's section of the shared smoke run (``conftest.bench_smoke``)."""
+    return bench_smoke[2]["memory"]
 
 
 def test_memory_schema(memory_section):
@@ -70,8 +71,8 @@ def test_memory_markdown(memory_section):
 
 
 @pytest.fixture(scope="module")
-def scaling_section():
-    return scaling.measure(scaling.PRESETS["smoke"], progress=False)
+def scaling_section(bench_smoke):
+    return bench_smoke[2]["scaling"]
 
 
 def test_scaling_schema_and_caveat(scaling_section):
