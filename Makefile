@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out $(OUT)/fig1
 
-## test: lint, then the whole test suite (what CI runs)
+## test: lint, then the whole test suite (what CI runs), one pytest worker per core
+## (test files stay whole on one worker, so their module fixtures compile once)
 test: $(STAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check l2l_jax configs benchmarks tests
