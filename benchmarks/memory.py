@@ -270,15 +270,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # -- outputs ------------------------------------------------------------------------------
 
 
-def _fmt_bytes(x: int | None) -> str:
-    if x is None:
-        return "–"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if x >= size:
-            return f"{x / size:.1f} {unit}"
-    return f"{x} B"
-
-
 def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
@@ -326,7 +317,7 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
     for r in sorted(section["rows"], key=lambda r: (list(METHODS).index(r["method"]), r["t"])):
         lines.append(
             f"| {r['method']} | {r['t']:,} | {r['segment'] or '–'} "
-            f"| {_fmt_bytes(r['peak_bytes'])} | {_fmt(r['memory_vs_autodiff'], '.3g')} "
+            f"| {timing.fmt_bytes(r['peak_bytes'])} | {_fmt(r['memory_vs_autodiff'], '.3g')} "
             f"| {r['compile_s']:.2f} | {r['compile_vs_first_t']:.2f} "
             f"| {_fmt(r.get('run_ms_median'), '.4g')} | {_fmt(r.get('time_vs_autodiff'))} |"
         )

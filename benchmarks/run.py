@@ -330,15 +330,6 @@ def _fmt_err(x: float | None) -> str:
     return "–" if x is None else f"{x:.1e}"
 
 
-def _fmt_bytes(x: int | None) -> str:
-    if x is None:
-        return "–"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if x >= size:
-            return f"{x / size:.1f} {unit}"
-    return f"{x} B"
-
-
 def _fmt_ratio(x: float | None) -> str:
     if x is None:
         return "–"
@@ -412,7 +403,8 @@ def render_markdown(results: dict[str, Any], image: str | None, heading: str = "
         for c in group:
             lines.append(
                 f"| {c['method']} | {c['t']:,} | {c['compile_s']:.2f} | {c['run_ms_median']:.3g} "
-                f"| {_fmt_ratio(c['ratio_to_first_t'])} | {_fmt_bytes(c['memory']['peak_bytes'])} "
+                f"| {_fmt_ratio(c['ratio_to_first_t'])} "
+                f"| {timing.fmt_bytes(c['memory']['peak_bytes'])} "
                 f"| {_fmt_err(c['value_rel_err'])} | {_fmt_err(c['grad_rel_err'])} "
                 f"| {_finite_mark(c)} |"
             )

@@ -112,3 +112,13 @@ def time_interleaved(cells: list[Timed], repeats: int, budget_s: float, bar: Any
                 cells[i].times.append(cells[i].sample())
         if bar is not None:
             bar.update()
+
+
+def fmt_bytes(x: int | None) -> str:
+    """``1.2 MB``-style byte count for the tables (``–`` for ``None``)."""
+    if x is None:
+        return "–"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= size:
+            return f"{x / size:.1f} {unit}"
+    return f"{x} B"
