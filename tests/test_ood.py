@@ -35,6 +35,10 @@ def test_relative_loss_and_median():
     assert ood.median_ratio([0.5, 2.0, math.inf]) == 2.0
     assert ood.median_ratio([0.5, math.nan, 1.5]) == 1.0
     assert ood.median_ratio([math.inf, math.inf, 1.0]) == math.inf
+    # final / best per run: climbed back x2 and x1, mean 1.5; non-finite -> inf
+    assert ood.rise_from_best([[3.0, 1.0, 2.0], [2.0, 0.5, 0.5]]) == pytest.approx(1.5)
+    assert ood.rise_from_best([[1.0, np.nan]]) == math.inf
+    assert ood.rise_from_best([[1.0, 0.0, 0.0]]) == 1.0
 
 
 def test_task_result_tune_and_checks():
@@ -48,7 +52,10 @@ def test_task_result_tune_and_checks():
     assert r["plain"]["diverged"] and r["plain"]["diverged_runs"] == 1
     assert r["plain"]["ratio_to_adam"] == pytest.approx(50.1 / 2 / 0.1)
     assert not r["nominal"]["diverged"] and r["nominal"]["ratio_to_adam"] == pytest.approx(2.0)
+    assert r["adam"]["rise_from_best"] == 1.0
+    assert r["plain"]["rise_from_best"] == pytest.approx((1.0 + 50.0) / 2)
     summary = ood.summarize_optimizers({"a": r, "b": r}, ["a", "b"])
+    assert summary["plain"]["median_rise_from_best"] == pytest.approx(25.5)
     assert summary["plain"]["diverged"] == 2 and summary["nominal"]["diverged"] == 0
     c = ood.checks(summary)
     assert c["nominal_diverges_on_fewer_tasks"] and c["diverged_plain"] == 2
@@ -70,6 +77,10 @@ def test_presets_and_config_errors():
         ("train_tasks", ("nope",), "train_tasks names unknown tasks"),
         ("init_step", 0.0, "init_step must be > 0"),
     ]
+    c = ood_config.get_config()
+    c.plain.start = "zeros"
+    with pytest.raises(ValueError, match=r"plain\.start must be one of"):
+        ood.check_config(c)
     for field, value, message in bad:
         c = ood_config.get_config()
         c[field] = value
@@ -87,6 +98,34 @@ def test_presets_and_config_errors():
     c.eval.adam_lrs = (1.0, 0.1, 3)
     with pytest.raises(ValueError, match=r"eval\.adam_lrs"):
         ood.check_config(c)
+
+
+def test_plain_start_descent_or_random():
+    """``plain.start``: ``descent_init`` of the random net (default) or the random net
+    itself (paper preset); the nominal start does not depend on it."""
+    import jax
+
+    from l2l_jax import learned
+
+    cfg = ood_config.get_config()
+    assert cfg.plain.start == "descent"
+    assert ood_config.get_config("paper").plain.start == "random"
+    lopts = ood.make_optimizers(cfg)
+    key = jax.random.key(3)
+    random_net = lopts["plain"].init_meta_params(key)
+    warm = ood.initial_meta_params(cfg, lopts, key)
+    expected = learned.descent_init(
+        lopts["plain"],
+        random_net,
+        feature=cfg.plain.descent_feature,
+        scale=cfg.init_step / lopts["plain"].config.step_mult,
+    )
+    jax.tree.map(np.testing.assert_array_equal, warm["plain"], expected)
+    cfg.plain.start = "random"
+    cold = ood.initial_meta_params(cfg, lopts, key)
+    jax.tree.map(np.testing.assert_array_equal, cold["plain"], random_net)
+    jax.tree.map(np.testing.assert_array_equal, cold["nominal"], warm["nominal"])
+    assert not np.array_equal(cold["plain"]["out"]["kernel"], warm["plain"]["out"]["kernel"])
 
 
 TINY = [

@@ -44,6 +44,7 @@ from l2l_jax.tasks import NQM, MnistMLP
 
 FAMILIES = ("mnist", "digits", "nqm")
 LEARNED = ("plain", "nominal")
+PLAIN_STARTS = ("descent", "random")
 LABELS = {"adam": "Adam (tuned)", "plain": "MLPLOpt (plain)", "nominal": "NominalLOpt"}
 _FIELDS = {
     "mnist": ("family", "sizes", "n_train", "batch_size", "horizon_mult"),
@@ -95,6 +96,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError("curve_tasks must be a subset of eval_tasks.")
     if not cfg.init_step > 0:
         raise ValueError(f"init_step must be > 0, got {cfg.init_step}.")
+    if cfg.plain.start not in PLAIN_STARTS:
+        raise ValueError(f"plain.start must be one of {PLAIN_STARTS}, got {cfg.plain.start!r}.")
     for field in ("horizon", "segment", "meta_batch", "steps_per_task", "rounds"):
         value = cfg.meta[field]
         if not isinstance(value, int) or value < (0 if field == "steps_per_task" else 1):
@@ -213,17 +216,19 @@ def make_optimizers(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def initial_meta_params(cfg: ml_collections.ConfigDict, lopts: Mapping, key: jax.Array) -> dict:
-    """Both start as an Adam-like step of per-coordinate RMS ``init_step``.
+    """The starting meta-parameters of both learned optimizers.
 
-    Plain: ``learned.descent_init`` on ``plain.descent_feature`` with ``scale = init_step /
-    step_mult`` (random weights elsewhere); nominal: its initialization (zero output layer:
-    exactly the nominal estimator at ``learning_rate = init_step``).
+    Plain, ``plain.start = "descent"``: ``learned.descent_init`` on ``plain.descent_feature``
+    with ``scale = init_step / step_mult`` (an Adam-like step of per-coordinate RMS
+    ``init_step``; random weights elsewhere); ``"random"``: the MLP's random initialization
+    (Metz et al. 2019). Nominal: its initialization (zero output layer: exactly the nominal
+    estimator at ``learning_rate = init_step``).
     """
     plain = lopts["plain"]
-    scale = float(cfg.init_step) / plain.config.step_mult
-    start = learned.descent_init(
-        plain, plain.init_meta_params(key), feature=cfg.plain.descent_feature, scale=scale
-    )
+    start = plain.init_meta_params(key)
+    if cfg.plain.start == "descent":
+        scale = float(cfg.init_step) / plain.config.step_mult
+        start = learned.descent_init(plain, start, feature=cfg.plain.descent_feature, scale=scale)
     return {"plain": start, "nominal": lopts["nominal"].init_meta_params(key)}
 
 
@@ -437,6 +442,20 @@ def relative_loss(final, adam_final) -> float:
     return ours / ref if np.isfinite(ours) else float("inf")
 
 
+def rise_from_best(curves) -> float:
+    """Mean over runs of ``final / min`` of each run's recorded losses: how far a run has
+    climbed back from the best loss it reached (1: never worse than its best; ``inf`` if
+    a run is non-finite). A descriptive measure of late instability, not the divergence
+    rule; ``curves`` is ``(runs, n_points)``."""
+    c = np.asarray(curves, np.float64)
+    if not np.all(np.isfinite(c)):
+        return float("inf")
+    best = c.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rise = np.where(best > 0, c[:, -1] / best, np.where(c[:, -1] > best, np.inf, 1.0))
+    return float(rise.mean())
+
+
 def median_ratio(ratios: Sequence[float]) -> float:
     """Median over tasks of the loss ratios (``inf`` counts as the worst; ``nan`` skipped)."""
     values = np.asarray(ratios, np.float64)
@@ -467,6 +486,7 @@ def task_result(curves: Mapping[str, np.ndarray], factor: float) -> dict[str, di
             "initial_loss": mean_final(c[:, 0]),
             "final_loss": mean_final(c[:, -1]),
             "final_loss_runs": c[:, -1],
+            "rise_from_best": rise_from_best(c),
             "ratio_to_adam": relative_loss(c[:, -1], adam_final),
         }
     return out
@@ -483,6 +503,9 @@ def summarize_optimizers(per_task: Mapping[str, Mapping], names: Sequence[str]) 
             "diverged_tasks": [n for n in names if per_task[n][opt]["diverged"]],
             "median_ratio": median_ratio(ratios),
             "better_than_adam": sum(bool(r < 1) for r in ratios),
+            "median_rise_from_best": median_ratio(
+                [per_task[n][opt]["rise_from_best"] for n in names]
+            ),
         }
     return out
 
@@ -570,6 +593,10 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
                 "Adam's step size is the grid value with the lowest mean final loss"
             ),
             "median_ratio": "median over the tasks of ratio_to_adam (inf counts as worst)",
+            "rise_from_best": (
+                "mean over runs of final loss / lowest recorded loss of that run "
+                "(descriptive: how far a run climbed back; not the divergence rule)"
+            ),
         },
         "tasks": {
             n: {
@@ -629,13 +656,18 @@ def table(results: Mapping[str, Any]) -> str:
             f"| `{n}`{tag} | {info['description']} | {lr:.3g} | {r['adam']['final_loss']:.3g} "
             f"| {cells[0]} | {cells[1]} |"
         )
-    rows += ["", "| optimizer | tasks | diverged | median loss / Adam | better than Adam |"]
-    rows.append("|---|---|---:|---:|---:|")
+    rows += [
+        "",
+        "| optimizer | tasks | diverged | median loss / Adam | better than Adam "
+        "| median final / best loss |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for group, label in (("ood", "out of distribution"), ("in_distribution", "training tasks")):
         for o, s in results["aggregate"].get(group, {}).items():
             rows.append(
                 f"| {LABELS[o]} | {s['tasks']} {label} | {s['diverged']} "
-                f"| {s['median_ratio']:.3g} | {s['better_than_adam']} |"
+                f"| {s['median_ratio']:.3g} | {s['better_than_adam']} "
+                f"| {s['median_rise_from_best']:.3g} |"
             )
     return "\n".join(rows)
 
