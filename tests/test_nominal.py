@@ -17,7 +17,8 @@ import optax
 import pytest
 
 from l2l_jax import inner, learned, tasks
-from l2l_jax.learned import nominal
+from l2l_jax.learned import common, nominal
+from l2l_jax.meta import truncated
 
 N = nominal
 
@@ -417,6 +418,26 @@ def test_save_load_roundtrip(tmp_path):
     other = learned.save(tmp_path / "mlp", plain, plain.init_meta_params(jax.random.key(0)))
     with pytest.raises(ValueError, match="no nominal learned optimizer"):
         N.load(other)
+
+
+def test_learned_load_reads_either_kind_of_checkpoint(tmp_path):
+    lopt = N.NominalLOpt(N.NominalConfig(estimator="momentum", hidden_sizes=(3,)))
+    mp = N.random_meta_params(lopt, jax.random.key(4))
+    loaded, loaded_mp = learned.load(N.save(tmp_path / "nom", lopt, mp))
+    assert type(loaded) is N.NominalLOpt and loaded == lopt
+    for a, b in zip(jax.tree.leaves(mp), jax.tree.leaves(loaded_mp), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    # An unknown kind is named in the error.
+    common.save_checkpoint(tmp_path / "odd", mp, {"kind": "odd"}, lopt.meta_params_shapes)
+    with pytest.raises(ValueError, match="unknown kind 'odd'"):
+        learned.load(tmp_path / "odd")
+
+
+def test_inner_optimizer_is_named_after_the_learned_optimizer():
+    assert N.inner_optimizer is learned.inner_optimizer
+    assert truncated.as_inner_optimizer(N.NominalLOpt()).name == "nominal_lopt"
+    assert truncated.as_inner_optimizer(learned.MLPLOpt()).name == "mlp_lopt"
 
 
 # -- configuration -------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Learned optimizers: the per-parameter MLP optimizer of Metz et al. (2019), and the
 nominal-term optimizer of Harrison, Metz and Sohl-Dickstein (2022) in
-:mod:`l2l_jax.learned.nominal` (its ``as_optax``, ``inner_optimizer``, ``save`` and
-``load`` live there)."""
+:mod:`l2l_jax.learned.nominal` (its ``as_optax``, ``save`` and ``load`` live there).
+
+Both share :class:`~l2l_jax.learned.common.NetOptimizer`; :func:`inner_optimizer` adapts
+either (``"mlp_lopt"``, ``"nominal_lopt"``) and :func:`load` reads either kind of
+checkpoint."""
 
 from l2l_jax.learned import nominal
 from l2l_jax.learned.mlp_lopt import (

@@ -1,21 +1,24 @@
-"""Pieces shared by learned optimizers: checkpoints of (architecture, meta-parameters)
-and decays parametrized in logit space.
+"""Pieces shared by learned optimizers: the network plumbing (:class:`NetOptimizer`),
+checkpoints of (architecture, meta-parameters) and decays parametrized in logit space.
 
-:mod:`l2l_jax.learned.mlp_lopt` and :mod:`l2l_jax.learned.nominal` save and load through
-these.
+:class:`~l2l_jax.learned.MLPLOpt` and :class:`~l2l_jax.learned.nominal.NominalLOpt`
+inherit :class:`NetOptimizer`, and :mod:`l2l_jax.learned.mlp_lopt` and
+:mod:`l2l_jax.learned.nominal` save and load through these.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 Array = jax.Array
 MetaParams = dict[str, Any]
@@ -42,6 +45,64 @@ def decay_terms(base: Array, offset: Array) -> tuple[Array, Array, Array]:
     """
     z = jnp.clip(base + offset, -MAX_LOGIT, MAX_LOGIT)
     return jax.nn.sigmoid(z), jax.nn.sigmoid(-z), jax.nn.log_sigmoid(z)
+
+
+class NetOptimizer:
+    """The meta-parameters of a learned optimizer as an ``nnx.Module``: a base class of
+    frozen dataclasses with a hashable ``config`` field (the architecture).
+
+    A subclass sets the class attributes ``Net`` (the module, built as
+    ``Net(config, rngs=..., param_dtype=...)``) and ``kind`` (a short name: the inner
+    optimizer is called ``f"{kind}_lopt"``, :func:`l2l_jax.learned.inner_optimizer`).
+    The meta-parameters are ``nnx.to_pure_dict`` of the module's state: a plain nested
+    dict of arrays.
+    """
+
+    Net: ClassVar[type[nnx.Module]]
+    kind: ClassVar[str]
+    config: Any  # the subclass's dataclass field
+
+    def net(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> nnx.Module:
+        """A freshly initialized ``Net`` (Flax default init unless the module says
+        otherwise)."""
+        return self.Net(self.config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
+
+    def init_meta_params(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MetaParams:
+        """Initial meta-parameters: ``nnx.split(net)[1]`` as a plain nested dict."""
+        return _init_meta_params(self.Net, self.config, key, param_dtype)
+
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        """The static structure of ``Net`` (no arrays allocated; cached per config)."""
+        return _graphdef(self.Net, self.config)
+
+    @property
+    def meta_params_shapes(self) -> MetaParams:
+        """``jax.ShapeDtypeStruct`` tree of the meta-parameters (float32; cached per
+        config)."""
+        return _meta_params_shapes(self.Net, self.config)
+
+    def apply(self, meta_params: MetaParams, inputs: Array) -> Array:
+        """The network with weights ``meta_params`` on ``(..., num_features)`` inputs."""
+        return nnx.merge(self.graphdef, meta_params)(inputs)
+
+
+def _init_meta_params(net: type[nnx.Module], config: Any, key: chex.PRNGKey, param_dtype):
+    module = net(config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
+    return nnx.to_pure_dict(nnx.split(module)[1])
+
+
+@functools.lru_cache(maxsize=64)
+def _graphdef(net: type[nnx.Module], config: Any) -> nnx.GraphDef:
+    abstract = nnx.eval_shape(lambda: net(config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_params_shapes(net: type[nnx.Module], config: Any) -> MetaParams:
+    return jax.eval_shape(
+        lambda key: _init_meta_params(net, config, key, jnp.float32), jax.random.key(0)
+    )
 
 
 def save_checkpoint(

@@ -29,12 +29,11 @@ them: jit-able and differentiable, usable in meta-training, as an optax transfor
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -251,10 +250,13 @@ def step_from_output(output: Array, config: LOptConfig) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPLOpt:
+class MLPLOpt(common.NetOptimizer):
     """The learned optimizer: an architecture (:class:`LOptConfig`) and pure functions.
 
     Meta-parameters are not stored here: they are the first argument of :meth:`update`.
+    ``net(key)`` is a freshly initialized :class:`MLPNet` (Flax default init, zero
+    biases); ``init_meta_params``, ``graphdef``, ``meta_params_shapes`` and ``apply``
+    come from :class:`~l2l_jax.learned.common.NetOptimizer`.
 
     Example::
 
@@ -267,27 +269,8 @@ class MLPLOpt:
 
     config: LOptConfig = dataclasses.field(default_factory=LOptConfig)
 
-    def net(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MLPNet:
-        """A freshly initialized :class:`MLPNet` (Flax default init, zero biases)."""
-        return MLPNet(self.config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
-
-    def init_meta_params(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MetaParams:
-        """Initial meta-parameters: ``nnx.split(net)[1]`` as a plain nested dict."""
-        return nnx.to_pure_dict(nnx.split(self.net(key, param_dtype))[1])
-
-    @property
-    def graphdef(self) -> nnx.GraphDef:
-        """The static structure of :class:`MLPNet` (no arrays allocated; cached per config)."""
-        return _graphdef(self.config)
-
-    @property
-    def meta_params_shapes(self) -> MetaParams:
-        """``jax.ShapeDtypeStruct`` tree of the meta-parameters (float32; cached per config)."""
-        return _meta_params_shapes(self.config)
-
-    def apply(self, meta_params: MetaParams, inputs: Array) -> Array:
-        """The MLP with weights ``meta_params`` on ``(..., num_features)`` inputs."""
-        return nnx.merge(self.graphdef, meta_params)(inputs)
+    Net: ClassVar[type[MLPNet]] = MLPNet
+    kind: ClassVar[str] = "mlp"
 
     def init(self, params: chex.ArrayTree) -> LOptState:
         """Zero accumulators for ``params`` (same dtypes), ``count = 0``."""
@@ -386,17 +369,6 @@ def descent_init(
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _graphdef(config: LOptConfig) -> nnx.GraphDef:
-    abstract = nnx.eval_shape(lambda: MLPNet(config, rngs=nnx.Rngs(0)))
-    return nnx.split(abstract)[0]
-
-
-@functools.lru_cache(maxsize=64)
-def _meta_params_shapes(config: LOptConfig) -> MetaParams:
-    return jax.eval_shape(MLPLOpt(config).init_meta_params, jax.random.key(0))
-
-
 def as_optax(lopt: MLPLOpt, meta_params: MetaParams) -> optax.GradientTransformation:
     """The learned optimizer with fixed ``meta_params`` as an optax transformation.
 
@@ -425,7 +397,7 @@ class LearnedInnerOptimizer(InnerOptimizer):
     ``meta.meta_objective(..., grad="autodiff")`` differentiates through it.
     """
 
-    lopt: MLPLOpt | None = None
+    lopt: common.NetOptimizer | None = None
 
     def hparams(self, meta_params: MetaParams | None = None, **values: Any) -> MetaParams:
         """The hyperparameters are the meta-parameters themselves (no defaults)."""
@@ -454,10 +426,16 @@ class LearnedInnerOptimizer(InnerOptimizer):
         return optax.apply_updates(params, updates), state
 
 
-def inner_optimizer(lopt: MLPLOpt, batch_size: int | None = None) -> LearnedInnerOptimizer:
-    """``lopt`` as an inner optimizer of :func:`l2l_jax.inner.unroll` (hparams = meta-params)."""
+def inner_optimizer(
+    lopt: common.NetOptimizer, batch_size: int | None = None
+) -> LearnedInnerOptimizer:
+    """``lopt`` as an inner optimizer of :func:`l2l_jax.inner.unroll` (hparams = meta-params).
+
+    Any learned optimizer (:class:`MLPLOpt`, :class:`~l2l_jax.learned.nominal.NominalLOpt`);
+    named after its ``kind``: ``"mlp_lopt"``, ``"nominal_lopt"``.
+    """
     return LearnedInnerOptimizer(
-        name="mlp_lopt",
+        name=f"{lopt.kind}_lopt",
         hparam_names=("meta_params",),
         transform=optax.identity(),
         batch_size=batch_size,
@@ -481,7 +459,27 @@ def save(path: str | Path, lopt: MLPLOpt | MLPNet, meta_params: MetaParams | Non
     return common.save_checkpoint(path, meta_params, lopt.config.to_dict(), lopt.meta_params_shapes)
 
 
-def load(path: str | Path) -> tuple[MLPLOpt, MetaParams]:
-    """``(lopt, meta_params)`` from a checkpoint written by :func:`save`."""
-    lopt = MLPLOpt(LOptConfig.from_dict(common.load_config(path)))
+def load(path: str | Path) -> tuple[common.NetOptimizer, MetaParams]:
+    """``(lopt, meta_params)`` from a checkpoint of either learned optimizer.
+
+    The stored config's ``"kind"`` picks the class: none (as :func:`save` writes) or
+    ``"mlp"`` is an :class:`MLPLOpt`, ``"nominal"`` (as
+    :func:`l2l_jax.learned.nominal.save` writes) a
+    :class:`~l2l_jax.learned.nominal.NominalLOpt`; any other kind is a ``ValueError``.
+    """
+    from l2l_jax.learned import nominal  # imports this module
+
+    kinds = {
+        MLPLOpt.kind: (MLPLOpt, LOptConfig),
+        nominal.NominalLOpt.kind: (nominal.NominalLOpt, nominal.NominalConfig),
+    }
+    values = common.load_config(path)
+    kind = values.pop("kind", MLPLOpt.kind)
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ValueError(
+            f"{path} holds a learned optimizer of unknown kind {kind!r} (the config's "
+            f"'kind'); learned.load reads the kinds {sorted(kinds)}."
+        )
+    lopt_class, config_class = kinds[kind]
+    lopt = lopt_class(config_class.from_dict(values))
     return lopt, common.load_meta_params(path, lopt.meta_params_shapes)

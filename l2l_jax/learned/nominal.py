@@ -44,13 +44,12 @@ Meta-parameters are a plain nested dict (``nnx.to_pure_dict`` of :class:`Nominal
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -524,8 +523,15 @@ def combine(
 
 
 @dataclasses.dataclass(frozen=True)
-class NominalLOpt:
+class NominalLOpt(common.NetOptimizer):
     """The nominal-term learned optimizer: an architecture and pure functions.
+
+    ``net(key)`` is a freshly initialized :class:`NominalNet`; its meta-parameters
+    (``init_meta_params(key)``, ``nnx.to_pure_dict``) make the optimizer the nominal one
+    at initialization (zero output layer and decay offsets). ``apply(meta_params,
+    inputs)`` is the MLP on ``(..., num_features)`` inputs (tensor and step features) ->
+    ``(..., 4)``. These, ``graphdef`` and ``meta_params_shapes`` come from
+    :class:`~l2l_jax.learned.common.NetOptimizer`.
 
     Example::
 
@@ -538,27 +544,8 @@ class NominalLOpt:
 
     config: NominalConfig = dataclasses.field(default_factory=NominalConfig)
 
-    def net(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> NominalNet:
-        """A freshly initialized :class:`NominalNet`."""
-        return NominalNet(self.config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
-
-    def init_meta_params(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MetaParams:
-        """Initial meta-parameters (``nnx.to_pure_dict``): the optimizer is the nominal one."""
-        return nnx.to_pure_dict(nnx.split(self.net(key, param_dtype))[1])
-
-    @property
-    def graphdef(self) -> nnx.GraphDef:
-        """The static structure of :class:`NominalNet` (cached per config)."""
-        return _graphdef(self.config)
-
-    @property
-    def meta_params_shapes(self) -> MetaParams:
-        """``jax.ShapeDtypeStruct`` tree of the meta-parameters (float32; cached)."""
-        return _meta_params_shapes(self.config)
-
-    def apply(self, meta_params: MetaParams, inputs: Array) -> Array:
-        """The MLP on ``(..., num_features)`` inputs (tensor and step features) -> ``(..., 4)``."""
-        return nnx.merge(self.graphdef, meta_params)(inputs)
+    Net: ClassVar[type[NominalNet]] = NominalNet
+    kind: ClassVar[str] = KIND
 
     def decays(self, meta_params: MetaParams) -> Decays:
         """The learned accumulator decays (``.m``, ``.v``) and their complements."""
@@ -625,17 +612,6 @@ class NominalLOpt:
         return jax.tree.unflatten(treedef, updates), new_state
 
 
-@functools.lru_cache(maxsize=64)
-def _graphdef(config: NominalConfig) -> nnx.GraphDef:
-    abstract = nnx.eval_shape(lambda: NominalNet(config, rngs=nnx.Rngs(0)))
-    return nnx.split(abstract)[0]
-
-
-@functools.lru_cache(maxsize=64)
-def _meta_params_shapes(config: NominalConfig) -> MetaParams:
-    return jax.eval_shape(NominalLOpt(config).init_meta_params, jax.random.key(0))
-
-
 # -- adapters and checkpoints ---------------------------------------------------------------
 
 
@@ -644,17 +620,9 @@ def as_optax(lopt: NominalLOpt, meta_params: MetaParams) -> optax.GradientTransf
     return mlp_lopt.as_optax(lopt, meta_params)
 
 
-def inner_optimizer(
-    lopt: NominalLOpt, batch_size: int | None = None
-) -> mlp_lopt.LearnedInnerOptimizer:
-    """``lopt`` as an :class:`~l2l_jax.inner.InnerOptimizer` (hparams = meta-parameters)."""
-    return mlp_lopt.LearnedInnerOptimizer(
-        name="nominal_lopt",
-        hparam_names=("meta_params",),
-        transform=optax.identity(),
-        batch_size=batch_size,
-        lopt=lopt,
-    )
+# ``lopt`` as an inner optimizer named "nominal_lopt": the one adapter of every learned
+# optimizer, :func:`l2l_jax.learned.inner_optimizer`.
+inner_optimizer = mlp_lopt.inner_optimizer
 
 
 def save(path: str | Path, lopt: NominalLOpt, meta_params: MetaParams) -> Path:
@@ -670,7 +638,9 @@ def save(path: str | Path, lopt: NominalLOpt, meta_params: MetaParams) -> Path:
 
 
 def load(path: str | Path) -> tuple[NominalLOpt, MetaParams]:
-    """``(lopt, meta_params)`` from a checkpoint written by :func:`save`."""
+    """``(lopt, meta_params)`` from a checkpoint written by :func:`save` (refuses an
+    :class:`~l2l_jax.learned.MLPLOpt` checkpoint; :func:`l2l_jax.learned.load` reads
+    both)."""
     config = common.load_config(path)
     if config.get("kind") != KIND:
         raise ValueError(

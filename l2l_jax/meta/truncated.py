@@ -186,11 +186,14 @@ class TruncatedState:
 
 
 def as_inner_optimizer(optimizer) -> InnerOptimizer:
-    """An :class:`~l2l_jax.inner.InnerOptimizer` (as is) or a :class:`MLPLOpt` (adapted).
+    """An :class:`~l2l_jax.inner.InnerOptimizer` (as is) or a learned optimizer
+    (:class:`~l2l_jax.learned.MLPLOpt` or :class:`~l2l_jax.learned.nominal.NominalLOpt`,
+    adapted).
 
     For a learned optimizer the hyperparameters are its meta-parameters
-    (:func:`l2l_jax.learned.inner_optimizer`); any other inner optimizer meta-learns its
-    hyperparameters (e.g. a step size) with the same machinery.
+    (:func:`l2l_jax.learned.inner_optimizer`, named ``"mlp_lopt"`` or ``"nominal_lopt"``);
+    any other inner optimizer meta-learns its hyperparameters (e.g. a step size) with the
+    same machinery.
     """
     if isinstance(optimizer, InnerOptimizer):
         return optimizer
@@ -199,7 +202,8 @@ def as_inner_optimizer(optimizer) -> InnerOptimizer:
 
         return inner_optimizer(optimizer)
     raise TypeError(
-        "optimizer must be a learned.MLPLOpt or an inner.InnerOptimizer, got "
+        "optimizer must be a learned optimizer (learned.MLPLOpt, learned.NominalLOpt) or an "
+        "inner.InnerOptimizer, got "
         f"{type(optimizer).__name__}."
     )
 
