@@ -22,9 +22,9 @@ run: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out $(OUT)/fig1
 
 ## test: lint, then the whole test suite (what CI runs), one pytest worker per core
-## (test files stay whole on one worker, so their module fixtures compile once)
+## (each test file stays whole on one worker, and the bench files share one: conftest.py)
 test: $(STAMP) lint
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check l2l_jax configs benchmarks tests
@@ -34,7 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --preset $(PRESET)
 
-## figures: regenerate the experiment results and the figures the docs show (over an hour on 2 CPU cores: fig4a-c, an estimated 10-15 min each, dominate)
+## figures: regenerate the experiment results and the figures the docs show (about three hours on 2 CPU cores: fig4a-c, 10-15 min each, and the two paper-preset ood runs, about an hour each, dominate)
 figures: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out docs/results/fig1
 	$(PY) -m l2l_jax thm3 --out docs/results/thm3
@@ -49,6 +49,8 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax towers --out docs/results/towers
 	$(PY) -m l2l_jax stability --out docs/results/stability
 	$(PY) -m l2l_jax ood --out docs/results/ood
+	$(PY) -m l2l_jax ood --out docs/results/ood_paper --preset paper
+	$(PY) -m l2l_jax ood --out docs/results/ood_paper_seed1 --preset paper --config.seed=1
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)

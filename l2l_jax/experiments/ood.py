@@ -701,7 +701,10 @@ def figures(results: Mapping[str, Any], out: Path) -> list[str]:
     labels = [n + (" (train)" if results["tasks"][n]["in_distribution"] else "") for n in names]
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize="small")
     ax.set_ylabel("final loss / tuned Adam's")
-    ax.set_title("hatched red: diverged (final loss non-finite or > 10x initial)", fontsize=9)
+    factor = results["config"]["eval"]["divergence_factor"]
+    ax.set_title(
+        f"hatched red: diverged (final loss non-finite or > {factor:g}x initial)", fontsize=9
+    )
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize="small")
     files = [common.save_figure(fig, out / "ood_ratios.png")]
