@@ -22,9 +22,9 @@ run: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out $(OUT)/fig1
 
 ## test: lint, then the whole test suite (what CI runs), one pytest worker per core
-## (each test file stays whole on one worker, and the bench files share one: conftest.py)
+## (test files stay whole on one worker, so their module fixtures compile once)
 test: $(STAMP) lint
-	$(PY) -m pytest -n auto --dist loadgroup
+	$(PY) -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check l2l_jax configs benchmarks tests
