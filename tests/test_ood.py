@@ -2,7 +2,8 @@
 errors, and a tiny end-to-end run through the command line (results structure, resume).
 
 The claim itself (the nominal-term optimizer diverges on fewer tasks) is reported by the
-experiment's ``checks`` on its full config (``docs/results/ood``), not asserted here.
+experiment's ``checks`` on its full configs (``docs/results/ood``, ``ood_paper`` and
+``ood_paper_seed1``; ``make figures``), not asserted here.
 """
 
 from __future__ import annotations
