@@ -19,11 +19,11 @@ the learned optimizer has one hidden layer of 32 units, 31 features; meta-traini
 ~12k meta-steps of truncated unrolls of 50 + Exp(100) steps with RMSProp(1e-2) and
 clipping at 1e4; evaluation: 4000 inner steps, 5 runs.
 
-``default`` (alias ``small``): what fits the issue's 15 minutes on 2 CPU cores. On CPU one
-inner step of the learned optimizer on the 79,510 parameters of the task costs ~10-30 ms
-with its backward pass (the per-coordinate MLP dominates), so meta-training gets a few
-hundred meta-steps, not 12k; three departures from the paper make that enough, all
-recorded in ``results.json``:
+``default`` (alias ``small``): fits the issue's 15 minutes on 2 CPU cores (fig4b: 12 min
+25 s on an idle machine). On CPU one inner step of the learned optimizer on the 79,510
+parameters of the task costs ~10-30 ms with its backward pass (the per-coordinate MLP
+dominates), so meta-training gets a few hundred meta-steps, not 12k; three departures from
+the paper make that enough, all recorded in ``results.json``:
 
 * **warm start** ``warm_start="descent"``: both objectives start from the same
   ``learned.descent_init`` weights, for which the untrained MLP's step is
