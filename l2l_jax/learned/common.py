@@ -65,7 +65,7 @@ class NetOptimizer:
     def net(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> nnx.Module:
         """A freshly initialized ``Net`` (Flax default init unless the module says
         otherwise)."""
-        return self.Net(self.config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
+        return _build_net(self.Net, self.config, key, param_dtype)
 
     def init_meta_params(self, key: chex.PRNGKey, param_dtype=jnp.float32) -> MetaParams:
         """Initial meta-parameters: ``nnx.split(net)[1]`` as a plain nested dict."""
@@ -87,9 +87,12 @@ class NetOptimizer:
         return nnx.merge(self.graphdef, meta_params)(inputs)
 
 
+def _build_net(net: type[nnx.Module], config: Any, key: chex.PRNGKey, param_dtype) -> nnx.Module:
+    return net(config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
+
+
 def _init_meta_params(net: type[nnx.Module], config: Any, key: chex.PRNGKey, param_dtype):
-    module = net(config, rngs=nnx.Rngs(params=key), param_dtype=param_dtype)
-    return nnx.to_pure_dict(nnx.split(module)[1])
+    return nnx.to_pure_dict(nnx.split(_build_net(net, config, key, param_dtype))[1])
 
 
 @functools.lru_cache(maxsize=64)
