@@ -3,7 +3,9 @@
 from l2l_jax.meta.objective import METHODS, MetaObjective, meta_objective
 from l2l_jax.meta.train import MetaGD, TrainResult, meta_gd, train
 from l2l_jax.meta.truncated import (
+    ESTIMATORS,
     InnerState,
+    PESState,
     TruncatedConfig,
     TruncatedResult,
     TruncatedState,
@@ -14,6 +16,7 @@ from l2l_jax.meta.truncated import (
     meta_batch_mesh,
     meta_step,
     meta_train,
+    pes_gradient,
     segment_loss,
     shard_state,
     state_sharding,
@@ -21,10 +24,12 @@ from l2l_jax.meta.truncated import (
 )
 
 __all__ = [
+    "ESTIMATORS",
     "METHODS",
     "InnerState",
     "MetaGD",
     "MetaObjective",
+    "PESState",
     "TrainResult",
     "TruncatedConfig",
     "TruncatedResult",
@@ -38,6 +43,7 @@ __all__ = [
     "meta_objective",
     "meta_step",
     "meta_train",
+    "pes_gradient",
     "segment_loss",
     "shard_state",
     "state_sharding",

@@ -1,0 +1,171 @@
+"""One inner run of truncated meta-training: its state, one inner step with the restart at
+the horizon, and a segment of ``K`` steps in one :func:`jax.lax.scan`.
+
+The estimators (:mod:`.tbptt`, :mod:`.es`, :mod:`.pes`) differentiate or perturb
+:func:`segment_loss`; everything here is pure and works under ``jit``/``vmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from l2l_jax.inner.optimizers import InnerOptimizer
+from l2l_jax.inner.unroll import checkpointed_scan, gradient_fn, remat_segment
+from l2l_jax.meta.truncated import tasks
+from l2l_jax.meta.truncated.config import TruncatedConfig
+
+Array = jax.Array
+MetaParams = chex.ArrayTree
+
+
+@chex.dataclass(frozen=True)
+class InnerState:
+    """One inner run (with a leading axis ``B`` for the meta-batch).
+
+    Attributes:
+      params: the task's parameters ``w_t``.
+      opt_state: the inner (learned) optimizer's state.
+      step: inner step ``t`` of this run, in ``[0, T)`` (int32).
+      key: raw ``uint32[2]`` PRNG key data of this run: its initialization, minibatch
+        order and meta-loss minibatches, and the key of the next run (:func:`run_keys`).
+    """
+
+    params: chex.ArrayTree
+    opt_state: chex.ArrayTree
+    step: Array
+    key: Array
+
+
+def run_keys(key: Array) -> tuple[Array, Array, Array, Array]:
+    """``(init, data, eval, next)`` keys of the run with raw key data ``key``.
+
+    The minibatch of inner step ``t`` is ``randint(fold_in(data, t), (batch,), 0, n)``,
+    the meta-loss minibatch of the iterate after step ``t`` is drawn the same way from
+    ``fold_in(eval, t)``, and ``next`` (raw key data) seeds the run that follows.
+    """
+    k_init, k_data, k_eval, k_next = jax.random.split(jax.random.wrap_key_data(key), 4)
+    return k_init, k_data, k_eval, jax.random.key_data(k_next)
+
+
+def fresh_run(
+    key: Array, task, optimizer: InnerOptimizer, meta_params: MetaParams, step: Array | int = 0
+) -> InnerState:
+    """A new run with key data ``key``: ``w_0`` from its init key, a fresh optimizer state.
+
+    Nothing here depends on the meta-parameters (gradients are stopped).
+    """
+    k_init = run_keys(key)[0]
+    params = tasks.init_task_params(task, k_init)
+    opt_state = optimizer.init(params, meta_params)
+    fresh = InnerState(
+        params=params, opt_state=opt_state, step=jnp.asarray(step, jnp.int32), key=key
+    )
+    return jax.lax.stop_gradient(fresh)
+
+
+def all_finite(tree) -> Array:
+    """True when every entry of every leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def tree_where(pred: Array, on_true, on_false):
+    """``jnp.where(pred, a, b)`` leaf by leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def advance(
+    meta_params: MetaParams,
+    run: InnerState,
+    task,
+    optimizer: InnerOptimizer,
+    config: TruncatedConfig,
+) -> tuple[InnerState, dict[str, Array], Array]:
+    """One inner step of one run, before any restart: ``(advanced, terms, done)``.
+
+    ``terms`` holds ``"meta_loss"`` (the loss of ``w_{t+1}``, tbt or tbv) and
+    ``"train_loss"`` (the minibatch loss of ``w_t``); ``done`` says the run must restart:
+    ``t + 1 == T``, or (with ``reset_nonfinite``) the new parameters are not finite.
+    """
+    _, k_data, k_eval, _ = run_keys(run.key)
+    grad_fn = gradient_fn(task, tasks.batch_size(config, optimizer))
+    loss, grads = grad_fn(run.params, jax.random.fold_in(k_data, run.step))
+    params, opt_state = optimizer.update(grads, run.opt_state, run.params, meta_params)
+    term = tasks.eval_loss(task, params, jax.random.fold_in(k_eval, run.step), config)
+    step = run.step + 1
+    done = step >= config.horizon
+    if config.reset_nonfinite:
+        done = done | ~all_finite(params)
+    advanced = InnerState(params=params, opt_state=opt_state, step=step, key=run.key)
+    return advanced, {"meta_loss": term, "train_loss": loss}, done
+
+
+def restart_where(
+    done: Array, run: InnerState, task, optimizer: InnerOptimizer, meta_params: MetaParams
+) -> InnerState:
+    """``run``, replaced by :func:`fresh_run` of its ``next`` key where ``done``."""
+    return tree_where(done, fresh_run(run_keys(run.key)[3], task, optimizer, meta_params), run)
+
+
+def inner_step(
+    meta_params: MetaParams,
+    run: InnerState,
+    task,
+    optimizer: InnerOptimizer,
+    config: TruncatedConfig,
+) -> tuple[InnerState, dict[str, Array]]:
+    """One inner step of one run, its meta-loss term, and the reset at the horizon.
+
+    Returns the new run and ``{"meta_loss": loss of w_{t+1} (tbt/tbv), "train_loss":
+    minibatch loss of w_t, "reset": whether the run was re-initialized}``
+    (:func:`advance`, then :func:`restart_where`).
+    """
+    advanced, terms, done = advance(meta_params, run, task, optimizer, config)
+    new = restart_where(done, advanced, task, optimizer, meta_params)
+    return new, {**terms, "reset": done}
+
+
+def segment_loss(
+    meta_params: MetaParams,
+    run: InnerState,
+    task,
+    optimizer: InnerOptimizer,
+    config: TruncatedConfig,
+) -> tuple[Array, tuple[InnerState, dict[str, Array]]]:
+    """``K`` inner steps of one run in a ``lax.scan``: ``(meta_loss, (new_run, aux))``.
+
+    The meta-loss is the mean of the ``K`` terms of :func:`inner_step` (the loss of the
+    iterates ``w_{t+1}, ..., w_{t+K}``); ``aux`` holds the mean minibatch training loss
+    and the number of re-initializations in the segment.
+    """
+
+    def body(carry, _):
+        return inner_step(meta_params, carry, task, optimizer, config)
+
+    segment = remat_segment(config.remat, config.segment)
+    new, out = checkpointed_scan(body, run, None, config.segment, segment)
+    aux = {"train_loss": jnp.mean(out["train_loss"]), "resets": jnp.sum(out["reset"])}
+    return jnp.mean(out["meta_loss"]), (new, aux)
+
+
+def batched_segment(meta_params, runs, task, optimizer, config):
+    """:func:`segment_loss` over the meta-batch: ``(mean loss, (new runs, mean aux))``."""
+    losses, (new, aux) = jax.vmap(segment_loss, in_axes=(None, 0, None, None, None))(
+        meta_params, runs, task, optimizer, config
+    )
+    aux = {"train_loss": jnp.mean(aux["train_loss"]), "resets": jnp.sum(aux["resets"])}
+    return jnp.mean(losses), (new, aux)
+
+
+def make_init_runs(optimizer: InnerOptimizer) -> Callable:
+    """Jitted ``(keys, starts, task, meta_params) -> InnerState`` with a leading axis."""
+
+    def init_runs(keys, starts, task, meta_params):
+        one = lambda k, t: fresh_run(k, task, optimizer, meta_params, t)
+        return jax.vmap(one)(keys, starts)
+
+    return jax.jit(init_runs)

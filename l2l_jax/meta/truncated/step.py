@@ -1,0 +1,193 @@
+"""The meta-training state and one meta-step: estimate, skip if non-finite, update.
+
+:func:`meta_step` is the jitted unit of work (:func:`make_meta_step`); the estimator named
+by :attr:`TruncatedConfig.estimator` (:func:`~.estimator.get`) supplies the gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from l2l_jax.meta.truncated import estimator, sharding, tasks
+from l2l_jax.meta.truncated.config import TruncatedConfig, default_meta_optimizer
+from l2l_jax.meta.truncated.runs import make_init_runs
+
+Array = jax.Array
+MetaParams = chex.ArrayTree
+
+# apply_if_finite gives up after this many consecutive bad steps; we never want it to.
+_NEVER = np.iinfo(np.int32).max
+
+
+@chex.dataclass(frozen=True)
+class TruncatedState:
+    """Everything meta-training needs to continue exactly (what checkpoints hold).
+
+    Attributes:
+      meta_params: the learned optimizer's weights (or an inner optimizer's hparams).
+      opt_state: the meta-optimizer's state (wrapped in ``optax.apply_if_finite``).
+      inner: the estimator's state, every array with the meta-batch ``B`` as leading
+        axis: the ``B`` runs (an :class:`~.runs.InnerState`) for TBPTT and ES, a
+        :class:`~.pes.PESState` (each pair's perturbed runs and accumulated
+        perturbation) for PES.
+      key: raw ``uint32[2]`` key data for the ES/PES perturbations of the next meta-step.
+      step: meta-steps done so far (int32).
+      nonfinite_count: meta-steps skipped because the meta-loss or meta-gradient was
+        NaN/inf (int32).
+    """
+
+    meta_params: MetaParams
+    opt_state: chex.ArrayTree
+    inner: Any
+    key: Array
+    step: Array
+    nonfinite_count: Array
+
+
+def _wrap(meta_optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    return optax.apply_if_finite(meta_optimizer, max_consecutive_errors=_NEVER)
+
+
+_CACHE: dict[Any, Callable] = {}
+_CACHE_SIZE = 32
+
+
+def cached(key: tuple, build: Callable[[], Callable]) -> Callable:
+    """``build()`` memoized on ``key`` when it is hashable (e.g. an :class:`MLPLOpt`, a
+    config and a meta-optimizer object), so repeated :func:`meta_train` calls (a resume)
+    reuse the compiled step; otherwise a new function each time."""
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def init_state(
+    key: Array,
+    task,
+    optimizer,
+    config: TruncatedConfig,
+    meta_params: MetaParams | None = None,
+    meta_optimizer: optax.GradientTransformation | None = None,
+) -> TruncatedState:
+    """The initial :class:`TruncatedState` from one typed PRNG key.
+
+    ``meta_params`` defaults to ``optimizer.init_meta_params(k)`` for a learned optimizer
+    (required for an :class:`~l2l_jax.inner.InnerOptimizer`: its hyperparameters). Run
+    ``i`` gets key ``split(k_runs, B)[i]`` and starts at inner step ``floor(i T / B)`` with
+    ``config.stagger``; the estimator builds its state from these runs.
+    """
+    inner = tasks.as_inner_optimizer(optimizer)
+    tasks.check_task(task, inner, config)
+    k_meta, k_runs, k_es = jax.random.split(key, 3)
+    if meta_params is None:
+        if not hasattr(optimizer, "init_meta_params"):
+            raise ValueError(
+                f"pass meta_params (the hyperparameters of inner.{inner.name} to meta-learn)."
+            )
+        meta_params = optimizer.init_meta_params(k_meta)
+    tx = _wrap(meta_optimizer or default_meta_optimizer(config))
+    b, horizon = config.meta_batch, config.horizon
+    starts = (np.arange(b) * horizon) // b if config.stagger else np.zeros(b, np.int64)
+    run_data = jax.random.key_data(jax.random.split(k_runs, b))
+    init_runs = cached(("init", optimizer, None, None), lambda: make_init_runs(inner))
+    runs = init_runs(run_data, jnp.asarray(starts, jnp.int32), task, meta_params)
+    return TruncatedState(
+        meta_params=meta_params,
+        opt_state=tx.init(meta_params),
+        inner=estimator.get(config.estimator).init(runs, meta_params, config),
+        key=jax.random.key_data(k_es),
+        step=jnp.zeros((), jnp.int32),
+        nonfinite_count=jnp.zeros((), jnp.int32),
+    )
+
+
+def meta_step(
+    state: TruncatedState,
+    task,
+    optimizer,
+    config: TruncatedConfig,
+    meta_optimizer: optax.GradientTransformation | None = None,
+) -> tuple[TruncatedState, dict[str, Array]]:
+    """One meta-step: estimate the segment's meta-gradient, update, advance all runs.
+
+    A step whose meta-loss or any meta-gradient entry is NaN/inf is skipped (the update is
+    zero and the meta-optimizer state does not advance, :func:`optax.apply_if_finite`, as
+    in :func:`l2l_jax.meta.train`) and counted; the runs still advance. Metrics:
+    ``meta_loss``, ``grad_norm`` (before clipping), ``nonfinite``, ``train_loss`` (mean
+    inner minibatch loss), ``resets`` (runs re-initialized in the segment).
+    Pure; :func:`make_meta_step` jits it as ``step(state, task)``.
+    """
+    inner = tasks.as_inner_optimizer(optimizer)
+    tx = _wrap(meta_optimizer or default_meta_optimizer(config))
+    key, k_es = jax.random.split(jax.random.wrap_key_data(state.key))
+    loss, grad, runs, aux = estimator.get(config.estimator).gradient(
+        state.meta_params, state.inner, k_es, task, inner, config
+    )
+    # A non-finite value poisons the step too (as in meta.train).
+    checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grad)
+    updates, opt_state = tx.update(checked, state.opt_state, state.meta_params)
+    nonfinite = ~opt_state.last_finite
+    new = TruncatedState(
+        meta_params=optax.apply_updates(state.meta_params, updates),
+        opt_state=opt_state,
+        inner=runs,
+        key=jax.random.key_data(key),
+        step=state.step + 1,
+        nonfinite_count=state.nonfinite_count + nonfinite.astype(jnp.int32),
+    )
+    metrics = {
+        "meta_loss": loss,
+        "grad_norm": optax.tree.norm(grad),
+        "nonfinite": nonfinite,
+        **aux,
+    }
+    return new, metrics
+
+
+def make_meta_step(
+    optimizer,
+    config: TruncatedConfig,
+    meta_optimizer: optax.GradientTransformation | None = None,
+    mesh: Mesh | None = None,
+) -> Callable[[TruncatedState, Any], tuple[TruncatedState, dict[str, Array]]]:
+    """``jax.jit`` of :func:`meta_step` as ``step(state, task)`` (the task is traced, so
+    its data are arguments rather than constants baked into the compiled program).
+
+    With a 1-d ``mesh`` (:func:`~.sharding.meta_batch_mesh`), the step is compiled for
+    the state laid out by :func:`~.sharding.state_sharding` (the estimator's runs split
+    over the devices along the meta-batch axis, everything else replicated) and keeps
+    that layout for the new state; the task is replicated. Inputs placed otherwise are
+    moved first (free when they already are).
+    """
+    inner = tasks.as_inner_optimizer(optimizer)
+    tx = meta_optimizer or default_meta_optimizer(config)
+    if mesh is not None:
+        sharding.check_mesh(mesh, config)
+
+    def build():
+        step = lambda state, task: meta_step(state, task, inner, config, tx)
+        if mesh is None:
+            return jax.jit(step)
+        spec, rep = sharding.state_sharding(mesh), sharding.replicated(mesh)
+        jitted = jax.jit(step, in_shardings=(spec, rep), out_shardings=(spec, rep))
+
+        def sharded_step(state, task):
+            return jitted(jax.device_put(state, spec), jax.device_put(task, rep))
+
+        return sharded_step
+
+    return cached(("step", optimizer, config, meta_optimizer, mesh), build)
