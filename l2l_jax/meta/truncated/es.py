@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.meta.truncated.config import TruncatedConfig
-from l2l_jax.meta.truncated.runs import InnerState, batched_segment, segment_loss
+from l2l_jax.meta.truncated.runs import InnerState, batched_segment, segment
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -25,6 +25,43 @@ def tree_normal(key: Array, tree: MetaParams, prefix: tuple[int, ...]) -> MetaPa
         for k, x in zip(keys, leaves, strict=False)
     ]
     return jax.tree.unflatten(treedef, noise)
+
+
+def perturbations(key: Array, meta_params: MetaParams, config: TruncatedConfig) -> MetaParams:
+    """``sigma eps`` with ``eps ~ N(0, I)`` for every run and pair: leading axes ``(B, P)``;
+    run ``b`` draws from ``split(key, B)[b]``."""
+    keys = jax.random.split(key, config.meta_batch)
+    eps = jax.vmap(lambda k: tree_normal(k, meta_params, (config.es_pairs,)))(keys)
+    return jax.tree.map(lambda e: config.es_sigma * e, eps)
+
+
+def antithetic(meta_params: MetaParams, delta: MetaParams) -> MetaParams:
+    """``theta + delta`` and ``theta - delta`` stacked on a new last batch axis (size 2)."""
+    return jax.tree.map(
+        lambda t, d: jnp.stack([t + d, t - d], axis=d.ndim - t.ndim), meta_params, delta
+    )
+
+
+def paired(runs: InnerState, pairs: int) -> InnerState:
+    """Each of the ``B`` runs copied for its ``pairs`` pairs and both signs: ``(B, P, 2)``."""
+    return jax.tree.map(
+        lambda x: jnp.broadcast_to(x[:, None, None], (x.shape[0], pairs, 2, *x.shape[1:])), runs
+    )
+
+
+def pair_segment(thetas, runs, task, optimizer, config):
+    """One segment of every pair's ``+`` and ``-`` run (axes ``(B, P, 2)``; the two runs of a
+    pair restart together): ``(new_runs, terms)`` with terms shaped ``(K, B, P, 2)``."""
+    return segment(
+        thetas,
+        runs,
+        task,
+        optimizer,
+        config,
+        batch_ndim=3,
+        batched_params=True,
+        restart_together=True,
+    )
 
 
 def es_gradient(
@@ -50,25 +87,12 @@ def es_gradient(
     ``loss``. ``key`` is a typed key.
     """
     loss, (new, aux) = batched_segment(meta_params, runs, task, optimizer, config)
-    sigma, pairs = config.es_sigma, config.es_pairs
-
-    def one_run(run, k):
-        eps = tree_normal(k, meta_params, (pairs,))
-
-        def pair(e):
-            shift = jax.tree.map(lambda x: sigma * x, e)
-            plus = jax.tree.map(jnp.add, meta_params, shift)
-            minus = jax.tree.map(jnp.subtract, meta_params, shift)
-            l_plus = segment_loss(plus, run, task, optimizer, config)[0]
-            l_minus = segment_loss(minus, run, task, optimizer, config)[0]
-            return (l_plus - l_minus) / (2 * sigma)
-
-        weights = jax.vmap(pair)(eps)
-        return jax.tree.map(lambda e: jnp.tensordot(weights, e, axes=1) / pairs, eps)
-
-    keys = jax.random.split(key, config.meta_batch)
-    grads = jax.vmap(one_run)(runs, keys)
-    grad = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+    delta = perturbations(key, meta_params, config)
+    thetas = antithetic(meta_params, delta)
+    _, terms = pair_segment(thetas, paired(runs, config.es_pairs), task, optimizer, config)
+    seg = jnp.mean(terms["meta_loss"], axis=0)  # (B, P, 2)
+    weights = (seg[..., 0] - seg[..., 1]) / (2 * config.es_sigma**2 * seg[..., 0].size)
+    grad = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=2), delta)
     return loss, grad, new, aux
 
 

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.meta.truncated.config import TruncatedConfig
-from l2l_jax.meta.truncated.es import tree_normal
-from l2l_jax.meta.truncated.runs import InnerState, advance, restart_where
+from l2l_jax.meta.truncated.es import antithetic, pair_segment, paired, perturbations
+from l2l_jax.meta.truncated.runs import InnerState
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -54,32 +54,11 @@ class PESState:
 
 def init_pes(runs: InnerState, meta_params: MetaParams, config: TruncatedConfig) -> PESState:
     """Every pair of run ``b`` starts as two copies of ``runs[b]``, with ``xi = 0``."""
-    shape = (config.meta_batch, config.es_pairs, 2)
-    pairs = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None, None], shape + x.shape[1:]), runs)
     acc = jax.tree.map(
-        lambda x: jnp.zeros(shape[:2] + jnp.shape(x), jnp.result_type(x)), meta_params
+        lambda x: jnp.zeros((config.meta_batch, config.es_pairs, *jnp.shape(x)), x.dtype),
+        meta_params,
     )
-    return PESState(runs=pairs, accumulator=acc)
-
-
-def _pair_segment(thetas, runs, task, optimizer, config):
-    """``K`` steps of one pair's two runs (``thetas``, ``runs``: leading axis 2, ``+/-``).
-
-    Both runs restart together when either must (the horizon is shared; a non-finite
-    ``+`` run also restarts its ``-`` twin), so the two stay aligned step for step.
-    Returns the new runs and, per step, the meta-loss and training loss of both and the
-    restart flag.
-    """
-    step2 = jax.vmap(advance, in_axes=(0, 0, None, None, None))
-    restart2 = jax.vmap(restart_where, in_axes=(None, 0, None, None, 0))
-
-    def body(carry, _):
-        advanced, terms, done = step2(thetas, carry, task, optimizer, config)
-        done = jnp.any(done)
-        new = restart2(done, advanced, task, optimizer, thetas)
-        return new, (terms["meta_loss"], terms["train_loss"], done)
-
-    return jax.lax.scan(body, runs, None, length=config.segment)
+    return PESState(runs=paired(runs, config.es_pairs), accumulator=acc)
 
 
 def pes_gradient(
@@ -96,33 +75,31 @@ def pes_gradient(
     run); ``aux`` holds their mean training loss and the number of pairs restarted.
     ``key`` (typed) draws the perturbations, independent across runs and pairs.
     """
-    sigma, pairs = config.es_sigma, config.es_pairs
+    delta = perturbations(key, meta_params, config)  # (B, P, ...)
+    thetas = antithetic(meta_params, delta)
+    runs, terms = pair_segment(thetas, state.runs, task, optimizer, config)
+    losses, done = terms["meta_loss"], terms["reset"][..., 0]  # (K, B, P, 2), (K, B, P)
+    diff = losses[..., 0] - losses[..., 1]
+    # the iterates after a restart inside the segment saw only this segment's delta
+    restarted = (jnp.cumsum(done, axis=0) - done) > 0
+    scale = 1.0 / (2 * config.es_sigma**2 * config.segment * diff[0].size)
+    w_old = jnp.sum(jnp.where(restarted, 0.0, diff), axis=0) * scale  # (B, P)
+    w_new = jnp.sum(jnp.where(restarted, diff, 0.0), axis=0) * scale
+    xi = jax.tree.map(jnp.add, state.accumulator, delta)
+    grad = jax.tree.map(
+        lambda x, d: jnp.tensordot(w_old, x, axes=2) + jnp.tensordot(w_new, d, axes=2), xi, delta
+    )
+    # after a restart, xi is the delta the new runs stepped with, or 0 if they have not
+    # stepped yet (a restart at the segment's last step)
+    any_done = jnp.any(done, axis=0)
+    seen = runs.step[..., 0] > 0
 
-    def one_pair(runs, acc, eps):
-        delta = jax.tree.map(lambda e: sigma * e, eps)
-        thetas = jax.tree.map(lambda t, d: jnp.stack([t + d, t - d]), meta_params, delta)
-        new, (losses, train, done) = _pair_segment(thetas, runs, task, optimizer, config)
-        diff = losses[:, 0] - losses[:, 1]
-        # iterates after a restart inside the segment saw only this segment's delta
-        restarted = (jnp.cumsum(done) - done) > 0
-        scale = 1.0 / (2 * sigma**2 * config.segment)
-        w_old = jnp.sum(jnp.where(restarted, 0.0, diff)) * scale
-        w_new = jnp.sum(jnp.where(restarted, diff, 0.0)) * scale
-        xi = jax.tree.map(jnp.add, acc, delta)
-        grad = jax.tree.map(lambda x, d: w_old * x + w_new * d, xi, delta)
-        # a restart at the last step leaves a fresh run that has seen no perturbation yet
-        seen = jnp.where(new.step[0] > 0, 1.0, 0.0)
-        new_acc = jax.tree.map(lambda x, d: jnp.where(jnp.any(done), seen * d, x), xi, delta)
-        return grad, new, new_acc, jnp.mean(losses), jnp.mean(train), jnp.sum(done)
+    def next_acc(x, d):
+        expand = lambda a: a.reshape(a.shape + (1,) * (d.ndim - a.ndim))
+        return jnp.where(expand(any_done), jnp.where(expand(seen), d, 0.0), x)
 
-    def one_run(runs, acc, k):
-        eps = tree_normal(k, meta_params, (pairs,))
-        return jax.vmap(one_pair)(runs, acc, eps)
-
-    keys = jax.random.split(key, config.meta_batch)
-    grads, runs, acc, losses, train, resets = jax.vmap(one_run)(state.runs, state.accumulator, keys)
-    grad = jax.tree.map(lambda g: jnp.mean(g, axis=(0, 1)), grads)
-    aux = {"train_loss": jnp.mean(train), "resets": jnp.sum(resets)}
+    acc = jax.tree.map(next_acc, xi, delta)
+    aux = {"train_loss": jnp.mean(terms["train_loss"]), "resets": jnp.sum(done)}
     return jnp.mean(losses), grad, PESState(runs=runs, accumulator=acc), aux
 
 

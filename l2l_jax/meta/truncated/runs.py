@@ -129,6 +129,52 @@ def inner_step(
     return new, {**terms, "reset": done}
 
 
+def segment(
+    meta_params: MetaParams,
+    runs: InnerState,
+    task,
+    optimizer: InnerOptimizer,
+    config: TruncatedConfig,
+    *,
+    batch_ndim: int = 0,
+    batched_params: bool = False,
+    restart_together: bool = False,
+) -> tuple[InnerState, dict[str, Array]]:
+    """``K`` inner steps of a batch of runs in one ``lax.scan``: ``(new_runs, terms)``.
+
+    ``runs`` has ``batch_ndim`` leading batch axes (``0``: one run); ``meta_params`` is
+    shared by all runs, or has the same leading axes when ``batched_params`` (ES/PES
+    perturbations). ``terms`` holds ``meta_loss``, ``train_loss`` and ``reset`` of every
+    step, shaped ``(K, *batch)``. With ``restart_together``, the runs along the last batch
+    axis (a pair's ``+`` and ``-`` runs) restart together when any of them must.
+
+    The restart (:func:`restart_where`) sits under a :func:`jax.lax.cond` on "any run of
+    the batch restarts now", outside the ``vmap``, so the fresh initializations (a random
+    draw of every parameter) are computed only at the few steps where a run reaches the
+    horizon, not at every step; the values are those of :func:`inner_step` run by run.
+    """
+    step, restart = advance, restart_where
+    for _ in range(batch_ndim):
+        theta_axis = 0 if batched_params else None
+        step = jax.vmap(step, in_axes=(theta_axis, 0, None, None, None))
+        restart = jax.vmap(restart, in_axes=(0, 0, None, None, theta_axis))
+
+    def body(carry, _):
+        advanced, terms, done = step(meta_params, carry, task, optimizer, config)
+        if restart_together:
+            done = jnp.broadcast_to(jnp.any(done, axis=-1, keepdims=True), done.shape)
+        new = jax.lax.cond(
+            jnp.any(done),
+            lambda: restart(done, advanced, task, optimizer, meta_params),
+            lambda: advanced,
+        )
+        return new, {**terms, "reset": done}
+
+    return checkpointed_scan(
+        body, runs, None, config.segment, remat_segment(config.remat, config.segment)
+    )
+
+
 def segment_loss(
     meta_params: MetaParams,
     run: InnerState,
@@ -136,29 +182,27 @@ def segment_loss(
     optimizer: InnerOptimizer,
     config: TruncatedConfig,
 ) -> tuple[Array, tuple[InnerState, dict[str, Array]]]:
-    """``K`` inner steps of one run in a ``lax.scan``: ``(meta_loss, (new_run, aux))``.
+    """``K`` inner steps of one run: ``(meta_loss, (new_run, aux))``.
 
     The meta-loss is the mean of the ``K`` terms of :func:`inner_step` (the loss of the
     iterates ``w_{t+1}, ..., w_{t+K}``); ``aux`` holds the mean minibatch training loss
     and the number of re-initializations in the segment.
     """
-
-    def body(carry, _):
-        return inner_step(meta_params, carry, task, optimizer, config)
-
-    segment = remat_segment(config.remat, config.segment)
-    new, out = checkpointed_scan(body, run, None, config.segment, segment)
+    new, out = segment(meta_params, run, task, optimizer, config)
     aux = {"train_loss": jnp.mean(out["train_loss"]), "resets": jnp.sum(out["reset"])}
     return jnp.mean(out["meta_loss"]), (new, aux)
 
 
 def batched_segment(meta_params, runs, task, optimizer, config):
-    """:func:`segment_loss` over the meta-batch: ``(mean loss, (new runs, mean aux))``."""
-    losses, (new, aux) = jax.vmap(segment_loss, in_axes=(None, 0, None, None, None))(
-        meta_params, runs, task, optimizer, config
-    )
-    aux = {"train_loss": jnp.mean(aux["train_loss"]), "resets": jnp.sum(aux["resets"])}
-    return jnp.mean(losses), (new, aux)
+    """The ``B`` runs of the meta-batch (one leading axis) for one segment with shared
+    meta-parameters: ``(mean loss, (new runs, aux))``, the loss the mean over runs of
+    each run's :func:`segment_loss`."""
+    new, out = segment(meta_params, runs, task, optimizer, config, batch_ndim=1)
+    aux = {
+        "train_loss": jnp.mean(jnp.mean(out["train_loss"], axis=0)),
+        "resets": jnp.sum(out["reset"]),
+    }
+    return jnp.mean(jnp.mean(out["meta_loss"], axis=0)), (new, aux)
 
 
 def make_init_runs(optimizer: InnerOptimizer) -> Callable:
