@@ -91,8 +91,9 @@ def meta_train(
     ends bit-identical to an uninterrupted run. Without ``resume`` an existing checkpoint
     is an error. Metrics of each meta-step (``step``, ``meta_loss``, ``grad_norm``,
     ``nonfinite``, ``train_loss``, ``resets``, ``step_time``, ``time`` since this call
-    started) are appended to ``metrics_path`` (default ``checkpoint_dir/metrics.jsonl``;
-    on resume, lines after the checkpoint are dropped) and passed to ``callback(step,
+    started) are appended to ``metrics_path`` (default ``checkpoint_dir/metrics.jsonl``,
+    written by process 0 only in a multi-process run; on resume, lines after the
+    checkpoint are dropped) and passed to ``callback(step,
     metrics)``.
 
     ``mesh`` (opt-in; e.g. :func:`meta_batch_mesh` over all devices) splits the meta-batch
@@ -130,7 +131,8 @@ def meta_train(
                     "pass resume=True to continue, or use a new directory."
                 )
             state = restore_checkpoint(manager, state, config, latest)
-        if metrics_path is None:
+        if metrics_path is None and jax.process_index() == 0:
+            # one writer: in a multi-process run every process shares checkpoint_dir
             metrics_path = checkpoint_dir / "metrics.jsonl"
     start = int(host_value(state.step))
     if metrics_path is not None:

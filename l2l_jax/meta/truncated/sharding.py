@@ -84,5 +84,18 @@ def shard_state(state, mesh: Mesh):
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every array of ``tree`` (e.g. the task and its data) replicated on ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """Every array of ``tree`` (e.g. the task and its data) replicated on ``mesh``.
+
+    Typed PRNG keys (e.g. ``MnistMLP.init_key``) travel as their raw key data:
+    ``jax.device_put`` refuses to place a key array on a mesh with other processes'
+    devices (multi-process runs).
+    """
+    sharding = replicated(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(put, tree)
