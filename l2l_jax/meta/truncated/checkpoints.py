@@ -24,7 +24,7 @@ _STATE, _CONFIG = "state", "config"
 
 def to_host(x: Any) -> np.ndarray:
     """The whole array on the host (sharded arrays are gathered)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # multi-host (untested)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # multi-process: a collective
         from jax.experimental import multihost_utils
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -33,7 +33,7 @@ def to_host(x: Any) -> np.ndarray:
 
 def host_value(x: Any) -> np.ndarray:
     """A replicated value (a counter, a metric) on the host; in a multi-host run, from
-    this process's own copy (untested)."""
+    this process's own copy."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return np.asarray(x.addressable_data(0))
     return np.asarray(x)
