@@ -267,3 +267,15 @@ def test_mnist_validation_minibatches():
     no_valid = MnistMLP.from_data(data, n_train=50, key=jax.random.key(0), sizes=(784, 8, 10))
     with pytest.raises(ValueError, match="validation data"):
         meta.init_state(jax.random.key(0), no_valid, TINY_LOPT, cfg)
+
+
+def test_config_and_task_sizes_are_checked_before_any_work():
+    with pytest.raises(ValueError, match=r"segment \(K = 30\) must be <= horizon \(T = 20\)"):
+        meta.TruncatedConfig(horizon=20, segment=30)
+    task = linreg(n=64, n_valid=32)
+    too_big = dataclasses.replace(TINY_CFG, batch_size=10**6)
+    with pytest.raises(ValueError, match=r"batch_size = 1000000 is larger than the task's 64"):
+        meta.init_state(jax.random.key(0), task, TINY_LOPT, too_big)
+    tbv = dataclasses.replace(TINY_CFG, objective="tbv", eval_batch_size=33)
+    with pytest.raises(ValueError, match=r"eval_batch_size = 33 is larger than the task's 32"):
+        meta.init_state(jax.random.key(0), task, TINY_LOPT, tbv)

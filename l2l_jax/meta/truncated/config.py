@@ -80,6 +80,12 @@ class TruncatedConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}.")
+        if self.segment > self.horizon:
+            raise ValueError(
+                f"segment (K = {self.segment}) must be <= horizon (T = {self.horizon}): a "
+                "meta-step advances each run by K steps of a run of T; lower segment or "
+                "raise horizon."
+            )
         remat_segment(self.remat, self.segment)
 
     def to_dict(self) -> dict[str, Any]:

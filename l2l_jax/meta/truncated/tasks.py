@@ -106,6 +106,17 @@ def check_task(task, optimizer: InnerOptimizer, config: TruncatedConfig) -> None
     )
     if needs_examples and not getattr(task, "num_examples", None):
         raise ValueError(f"minibatches need task.num_examples > 0; {task!r} has none.")
+    rows = {"batch_size": (batch_size(config, optimizer), getattr(task, "num_examples", None))}
+    if config.eval_batch_size is not None:
+        n = task.num_examples if config.objective == "tbt" else getattr(task, "num_valid", None)
+        rows["eval_batch_size"] = (config.eval_batch_size, n)
+    for name, (size, n) in rows.items():
+        if size is not None and n is not None and size > n:
+            raise ValueError(
+                f"TruncatedConfig.{name} = {size} is larger than the task's {n} rows it "
+                f"samples from; use at most {n} (each run draws a minibatch of this size "
+                "every inner step, so an oversized one only allocates)."
+            )
     if config.objective == "tbv":
         if num_valid(task) == 0:
             raise ValueError(
