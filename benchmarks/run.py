@@ -24,7 +24,7 @@ The group "least-squares grid search" (:mod:`benchmarks.least_squares`, under th
 
 Usage::
 
-    python -m benchmarks.run --preset cpu-small [--out DIR] [--repeats N] [--no-docs]
+    python -m benchmarks.run --preset cpu-small [--out DIR] [--repeats N] [--no-docs] [--no-peer]
 
 Writes ``<out>/<preset>.json``, ``<out>/<preset>.md`` and ``<out>/<preset>.png``. With
 the default ``--out`` it also regenerates the preset's section of ``docs/performance.md``
@@ -48,7 +48,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import flops, learned, least_squares, memory, nominal, scaling, timing, towers
+from benchmarks import (
+    estimators,
+    flops,
+    learned,
+    least_squares,
+    memory,
+    nominal,
+    scaling,
+    timing,
+    towers,
+)
 from l2l_jax import inner, meta, objectives, reference, tasks
 from l2l_jax.experiments import common
 
@@ -57,6 +67,7 @@ GROUPS = {
     "least_squares": least_squares,
     "towers": towers,
     "learned_optimizer": learned,
+    "learned_estimators": estimators,
     "flops": flops,
     "nominal": nominal,
     "memory": memory,
@@ -523,21 +534,35 @@ def write_outputs(results: dict[str, Any], out: Path, docs_page: Path | None) ->
     return paths
 
 
+def group_preset(module: Any, name: str, peer: bool = True) -> Any:
+    """The group's preset ``name``; with ``peer=False`` its peer comparison (if it has one)
+    is switched off, with the reason "--no-peer given"."""
+    found = module.PRESETS[name]
+    if peer or not getattr(found, "peer", False):
+        return found
+    return dataclasses.replace(found, peer=False, peer_skip="--no-peer given")
+
+
 def run(
     preset: Preset,
     out: Path = DEFAULT_OUT,
     repeats: int | None = None,
     docs_page: Path | None = None,
     progress: bool = True,
+    peer: bool = True,
 ) -> dict[str, Any]:
-    """Measure every cell of ``preset``, write the outputs, return the results dict."""
+    """Measure every cell of ``preset``, write the outputs, return the results dict.
+
+    ``peer=False`` skips the groups' comparisons with peer libraries run in subprocesses
+    (a group preset with a ``peer`` field; the section says why it was skipped).
+    """
     start = time.perf_counter()
     repeats = preset.repeats if repeats is None else repeats
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
     cells = measure_all(preset, repeats, progress=progress)
     sections = {
-        key: module.measure(module.PRESETS[preset.name], progress)
+        key: module.measure(group_preset(module, preset.name, peer), progress)
         for key, module in GROUPS.items()
         if preset.name in module.PRESETS
     }
@@ -577,6 +602,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--no-docs", action="store_true", help="do not touch the docs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-peer",
+        action="store_true",
+        help="skip the comparison with learned_optimization (../shared/peers), which runs "
+        "its scripts in subprocesses (about ten minutes on 2 CPU cores)",
+    )
     args = parser.parse_args(argv)
     docs_page = args.docs
     if docs_page is None and args.out.resolve() == DEFAULT_OUT.resolve():
@@ -584,7 +615,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.no_docs:
         docs_page = None
     results = run(
-        PRESETS[args.preset], args.out, args.repeats, docs_page, progress=not args.no_progress
+        PRESETS[args.preset],
+        args.out,
+        args.repeats,
+        docs_page,
+        progress=not args.no_progress,
+        peer=not args.no_peer,
     )
     for summary in results["summary"]:
         print(f"[{summary['dtype']}, d={summary['dim']}] {flatness_claim(summary)}")
