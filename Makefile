@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= cpu-small
 OUT    ?= runs
 
-.PHONY: setup run test lint bench docs figures clean
+.PHONY: setup run test lint bench accelerator-check docs figures clean
 
 setup: $(STAMP)
 
@@ -30,9 +30,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check l2l_jax configs benchmarks tests
 	$(VENV)/bin/ruff format --check l2l_jax configs benchmarks tests
 
-## bench: benchmarks as JSON + markdown under benchmarks/results/ (PRESET=cpu-small|accelerator)
+## bench: benchmarks as JSON + markdown under benchmarks/results/ (PRESET=cpu-small|accelerator);
+## BENCH_ARGS=--no-peer skips the learned_optimization comparison (subprocesses, ~10 min on 2 cores)
 bench: $(STAMP)
-	$(PY) -m benchmarks.run --preset $(PRESET)
+	$(PY) -m benchmarks.run --preset $(PRESET) $(BENCH_ARGS)
+
+## accelerator-check: on a GPU machine (no virtualenv: its python3 with jax[cuda]), at most 8 min:
+## `bench PRESET=accelerator`, then 200 meta-steps of fig4b's paper preset, into OUT/accelerator-check
+## (see scripts/accelerator_check.sh for the wheels to carry in .whl/)
+accelerator-check:
+	PYTHON=$(PYTHON) scripts/accelerator_check.sh $(OUT)/accelerator-check
 
 ## figures: regenerate the experiment results and the figures the docs show (about three hours on 2 CPU cores: fig4a-c, 10-15 min each, and the two paper-preset ood runs, about an hour each, dominate)
 figures: $(STAMP)
