@@ -187,7 +187,10 @@ def test_estimators_table_follows_from_its_fields(estimators_section):
     for name in ("es", "pes"):
         assert targets[name]["value"] == rows[name]["roofline_fraction"]
         assert targets[name]["met"] == (rows[name]["roofline_fraction"] >= 0.5)
-    assert targets["TBPTT"]["met"] == (section["tbptt_over_pes"] <= 3.0)
+    per_run = section["tbptt_over_pes"] * 2 * section["settings"]["es_pairs"]
+    assert section["tbptt_over_forward_per_run"] == pytest.approx(per_run)
+    assert targets["TBPTT"]["value"] == section["tbptt_over_forward_per_run"]
+    assert targets["TBPTT"]["met"] == (per_run <= 3.0)
     assert section["peer"] == {"status": "peer skipped: not run in the smoke preset"}
     md = estimators_bench.render_markdown(section, "###")
     assert md.startswith("### learned-optimizer estimators")
@@ -297,5 +300,6 @@ def _section_stub() -> dict:
         },
         "rows": [],
         "tbptt_over_pes": None,
+        "tbptt_over_forward_per_run": None,
         "targets": [],
     }  # fmt: skip
