@@ -1,5 +1,6 @@
 """Pieces shared by learned optimizers: the network plumbing (:class:`NetOptimizer`),
-checkpoints of (architecture, meta-parameters) and decays parametrized in logit space.
+checkpoints of (architecture, meta-parameters), decays parametrized in logit space and
+the per-coordinate MLP as one fused elementwise loop (:func:`fused_mlp`).
 
 :class:`~l2l_jax.learned.MLPLOpt` and :class:`~l2l_jax.learned.nominal.NominalLOpt`
 inherit :class:`NetOptimizer`, and :mod:`l2l_jax.learned.mlp_lopt` and
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +46,117 @@ def decay_terms(base: Array, offset: Array) -> tuple[Array, Array, Array]:
     """
     z = jnp.clip(base + offset, -MAX_LOGIT, MAX_LOGIT)
     return jax.nn.sigmoid(z), jax.nn.sigmoid(-z), jax.nn.log_sigmoid(z)
+
+
+Layers = tuple[tuple[Array, Array], ...]
+
+
+def dense_columns(x: Sequence[Array], kernel: Array, bias: Array) -> list[Array]:
+    """``y_j = bias_j + sum_i x_i kernel_ij`` on feature columns ``x_i`` (arrays of one
+    shape): one scalar multiply-add per weight, unrolled at trace time."""
+    out = []
+    for j in range(kernel.shape[1]):
+        acc = x[0] * kernel[0, j] + bias[j]
+        for i in range(1, len(x)):
+            acc = acc + x[i] * kernel[i, j]
+        out.append(acc)
+    return out
+
+
+def mlp_columns(layers: Sequence[tuple[Array, Array]], x: Sequence[Array]) -> list[Array]:
+    """A ReLU MLP (``layers``: ``(kernel, bias)`` pairs, the last one linear) on feature
+    columns: a list of input arrays of one shape -> a list of output arrays of that shape.
+
+    Only elementwise operations, so XLA fuses the whole MLP into one loop over the
+    coordinates (no ``(..., hidden)`` activations in memory). Its autodiff is slow (one
+    reduction over all coordinates per weight): differentiate :func:`fused_mlp` instead.
+    """
+    h = list(x)
+    for kernel, bias in layers[:-1]:
+        h = [jax.nn.relu(a) for a in dense_columns(h, kernel, bias)]
+    return dense_columns(h, *layers[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_mlp(head: Callable, layers: Layers, columns: tuple[Array, ...]):
+    return head(*mlp_columns(layers, columns))
+
+
+def _fused_mlp_fwd(head, layers, columns):
+    # Saves only the inputs: the backward pass recomputes the activations (remat).
+    return _fused_mlp(head, layers, columns), (layers, columns)
+
+
+def _fused_mlp_bwd(head, residuals, cotangent):
+    layers, columns = residuals
+    shape = columns[0].shape
+    x = jnp.stack([c.reshape(-1) for c in columns])  # (features, coordinates)
+    inputs, active = [x], []
+    for kernel, bias in layers[:-1]:
+        a = kernel.T @ inputs[-1] + bias[:, None]
+        active.append(a > 0)
+        inputs.append(jnp.where(a > 0, a, 0))
+    kernel, bias = layers[-1]
+    out = kernel.T @ inputs[-1] + bias[:, None]
+    _, head_vjp = jax.vjp(head, *(o.reshape(shape) for o in out))
+    delta = jnp.stack([d.reshape(-1) for d in head_vjp(cotangent)])  # d loss / d out
+    grads = [None] * len(layers)
+    for i in reversed(range(len(layers))):
+        kernel, bias = layers[i]
+        grads[i] = (
+            (inputs[i] @ delta.T).astype(kernel.dtype),
+            jnp.sum(delta, axis=1).astype(bias.dtype),
+        )
+        delta = kernel @ delta
+        if i > 0:
+            delta = jnp.where(active[i - 1], delta, 0)
+    d_columns = tuple(d.reshape(shape).astype(c.dtype) for d, c in zip(delta, columns, strict=True))
+    return tuple(grads), d_columns
+
+
+_fused_mlp.defvjp(_fused_mlp_fwd, _fused_mlp_bwd)
+
+
+def fused_mlp(
+    head: Callable[..., Any],
+    layers: Sequence[tuple[Array, Array]],
+    columns: Sequence[Array],
+) -> Any:
+    """``head(*mlp_columns(layers, columns))``, fast in both directions.
+
+    The forward pass is :func:`mlp_columns`, one fused elementwise loop. The reverse pass
+    (a ``jax.custom_vjp``) keeps only the inputs and recomputes the activations as matrix
+    products over all coordinates, ``A = W^T X`` (``X``: features x coordinates), then
+    ``dW = X dA^T``, ``db = sum dA`` and ``dX = W dA``: a few matmuls instead of one
+    reduction per weight. ``head`` (a function of the output columns, e.g. the step of a
+    learned optimizer) is applied inside, so its derivative uses the recomputed outputs
+    and the forward loop is not run again; it is static (not differentiated itself).
+
+    Works under ``vmap`` (batched weights give batched matmuls) and ``jax.checkpoint``.
+    Columns of fewer than :data:`MIN_FUSED_SIZE` coordinates use :func:`mlp_matmul`.
+    Matches autodiff of the matmul form to rounding, except where a pre-activation is
+    exactly 0 (both use ReLU's derivative 0 there).
+    """
+    layers = tuple((kernel, bias) for kernel, bias in layers)
+    if math.prod(jnp.shape(columns[0])) < MIN_FUSED_SIZE:
+        return head(*mlp_matmul(layers, columns))
+    return _fused_mlp(head, layers, tuple(columns))
+
+
+# Tensors with fewer coordinates take the matmul form: their cost is negligible, and
+# XLA's CPU code generator can exhaust memory on the unrolled loop of a tiny 1-D tensor
+# (a bias of 5 entries: the whole MLP unrolled per coordinate).
+MIN_FUSED_SIZE = 128
+
+
+def mlp_matmul(layers: Sequence[tuple[Array, Array]], x: Sequence[Array]) -> list[Array]:
+    """:func:`mlp_columns` as matrix products on the stacked ``(..., features)`` input
+    (the plain form; its activations are materialized)."""
+    h = jnp.stack(x, axis=-1)
+    for kernel, bias in layers[:-1]:
+        h = jax.nn.relu(h @ kernel + bias)
+    out = h @ layers[-1][0] + layers[-1][1]
+    return [out[..., i] for i in range(out.shape[-1])]
 
 
 class NetOptimizer:
