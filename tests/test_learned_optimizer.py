@@ -7,6 +7,8 @@ docs/learned_optimizer.md, and the orbax save/load roundtrip.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import optax
 import pytest
 
 from l2l_jax import inner, learned, meta, objectives, tasks
+from l2l_jax.learned import mlp_lopt
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = learned.LOptConfig(hidden_sizes=(6, 5), decays=(0.5, 0.99), time_scales=(1.0, 10.0))
@@ -136,7 +139,9 @@ def test_initial_steps_are_small():
             )
             d, m = jnp.moveaxis(apply(meta_params, feats), -1, 0)
             bound = cfg.step_mult * jnp.abs(d) * jnp.exp(cfg.exp_mult * m)
-            np.testing.assert_allclose(jnp.abs(updates[k]), bound, rtol=1e-5, atol=1e-10)
+            # atol: float32 rounding of the MLP's sums, taken in another order by the
+            # fused update (both forms are within ~1.2e-9 of float64 here).
+            np.testing.assert_allclose(jnp.abs(updates[k]), bound, rtol=1e-5, atol=5e-9)
             # d and m are O(1) at initialization: steps of order step_mult.
             assert float(jnp.max(jnp.abs(updates[k]))) < 20 * cfg.step_mult
             assert float(jnp.mean(jnp.abs(updates[k]))) < 3 * cfg.step_mult
@@ -342,3 +347,94 @@ def test_descent_init_checks_its_arguments_and_keeps_other_units():
     narrow = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(1,)))
     with pytest.raises(ValueError, match=">= 2 units per hidden layer"):
         learned.descent_init(narrow, narrow.init_meta_params(jax.random.key(0)))
+
+
+# -------------------------------------- fused update vs the plain (matmul) reference form
+
+
+def _reference_update(lopt, meta_params, grads, state, params):
+    """``MLPLOpt.update`` written in the plain form: stacked features, ``lopt.apply``."""
+    cfg = lopt.config
+    if cfg.first_order:
+        grads = jax.lax.stop_gradient(grads)
+
+    def one(g, p, m, v):
+        m, v = mlp_lopt.accumulate(m, v, g, jnp.asarray(cfg.decays, m.dtype))
+        x = learned.features(g, p, m, v, state.count, cfg)
+        return -learned.step_from_output(lopt.apply(meta_params, x), cfg), m, v
+
+    out = {k: one(grads[k], params[k], state.momentum[k], state.second_moment[k]) for k in params}
+    updates = {k: o[0] for k, o in out.items()}
+    momentum = {k: o[1] for k, o in out.items()}
+    second_moment = {k: o[2] for k, o in out.items()}
+    return updates, learned.LOptState(
+        momentum=momentum, second_moment=second_moment, count=state.count + 1
+    )
+
+
+def _fused_params(dtype):
+    """Tensors big enough for the fused MLP (>= MIN_FUSED_SIZE), and a tiny one."""
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    return {
+        "w": jax.random.normal(k1, (16, 12), dtype),
+        "b": jax.random.normal(k2, (130,), dtype),
+        "s": jax.random.normal(k3, (3,), dtype),
+    }
+
+
+def _unrolled_loss(update, meta_params, params, steps=3):
+    """A loss of the parameters after ``steps`` updates on ``sum(sin(p) * c)``."""
+    lopt_state = learned.MLPLOpt(SMALL).init(params)
+
+    def body(carry, t):
+        p, s = carry
+        g = jax.grad(lambda q: sum(jnp.sum(jnp.sin(x + t) * x) for x in jax.tree.leaves(q)))(p)
+        u, s = update(meta_params, g, s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    (p, _), _ = jax.lax.scan(body, (params, lopt_state), jnp.arange(steps, dtype=float))
+    return sum(jnp.sum(jnp.cos(x) * x) for x in jax.tree.leaves(p))
+
+
+def _assert_trees_close(actual, desired, rtol):
+    for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
+        scale = float(jnp.max(jnp.abs(d)))
+        assert float(jnp.max(jnp.abs(a - d))) <= rtol * scale, (a, d)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_fused_update_and_meta_gradients_match_the_reference_form(first_order):
+    cfg = dataclasses.replace(SMALL, first_order=first_order)
+    lopt = learned.MLPLOpt(cfg)
+    for dtype, rtol in ((jnp.float32, 1e-5), (jnp.float64, 1e-10)):
+        with jax.enable_x64(dtype == jnp.float64):
+            meta_params = _random_meta_params(lopt, 2, dtype, scale=0.5)
+            params = _fused_params(dtype)
+            ref = functools.partial(_reference_update, lopt)
+            state = lopt.init(params)
+            grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
+            new, ref_out = (
+                jax.jit(f)(meta_params, grads, state, params) for f in (lopt.update, ref)
+            )
+            _assert_trees_close(new, ref_out, rtol)
+            grad = jax.jit(jax.grad(functools.partial(_unrolled_loss, lopt.update), (0, 1)))
+            grad_ref = jax.jit(jax.grad(functools.partial(_unrolled_loss, ref), (0, 1)))
+            _assert_trees_close(grad(meta_params, params), grad_ref(meta_params, params), rtol)
+
+
+def test_fused_update_under_vmap_with_batched_meta_params():
+    lopt = learned.MLPLOpt(SMALL)
+    stacked = jax.tree.map(
+        lambda *a: jnp.stack(a), *(_random_meta_params(lopt, s, jnp.float32) for s in (3, 4))
+    )
+    params = _fused_params(jnp.float32)
+
+    def per_run(update):
+        return jax.jit(
+            jax.vmap(jax.value_and_grad(functools.partial(_unrolled_loss, update)), (0, None))
+        )
+
+    ref = functools.partial(_reference_update, lopt)
+    (value, grad), (value_ref, grad_ref) = (per_run(f)(stacked, params) for f in (lopt.update, ref))
+    _assert_trees_close(value, value_ref, 1e-5)
+    _assert_trees_close(grad, grad_ref, 1e-5)

@@ -29,6 +29,7 @@ them: jit-able and differentiable, usable in meta-training, as an optax transfor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -172,6 +173,26 @@ class LOptState:
     count: Array
 
 
+def second_moment_factors(x: Array, axis: Sequence[int], eps: float) -> tuple[Array, Array]:
+    """``(a, b)`` with ``second_moment_normalize(x, axis, eps) == (x * a) * b`` (shapes of
+    ``x`` reduced over ``axis`` with ``keepdims``).
+
+    ``a = 1 / sqrt(s)`` and ``b = a / sqrt(eps / s^2 + mean((x / s)^2))`` with ``s =
+    max|x|`` (a constant for differentiation). Both are finite and normal for every
+    finite ``x``: ``a`` lies in ``[5e-20, 3e22]`` (float32) and ``b`` in ``[1e-9, 3e3 *
+    sqrt(n)]``, while their product ``1 / rms(x)`` may not be (``5e-39`` for ``x`` near
+    the largest float): apply them one after the other, per element.
+    """
+    axis = tuple(axis)
+    s = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+    s = jnp.where(s > 0, s, jnp.ones_like(s))
+    a = 1 / jnp.sqrt(s)
+    xs = (x * a) * a
+    big = float(jnp.finfo(xs.dtype).max) / 4  # eps / s^2 is inf when s^2 underflows
+    ratio = jnp.minimum(eps / jnp.square(s), big)
+    return a, a / jnp.sqrt(ratio + jnp.mean(jnp.square(xs), axis=axis, keepdims=True))
+
+
 def second_moment_normalize(x: Array, axis: Sequence[int], eps: float) -> Array:
     """``x / sqrt(eps + mean(x^2))``, the mean over ``axis`` (Metz et al. 2019).
 
@@ -180,7 +201,7 @@ def second_moment_normalize(x: Array, axis: Sequence[int], eps: float) -> Array:
     underflows: a huge tensor (``1e30``) is normalized to RMS ~1, a tensor far below
     ``sqrt(eps)`` (``1e-30``) maps to ~``x / sqrt(eps)``, or to at most ``2 / sqrt(max
     float)`` (float32: ~1e-19) where ``eps / s^2`` would overflow: numerically 0. Zeros
-    stay 0.
+    stay 0. :func:`second_moment_factors` is the same as two per-element factors.
     """
     axis = tuple(axis)
     s = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
@@ -220,6 +241,8 @@ def tensor_features(
 
     Order: ``g, p, m_1..m_K, r_1..r_K, (m/r)_1..(m/r)_K, (1/r)_1..(1/r)_K`` with
     ``r_k = sqrt(v_k + rms_eps)``; each column divided by its RMS over the tensor.
+    This is the plain (reference) form; :meth:`MLPLOpt.update` computes the same
+    columns without stacking them.
     """
     rms = jnp.sqrt(second_moment + config.rms_eps)
     stacked = jnp.concatenate(
@@ -241,6 +264,30 @@ def features(
     steps = time_features(count, config.time_scales, per_tensor.dtype)
     steps = jnp.broadcast_to(steps, (*param.shape, steps.shape[0]))
     return jnp.concatenate([per_tensor, steps], axis=-1)
+
+
+def _feature_columns(
+    grad: Array, param: Array, momentum: Array, second_moment: Array, config: LOptConfig
+) -> list[Array]:
+    """:func:`tensor_features` as a list of ``2 + 4K`` normalized columns (each of
+    ``param.shape``), in a form XLA fuses into its consumers: ``m/r`` multiplies by
+    ``1/r``, each column has its own reductions, and the normalization multiplies by two
+    per-column factors (:func:`second_moment_factors`)."""
+    k = momentum.shape[-1]
+    m = [momentum[..., i] for i in range(k)]
+    r = [jnp.sqrt(second_moment[..., i] + config.rms_eps) for i in range(k)]
+    inv_r = [1 / x for x in r]
+    columns = [grad, param, *m, *r, *(x * i for x, i in zip(m, inv_r, strict=True)), *inv_r]
+    axis = tuple(range(param.ndim))
+    out = []
+    for c in columns:
+        a, b = second_moment_factors(c, axis, config.norm_eps)
+        out.append((c * a) * b)
+    return out
+
+
+def _step_head(exp_mult: float, step_mult: float, direction: Array, magnitude: Array) -> Array:
+    return direction * jnp.exp(exp_mult * magnitude) * step_mult
 
 
 def step_from_output(output: Array, config: LOptConfig) -> Array:
@@ -294,24 +341,49 @@ class MLPLOpt(common.NetOptimizer):
         Pure and jit-able; differentiable in ``meta_params`` (and in ``grads``/``params``
         unless ``config.first_order``). The accumulators are updated first and the
         features use the new ones (so the first step already sees ``m_k = (1-b_k) g``).
+
+        Equal (to rounding) to ``step_from_output(apply(meta_params, features(...)))``
+        per tensor, computed for speed: the features as separate columns and the MLP as
+        one fused elementwise loop (:func:`~l2l_jax.learned.common.fused_mlp`, whose
+        reverse pass recomputes the activations with matrix products), and each tensor's
+        step under ``jax.checkpoint``, so reverse mode through an unroll stores only the
+        step's inputs.
         """
         chex.assert_trees_all_equal_shapes(grads, params)
         chex.assert_trees_all_equal_structs(state.momentum, params)
         cfg = self.config
         if cfg.first_order:
             grads = jax.lax.stop_gradient(grads)
-        net = nnx.merge(self.graphdef, meta_params)
+        names = [f"hidden_{i}" for i in range(len(cfg.hidden_sizes))] + ["out"]
+        n = cfg.num_tensor_features
+        head = functools.partial(_step_head, cfg.exp_mult, cfg.step_mult)
 
-        def one_tensor(g, p, m, v):
+        # Rematerialized in reverse mode: only the inputs are kept per step.
+        @jax.checkpoint
+        def one_tensor(meta_params, count, g, p, m, v):
             g = jnp.asarray(g, jnp.result_type(p))
-            decays = jnp.asarray(cfg.decays, m.dtype)
-            m, v = accumulate(m, v, g, decays)
-            per_tensor = tensor_features(g, p, m, v, cfg)
-            steps = time_features(state.count, cfg.time_scales, per_tensor.dtype)
-            step = step_from_output(net.split_call(per_tensor, steps), cfg)
+            m, v = accumulate(m, v, g, jnp.asarray(cfg.decays, m.dtype))
+            if math.prod(p.shape) < common.MIN_FUSED_SIZE:  # tiny: the plain form
+                x = tensor_features(g, p, m, v, cfg)
+                columns = [x[..., i] for i in range(n)]
+            else:
+                columns = _feature_columns(g, p, m, v, cfg)
+            steps = time_features(count, cfg.time_scales, columns[0].dtype)
+            layers = [(meta_params[k]["kernel"], meta_params[k]["bias"]) for k in names]
+            kernel, bias = layers[0]
+            # The step features are the same for every coordinate: their share of the
+            # first layer is folded into its bias.
+            layers[0] = (kernel[:n], bias + steps @ kernel[n:])
+            step = common.fused_mlp(head, layers, columns)
             return (-step).astype(jnp.result_type(p)), m, v
 
-        out = jax.tree.map(one_tensor, grads, params, state.momentum, state.second_moment)
+        out = jax.tree.map(
+            lambda g, p, m, v: one_tensor(meta_params, state.count, g, p, m, v),
+            grads,
+            params,
+            state.momentum,
+            state.second_moment,
+        )
         treedef = jax.tree.structure(params)
         updates, momentum, second_moment = (
             jax.tree.unflatten(treedef, [leaf[i] for leaf in treedef.flatten_up_to(out)])
