@@ -262,7 +262,7 @@ def test_mnist_validation_minibatches():
     np.testing.assert_allclose(
         truncated.valid_batch_loss(task, params, idx), task.valid_loss(params), rtol=1e-6
     )
-    cfg = meta.TruncatedConfig(objective="tbv", batch_size=32)
+    cfg = meta.TruncatedConfig(objective="tbv", batch_size=32, eval_batch_size=16)
     truncated.check_task(task, learned.inner_optimizer(TINY_LOPT), cfg)
     no_valid = MnistMLP.from_data(data, n_train=50, key=jax.random.key(0), sizes=(784, 8, 10))
     with pytest.raises(ValueError, match="validation data"):

@@ -106,6 +106,13 @@ def check_task(task, optimizer: InnerOptimizer, config: TruncatedConfig) -> None
     )
     if needs_examples and not getattr(task, "num_examples", None):
         raise ValueError(f"minibatches need task.num_examples > 0; {task!r} has none.")
+    if config.objective == "tbv":
+        if num_valid(task) == 0:
+            raise ValueError(
+                "objective='tbv' needs validation data, but the task has none: build it "
+                "with validation rows (e.g. MnistMLP.from_data(..., n_valid=N))."
+            )
+
     rows = {"batch_size": (batch_size(config, optimizer), getattr(task, "num_examples", None))}
     if config.eval_batch_size is not None:
         n = task.num_examples if config.objective == "tbt" else getattr(task, "num_valid", None)
@@ -116,12 +123,6 @@ def check_task(task, optimizer: InnerOptimizer, config: TruncatedConfig) -> None
                 f"TruncatedConfig.{name} = {size} is larger than the task's {n} rows it "
                 f"samples from; use at most {n} (each run draws a minibatch of this size "
                 "every inner step, so an oversized one only allocates)."
-            )
-    if config.objective == "tbv":
-        if num_valid(task) == 0:
-            raise ValueError(
-                "objective='tbv' needs validation data, but the task has none: build it "
-                "with validation rows (e.g. MnistMLP.from_data(..., n_valid=N))."
             )
 
 
