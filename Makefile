@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= cpu-small
 OUT    ?= runs
 
-.PHONY: setup run test lint bench accelerator-check docs figures clean
+.PHONY: setup run test test-slow lint bench accelerator-check docs figures clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,11 @@ run: $(STAMP)
 ## test: lint, then the whole test suite (what CI runs), one pytest worker per core
 ## (test files stay whole on one worker, so their module fixtures compile once)
 test: $(STAMP) lint
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist loadfile -m "not slow"
+
+## test-slow: the end-to-end tests marked slow (experiment CLIs, multi-process meta-training)
+test-slow: $(STAMP)
+	$(PY) -m pytest -n auto --dist loadfile -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check l2l_jax configs benchmarks tests

@@ -40,6 +40,20 @@ BENCH_BEGIN = "<!-- BEGIN GENERATED bench:smoke (make bench PRESET=smoke) -->"
 BENCH_END = "<!-- END GENERATED bench:smoke -->"
 
 
+def _run_bench_smoke(out):
+    from benchmarks import run as bench
+
+    page = out / "docs" / "performance.md"
+    page.parent.mkdir(parents=True)
+    page.write_text(f"# Performance\n\nintro\n\n{BENCH_BEGIN}\nstale\n{BENCH_END}\n\noutro\n")
+    x64_before = bool(jax.config.jax_enable_x64)
+    results = bench.main(
+        ["--preset", "smoke", "--out", str(out), "--docs", str(page), "--no-progress"]
+    )
+    assert bool(jax.config.jax_enable_x64) == x64_before, "the bench must not leak x64"
+    return page, results
+
+
 @pytest.fixture(scope="session")
 def bench_smoke(tmp_path_factory):
     """One run of ``python -m benchmarks.run --preset smoke`` shared by every bench test.
@@ -47,17 +61,29 @@ def bench_smoke(tmp_path_factory):
     Returns ``(out, page, results)``: the output directory, a docs page whose generated
     section the run rewrote, and the results dict ``benchmarks.run.main`` returned (each
     group's section under its key). The groups' own tests read their sections from it
-    instead of measuring them a second time.
+    instead of measuring them a second time. Under pytest-xdist the run happens once for
+    all workers: the first to take the lock runs it in the session's shared temporary
+    folder and pickles the results; the others wait for the lock and read them.
     """
-    from benchmarks import run as bench
+    import fcntl
+    import pickle
 
-    out = tmp_path_factory.mktemp("bench")
-    page = out / "docs" / "performance.md"
-    page.parent.mkdir()
-    page.write_text(f"# Performance\n\nintro\n\n{BENCH_BEGIN}\nstale\n{BENCH_END}\n\noutro\n")
-    x64_before = bool(jax.config.jax_enable_x64)
-    results = bench.main(
-        ["--preset", "smoke", "--out", str(out), "--docs", str(page), "--no-progress"]
-    )
-    assert bool(jax.config.jax_enable_x64) == x64_before, "the bench must not leak x64"
-    return out, page, results
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:  # one process: nothing to share
+        out = tmp_path_factory.mktemp("bench")
+        page, results = _run_bench_smoke(out)
+        return out, page, results
+    shared = tmp_path_factory.getbasetemp().parent / "bench_smoke"
+    shared.mkdir(exist_ok=True)
+    out, done = shared / "out", shared / "results.pickle"
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                page, results = _run_bench_smoke(out)
+                tmp = shared / "results.pickle.tmp"
+                tmp.write_bytes(pickle.dumps(results))
+                tmp.replace(done)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return out, out / "docs" / "performance.md", pickle.loads(done.read_bytes())

@@ -31,6 +31,7 @@ def tiny(cfg):
     cfg.runs = 2
     cfg.eval_points = 3
     cfg.sgd_lr_count = 2
+    cfg.eval_batch_size = 16  # at most the 20 validation rows of 100 digits
     return cfg
 
 
@@ -144,6 +145,7 @@ def test_checks_follow_the_numbers(tmp_path):
     assert "tbv_beats_tbt_test_by_3_points" not in exp.checks(c, _fake(0.9, 0.9, (1, 1)))
 
 
+@pytest.mark.slow
 def test_tiny_setting_end_to_end_and_resume(tmp_path):
     overrides = [
         "--config.n_samples=100",
@@ -157,6 +159,7 @@ def test_tiny_setting_end_to_end_and_resume(tmp_path):
         "--config.runs=2",
         "--config.eval_points=3",
         "--config.sgd_lr_count=2",
+        "--config.eval_batch_size=16",
     ]
     out = tmp_path / "fig4b"
     results = cli.main(["fig4b", "--out", str(out), "--no-progress", *overrides])

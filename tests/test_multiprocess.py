@@ -39,6 +39,8 @@ import pytest
 
 from l2l_jax import meta
 
+pytestmark = pytest.mark.slow  # three processes compile every estimator: ~1 min
+
 ESTIMATORS = tuple(meta.truncated.ESTIMATORS)
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("multiprocess_worker.py")

@@ -150,6 +150,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end_and_refused_resume(tmp_path):
     out = tmp_path / "ood"
     results = cli.main(["ood", "--out", str(out), *TINY])

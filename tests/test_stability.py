@@ -201,6 +201,7 @@ TINY = (
 )
 
 
+@pytest.mark.slow
 def test_experiment_end_to_end_tiny(tmp_path):
     import json
 
