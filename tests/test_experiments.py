@@ -117,6 +117,7 @@ def test_fig1_default(tmp_path):
 
 
 # -- sweep ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sweep_stable_float32_succeeds_wherever_exact_does(tmp_path):
     """Full default grid of t and eta0, float32 stable against exact-gradient meta-GD."""
     res = _run("sweep", tmp_path, "--config.methods=('stable',)", "--config.dtypes=('float32',)")

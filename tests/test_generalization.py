@@ -74,6 +74,7 @@ def test_spectra_chunks_equal_one_by_one():
     assert spec.eigenvalues.shape[0] == 5
 
 
+@pytest.mark.slow
 def test_fig2_small(tmp_path):
     res = _run("fig2", tmp_path, "--config.n=20", "--config.sigmas=(1.0, 4.0)")
     assert (tmp_path / "fig2.png").exists() and (tmp_path / "table.md").exists()
@@ -85,6 +86,7 @@ def test_fig2_small(tmp_path):
     assert high["test_rmse_tbv"] < high["test_rmse_tbt"]
 
 
+@pytest.mark.slow
 def test_thm5_and_thm6_small(tmp_path):
     res5 = _run("thm5", tmp_path / "thm5", "--config.n=20", "--config.ts=(25, 100)")
     assert len(res5["checks"]["eta_star_tbv_times_t"]) == 2

@@ -42,6 +42,7 @@ def small():
     return cfg, task, data, init_keys, idx
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_documented_results(tmp_path):
     cfg = tiny_config()
     cfg.optimizers = ("adam",)  # SGD's sweep is checked below; 4 compilations, not 6
