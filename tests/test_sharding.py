@@ -152,6 +152,7 @@ def four_devices(tmp_path_factory):
     return arrays, json.loads((out / "info.json").read_text())
 
 
+@pytest.mark.slow  # a 4-device subprocess meta-trains
 def test_sharded_meta_training_matches_one_device(four_devices):
     arrays, info = four_devices
     assert info["devices"] == DEVICES
@@ -167,6 +168,7 @@ def test_sharded_meta_training_matches_one_device(four_devices):
     assert any(moved), "meta-training did not change the state"
 
 
+@pytest.mark.slow  # a 4-device subprocess meta-trains
 def test_sharded_resume_is_bit_exact_and_stays_sharded(four_devices):
     arrays, info = four_devices
     assert info["resumed_steps"] == [4, 5, 6]  # from the checkpoint at step 3
@@ -177,6 +179,7 @@ def test_sharded_resume_is_bit_exact_and_stays_sharded(four_devices):
     assert info["meta_spec"] == []
 
 
+@pytest.mark.slow  # a 4-device subprocess meta-trains
 def test_meta_batch_must_divide_by_devices(four_devices):
     _, info = four_devices
     message = info["divisibility_error"]
