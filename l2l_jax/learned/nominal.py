@@ -466,17 +466,6 @@ def mlp_matmul(
     return tuple(out[..., i] for i in range(len(OUTPUTS)))
 
 
-def _dense_unrolled(x: Sequence[Array], kernel: Array, bias: Array) -> list[Array]:
-    """``y_j = bias_j + sum_i x_i kernel_ij``: one scalar multiply-add per weight."""
-    out = []
-    for j in range(kernel.shape[1]):
-        acc = x[0] * kernel[0, j] + bias[j]
-        for i in range(1, len(x)):
-            acc = acc + x[i] * kernel[i, j]
-        out.append(acc)
-    return out
-
-
 def mlp_elementwise(
     meta_params: MetaParams, x: Array, step_features: Array, config: NominalConfig
 ) -> tuple[Array, ...]:
@@ -484,12 +473,9 @@ def mlp_elementwise(
     the few hidden units at trace time; XLA fuses it into one loop over the coordinates).
     Same inputs and outputs as :func:`mlp_matmul`."""
     layers = _layers(meta_params, config)
-    kernel, bias = _first_layer(meta_params, step_features, config)
-    h = [x[..., i] for i in range(x.shape[-1])]
-    h = [jax.nn.relu(a) for a in _dense_unrolled(h, kernel, bias)]
-    for kernel, bias in layers[1:-1]:
-        h = [jax.nn.relu(a) for a in _dense_unrolled(h, kernel, bias)]
-    return tuple(_dense_unrolled(h, *layers[-1]))
+    first = _first_layer(meta_params, step_features, config)
+    columns = [x[..., i] for i in range(x.shape[-1])]
+    return tuple(common.mlp_columns([first, *layers[1:]], columns))
 
 
 MLPS = {"matmul": mlp_matmul, "elementwise": mlp_elementwise}
