@@ -173,43 +173,44 @@ class LOptState:
     count: Array
 
 
+# Scale of the fallback sum of squares: (x * 2^-80)^2 is finite for every finite float32
+# (and float64) x, and a sum of 10^9 of them too.
+_HUGE_SCALE = 2.0**-80
+
+
 def second_moment_factors(x: Array, axis: Sequence[int], eps: float) -> tuple[Array, Array]:
     """``(a, b)`` with ``second_moment_normalize(x, axis, eps) == (x * a) * b`` (shapes of
-    ``x`` reduced over ``axis`` with ``keepdims``).
+    ``x`` reduced over ``axis`` with ``keepdims``): apply them one after the other.
 
-    ``a = 1 / sqrt(s)`` and ``b = a / sqrt(eps / s^2 + mean((x / s)^2))`` with ``s =
-    max|x|`` (a constant for differentiation). Both are finite and normal for every
-    finite ``x``: ``a`` lies in ``[5e-20, 3e22]`` (float32) and ``b`` in ``[1e-9, 3e3 *
-    sqrt(n)]``, while their product ``1 / rms(x)`` may not be (``5e-39`` for ``x`` near
-    the largest float): apply them one after the other, per element.
+    One pass over ``x``: ``S = sum(x^2)`` and ``S' = sum((x c)^2)`` with ``c = 2^-80``
+    (XLA computes both in the loop that reads ``x``). Where ``S`` is finite, ``a = 1`` and
+    ``b = 1 / sqrt(eps + S / n)``. A square that underflows there is harmless: it is below
+    ``1e-38``, far under ``eps``. Where ``S`` overflows (``|x|`` above ~``1e19 / sqrt(n)``
+    in float32), ``a = c`` and ``b = 1 / sqrt(S' / n)``, with ``eps`` dropped as far below
+    ``rms(x)^2``. Both factors are finite and normal, while their product ``1 / rms(x)``
+    may not be (``3e-39`` for ``x`` near the largest float). Each branch's input is made
+    safe before it is used, so reverse mode is finite in both.
     """
     axis = tuple(axis)
-    s = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
-    s = jnp.where(s > 0, s, jnp.ones_like(s))
-    a = 1 / jnp.sqrt(s)
-    xs = (x * a) * a
-    big = float(jnp.finfo(xs.dtype).max) / 4  # eps / s^2 is inf when s^2 underflows
-    ratio = jnp.minimum(eps / jnp.square(s), big)
-    return a, a / jnp.sqrt(ratio + jnp.mean(jnp.square(xs), axis=axis, keepdims=True))
+    n = math.prod(x.shape[i] for i in axis)
+    plain = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    scaled = jnp.sum(jnp.square(x * _HUGE_SCALE), axis=axis, keepdims=True)
+    huge = ~jnp.isfinite(plain)
+    b_plain = jax.lax.rsqrt(eps + jnp.where(huge, 0.0, plain) / n)
+    b_huge = jax.lax.rsqrt(jnp.where(huge, scaled, 1.0) / n)
+    a = jnp.where(huge, _HUGE_SCALE, 1.0).astype(x.dtype)
+    return a, jnp.where(huge, b_huge, b_plain)
 
 
 def second_moment_normalize(x: Array, axis: Sequence[int], eps: float) -> Array:
     """``x / sqrt(eps + mean(x^2))``, the mean over ``axis`` (Metz et al. 2019).
 
-    Computed as ``(x/s) / sqrt(eps/s^2 + mean((x/s)^2))`` with ``s = max|x|`` (a constant
-    for differentiation: the result does not depend on it), so no square over- or
-    underflows: a huge tensor (``1e30``) is normalized to RMS ~1, a tensor far below
-    ``sqrt(eps)`` (``1e-30``) maps to ~``x / sqrt(eps)``, or to at most ``2 / sqrt(max
-    float)`` (float32: ~1e-19) where ``eps / s^2`` would overflow: numerically 0. Zeros
-    stay 0. :func:`second_moment_factors` is the same as two per-element factors.
+    No square over- or underflows to a wrong result (:func:`second_moment_factors`): a
+    huge tensor (``1e30``) is normalized to RMS ~1, and a tensor whose squares underflow
+    (``1e-30``) maps to ~``x / sqrt(eps)`` (subnormal or 0 for the tiniest). Zeros stay 0.
     """
-    axis = tuple(axis)
-    s = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
-    s = jnp.where(s > 0, s, jnp.ones_like(s))
-    xs = x / s
-    big = float(jnp.finfo(xs.dtype).max) / 4  # eps / s^2 is inf when s^2 underflows
-    ratio = jnp.minimum(eps / jnp.square(s), big)
-    return xs * jax.lax.rsqrt(ratio + jnp.mean(jnp.square(xs), axis=axis, keepdims=True))
+    a, b = second_moment_factors(x, axis, eps)
+    return (x * a) * b
 
 
 def accumulate(
