@@ -61,7 +61,7 @@ import numpy as np
 
 from benchmarks import flops, learned, timing
 from l2l_jax import learned as lopt_lib
-from l2l_jax import meta
+from l2l_jax import meta, xla
 from l2l_jax.meta import truncated
 from l2l_jax.meta.truncated import es, runs
 
@@ -234,9 +234,9 @@ def step_costs(preset: EstimatorsPreset, estimator: str, cell: timing.Timed) -> 
     args = args_of(state, task)
     if estimator == "tbptt":  # like/treedef are static: close over them
         *dyn, like, treedef = args
-        compiled = jax.jit(lambda mp, fl, ot, t: fn(mp, fl, ot, t, like, treedef)).lower(*dyn)
+        compiled = xla.jit(lambda mp, fl, ot, t: fn(mp, fl, ot, t, like, treedef)).lower(*dyn)
     else:
-        compiled = jax.jit(fn).lower(*args)
+        compiled = xla.jit(fn).lower(*args)
     compiled = compiled.compile()
     counts = flops.reported(compiled)
     b, p = cfg.meta_batch, cfg.es_pairs

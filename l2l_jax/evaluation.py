@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import inner
+from l2l_jax import inner, xla
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 from l2l_jax.inner.unroll import gradient_fn
 
@@ -207,7 +207,7 @@ def _evaluate_fn(optimizer: _ById, steps: int, eval_every: int) -> Callable:
                 task, optimizer.value, hparams, keys, steps, eval_every, test_x, test_y
             )
 
-        _JIT_CACHE[cache_key] = jax.jit(jax.vmap(one_run, in_axes=(None, None, 0, None, None)))
+        _JIT_CACHE[cache_key] = xla.jit(jax.vmap(one_run, in_axes=(None, None, 0, None, None)))
     return _JIT_CACHE[cache_key]
 
 
@@ -340,7 +340,7 @@ def _tune_fn(steps: int, batch_size: int) -> Callable:
             return task.valid_loss(run.params)
 
         over_runs = jax.vmap(one, in_axes=(None, None, 0))
-        _TUNE_CACHE[steps, batch_size] = jax.jit(jax.vmap(over_runs, in_axes=(None, 0, None)))
+        _TUNE_CACHE[steps, batch_size] = xla.jit(jax.vmap(over_runs, in_axes=(None, 0, None)))
     return _TUNE_CACHE[steps, batch_size]
 
 
