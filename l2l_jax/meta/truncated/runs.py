@@ -3,6 +3,11 @@ the horizon, and a segment of ``K`` steps in one :func:`jax.lax.scan`.
 
 The estimators (:mod:`.tbptt`, :mod:`.es`, :mod:`.pes`) differentiate or perturb
 :func:`segment_loss`; everything here is pure and works under ``jit``/``vmap``.
+
+``family`` is a :class:`~l2l_jax.tasks.family.TaskFamily` (a single task is the family of
+one, :func:`~l2l_jax.tasks.family.as_family`): every run holds its own draw, made when the
+run starts and again at every restart, so the runs of a meta-batch train on different
+problems (Wang et al. 2021, Sec. 5: a set of meta-training problems).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.inner.unroll import checkpointed_scan, gradient_fn, remat_segment
 from l2l_jax.meta.truncated import tasks
 from l2l_jax.meta.truncated.config import TruncatedConfig
+from l2l_jax.tasks.family import as_family
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -30,14 +36,17 @@ class InnerState:
       params: the task's parameters ``w_t``.
       opt_state: the inner (learned) optimizer's state.
       step: inner step ``t`` of this run, in ``[0, T)`` (int32).
-      key: raw ``uint32[2]`` PRNG key data of this run: its initialization, minibatch
-        order and meta-loss minibatches, and the key of the next run (:func:`run_keys`).
+      key: raw ``uint32[2]`` PRNG key data of this run: its initialization, task draw,
+        minibatch order and meta-loss minibatches, and the key of the next run
+        (:func:`run_keys`).
+      task: the run's draw from the task family (``{}`` for a single task).
     """
 
     params: chex.ArrayTree
     opt_state: chex.ArrayTree
     step: Array
     key: Array
+    task: chex.ArrayTree
 
 
 def run_keys(key: Array) -> tuple[Array, Array, Array, Array]:
@@ -45,24 +54,32 @@ def run_keys(key: Array) -> tuple[Array, Array, Array, Array]:
 
     The minibatch of inner step ``t`` is ``randint(fold_in(data, t), (batch,), 0, n)``,
     the meta-loss minibatch of the iterate after step ``t`` is drawn the same way from
-    ``fold_in(eval, t)``, and ``next`` (raw key data) seeds the run that follows.
+    ``fold_in(eval, t)``, and ``next`` (raw key data) seeds the run that follows. The
+    run's task is ``family.sample(fold_in(init, 1))`` (:func:`fresh_run`).
     """
     k_init, k_data, k_eval, k_next = jax.random.split(jax.random.wrap_key_data(key), 4)
     return k_init, k_data, k_eval, jax.random.key_data(k_next)
 
 
 def fresh_run(
-    key: Array, task, optimizer: InnerOptimizer, meta_params: MetaParams, step: Array | int = 0
+    key: Array, family, optimizer: InnerOptimizer, meta_params: MetaParams, step: Array | int = 0
 ) -> InnerState:
-    """A new run with key data ``key``: ``w_0`` from its init key, a fresh optimizer state.
+    """A new run with key data ``key``: its task drawn from ``family``, ``w_0`` from its
+    init key, a fresh optimizer state.
 
     Nothing here depends on the meta-parameters (gradients are stopped).
     """
+    family = as_family(family)
     k_init = run_keys(key)[0]
-    params = tasks.init_task_params(task, k_init)
+    draw = family.sample(jax.random.fold_in(k_init, 1))
+    params = tasks.init_task_params(family.task(draw), k_init)
     opt_state = optimizer.init(params, meta_params)
     fresh = InnerState(
-        params=params, opt_state=opt_state, step=jnp.asarray(step, jnp.int32), key=key
+        params=params,
+        opt_state=opt_state,
+        step=jnp.asarray(step, jnp.int32),
+        key=key,
+        task=draw,
     )
     return jax.lax.stop_gradient(fresh)
 
@@ -81,7 +98,7 @@ def tree_where(pred: Array, on_true, on_false):
 def advance(
     meta_params: MetaParams,
     run: InnerState,
-    task,
+    family,
     optimizer: InnerOptimizer,
     config: TruncatedConfig,
 ) -> tuple[InnerState, dict[str, Array], Array]:
@@ -92,6 +109,7 @@ def advance(
     ``t + 1 == T``, or (with ``reset_nonfinite``) the new parameters are not finite.
     """
     _, k_data, k_eval, _ = run_keys(run.key)
+    task = as_family(family).task(run.task)
     grad_fn = gradient_fn(task, tasks.batch_size(config, optimizer))
     loss, grads = grad_fn(run.params, jax.random.fold_in(k_data, run.step))
     params, opt_state = optimizer.update(grads, run.opt_state, run.params, meta_params)
@@ -100,21 +118,23 @@ def advance(
     done = step >= config.horizon
     if config.reset_nonfinite:
         done = done | ~all_finite(params)
-    advanced = InnerState(params=params, opt_state=opt_state, step=step, key=run.key)
+    advanced = InnerState(params=params, opt_state=opt_state, step=step, key=run.key, task=run.task)
     return advanced, {"meta_loss": term, "train_loss": loss}, done
 
 
 def restart_where(
-    done: Array, run: InnerState, task, optimizer: InnerOptimizer, meta_params: MetaParams
+    done: Array, run: InnerState, family, optimizer: InnerOptimizer, meta_params: MetaParams
 ) -> InnerState:
-    """``run``, replaced by :func:`fresh_run` of its ``next`` key where ``done``."""
-    return tree_where(done, fresh_run(run_keys(run.key)[3], task, optimizer, meta_params), run)
+    """``run``, replaced by :func:`fresh_run` of its ``next`` key (a new task draw, a new
+    initialization) where ``done``."""
+    fresh = fresh_run(run_keys(run.key)[3], family, optimizer, meta_params)
+    return tree_where(done, fresh, run)
 
 
 def inner_step(
     meta_params: MetaParams,
     run: InnerState,
-    task,
+    family,
     optimizer: InnerOptimizer,
     config: TruncatedConfig,
 ) -> tuple[InnerState, dict[str, Array]]:
@@ -124,15 +144,15 @@ def inner_step(
     minibatch loss of w_t, "reset": whether the run was re-initialized}``
     (:func:`advance`, then :func:`restart_where`).
     """
-    advanced, terms, done = advance(meta_params, run, task, optimizer, config)
-    new = restart_where(done, advanced, task, optimizer, meta_params)
+    advanced, terms, done = advance(meta_params, run, family, optimizer, config)
+    new = restart_where(done, advanced, family, optimizer, meta_params)
     return new, {**terms, "reset": done}
 
 
 def segment(
     meta_params: MetaParams,
     runs: InnerState,
-    task,
+    family,
     optimizer: InnerOptimizer,
     config: TruncatedConfig,
     *,
@@ -153,6 +173,7 @@ def segment(
     draw of every parameter) are computed only at the few steps where a run reaches the
     horizon, not at every step; the values are those of :func:`inner_step` run by run.
     """
+    family = as_family(family)
     step, restart = advance, restart_where
     for _ in range(batch_ndim):
         theta_axis = 0 if batched_params else None
@@ -160,12 +181,12 @@ def segment(
         restart = jax.vmap(restart, in_axes=(0, 0, None, None, theta_axis))
 
     def body(carry, _):
-        advanced, terms, done = step(meta_params, carry, task, optimizer, config)
+        advanced, terms, done = step(meta_params, carry, family, optimizer, config)
         if restart_together:
             done = jnp.broadcast_to(jnp.any(done, axis=-1, keepdims=True), done.shape)
         new = jax.lax.cond(
             jnp.any(done),
-            lambda: restart(done, advanced, task, optimizer, meta_params),
+            lambda: restart(done, advanced, family, optimizer, meta_params),
             lambda: advanced,
         )
         return new, {**terms, "reset": done}
@@ -178,7 +199,7 @@ def segment(
 def segment_loss(
     meta_params: MetaParams,
     run: InnerState,
-    task,
+    family,
     optimizer: InnerOptimizer,
     config: TruncatedConfig,
 ) -> tuple[Array, tuple[InnerState, dict[str, Array]]]:
@@ -188,16 +209,16 @@ def segment_loss(
     iterates ``w_{t+1}, ..., w_{t+K}``); ``aux`` holds the mean minibatch training loss
     and the number of re-initializations in the segment.
     """
-    new, out = segment(meta_params, run, task, optimizer, config)
+    new, out = segment(meta_params, run, family, optimizer, config)
     aux = {"train_loss": jnp.mean(out["train_loss"]), "resets": jnp.sum(out["reset"])}
     return jnp.mean(out["meta_loss"]), (new, aux)
 
 
-def batched_segment(meta_params, runs, task, optimizer, config):
+def batched_segment(meta_params, runs, family, optimizer, config):
     """The ``B`` runs of the meta-batch (one leading axis) for one segment with shared
     meta-parameters: ``(mean loss, (new runs, aux))``, the loss the mean over runs of
     each run's :func:`segment_loss`."""
-    new, out = segment(meta_params, runs, task, optimizer, config, batch_ndim=1)
+    new, out = segment(meta_params, runs, family, optimizer, config, batch_ndim=1)
     aux = {
         "train_loss": jnp.mean(jnp.mean(out["train_loss"], axis=0)),
         "resets": jnp.sum(out["reset"]),
@@ -206,10 +227,10 @@ def batched_segment(meta_params, runs, task, optimizer, config):
 
 
 def make_init_runs(optimizer: InnerOptimizer) -> Callable:
-    """Jitted ``(keys, starts, task, meta_params) -> InnerState`` with a leading axis."""
+    """Jitted ``(keys, starts, family, meta_params) -> InnerState`` with a leading axis."""
 
-    def init_runs(keys, starts, task, meta_params):
-        one = lambda k, t: fresh_run(k, task, optimizer, meta_params, t)
+    def init_runs(keys, starts, family, meta_params):
+        one = lambda k, t: fresh_run(k, family, optimizer, meta_params, t)
         return jax.vmap(one)(keys, starts)
 
     return jax.jit(init_runs)

@@ -16,9 +16,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from l2l_jax import xla
 from l2l_jax.meta.truncated import estimator, sharding, tasks
 from l2l_jax.meta.truncated.config import TruncatedConfig, default_meta_optimizer
 from l2l_jax.meta.truncated.runs import make_init_runs
+from l2l_jax.tasks.family import as_family, example_task
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -91,7 +93,8 @@ def init_state(
     ``config.stagger``; the estimator builds its state from these runs.
     """
     inner = tasks.as_inner_optimizer(optimizer)
-    tasks.check_task(task, inner, config)
+    family = as_family(task)
+    tasks.check_task(example_task(family), inner, config)
     k_meta, k_runs, k_es = jax.random.split(key, 3)
     if meta_params is None:
         if not hasattr(optimizer, "init_meta_params"):
@@ -104,7 +107,7 @@ def init_state(
     starts = (np.arange(b) * horizon) // b if config.stagger else np.zeros(b, np.int64)
     run_data = jax.random.key_data(jax.random.split(k_runs, b))
     init_runs = cached(("init", optimizer, None, None), lambda: make_init_runs(inner))
-    runs = init_runs(run_data, jnp.asarray(starts, jnp.int32), task, meta_params)
+    runs = init_runs(run_data, jnp.asarray(starts, jnp.int32), family, meta_params)
     return TruncatedState(
         meta_params=meta_params,
         opt_state=tx.init(meta_params),
@@ -135,7 +138,7 @@ def meta_step(
     tx = _wrap(meta_optimizer or default_meta_optimizer(config))
     key, k_es = jax.random.split(jax.random.wrap_key_data(state.key))
     loss, grad, runs, aux = estimator.get(config.estimator).gradient(
-        state.meta_params, state.inner, k_es, task, inner, config
+        state.meta_params, state.inner, k_es, as_family(task), inner, config
     )
     # A non-finite value poisons the step too (as in meta.train).
     checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grad)
@@ -181,9 +184,9 @@ def make_meta_step(
     def build():
         step = lambda state, task: meta_step(state, task, inner, config, tx)
         if mesh is None:
-            return jax.jit(step)
+            return xla.jit(step)
         spec, rep = sharding.state_sharding(mesh), sharding.replicated(mesh)
-        jitted = jax.jit(step, in_shardings=(spec, rep), out_shardings=(spec, rep))
+        jitted = xla.jit(step, in_shardings=(spec, rep), out_shardings=(spec, rep))
 
         def sharded_step(state, task):
             return jitted(jax.device_put(state, spec), jax.device_put(task, rep))
