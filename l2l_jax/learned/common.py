@@ -88,30 +88,40 @@ def _fused_mlp_fwd(head, layers, columns):
 
 
 def _fused_mlp_bwd(head, residuals, cotangent):
+    # Coordinates-major matrices (coordinates, features): XLA's CPU dots over the long
+    # coordinate axis run ~5x faster this way than as (features, coordinates) products.
     layers, columns = residuals
     shape = columns[0].shape
-    x = jnp.stack([c.reshape(-1) for c in columns])  # (features, coordinates)
-    inputs, active = [x], []
+    x = jnp.stack([c.reshape(-1) for c in columns], axis=-1)  # (coordinates, features)
+    inputs = [x]  # each layer's input; ReLU's derivative is read back from its output
     for kernel, bias in layers[:-1]:
-        a = kernel.T @ inputs[-1] + bias[:, None]
-        active.append(a > 0)
-        inputs.append(jnp.where(a > 0, a, 0))
+        inputs.append(jax.nn.relu(inputs[-1] @ kernel + bias))
     kernel, bias = layers[-1]
-    out = kernel.T @ inputs[-1] + bias[:, None]
-    _, head_vjp = jax.vjp(head, *(o.reshape(shape) for o in out))
-    delta = jnp.stack([d.reshape(-1) for d in head_vjp(cotangent)])  # d loss / d out
+    out = inputs[-1] @ kernel + bias
+    _, head_vjp = jax.vjp(head, *(out[:, k].reshape(shape) for k in range(out.shape[1])))
+    delta = jnp.stack([d.reshape(-1) for d in head_vjp(cotangent)], axis=-1)  # d loss / d out
     grads = [None] * len(layers)
     for i in reversed(range(len(layers))):
         kernel, bias = layers[i]
         grads[i] = (
-            (inputs[i] @ delta.T).astype(kernel.dtype),
-            jnp.sum(delta, axis=1).astype(bias.dtype),
+            (inputs[i].T @ delta).astype(kernel.dtype),
+            jnp.sum(delta, axis=0).astype(bias.dtype),
         )
-        delta = kernel @ delta
-        if i > 0:
-            delta = jnp.where(active[i - 1], delta, 0)
-    d_columns = tuple(d.reshape(shape).astype(c.dtype) for d, c in zip(delta, columns, strict=True))
+        if i > 0 and kernel.shape[1] <= _ELEMENTWISE_BACKPROP:
+            # delta @ W^T over a few outputs as multiply-adds, fused with ReLU's mask:
+            # one pass over the activations instead of a product and a masking pass.
+            back = sum(delta[:, k : k + 1] * kernel[:, k] for k in range(kernel.shape[1]))
+            delta = jnp.where(inputs[i] > 0, back, 0)
+        else:
+            delta = delta @ kernel.T
+            if i > 0:
+                delta = jnp.where(inputs[i] > 0, delta, 0)
+    d_columns = tuple(delta[:, i].reshape(shape).astype(c.dtype) for i, c in enumerate(columns))
     return tuple(grads), d_columns
+
+
+# Layers with at most this many outputs backpropagate as multiply-adds (see above).
+_ELEMENTWISE_BACKPROP = 4
 
 
 _fused_mlp.defvjp(_fused_mlp_fwd, _fused_mlp_bwd)
@@ -126,8 +136,8 @@ def fused_mlp(
 
     The forward pass is :func:`mlp_columns`, one fused elementwise loop. The reverse pass
     (a ``jax.custom_vjp``) keeps only the inputs and recomputes the activations as matrix
-    products over all coordinates, ``A = W^T X`` (``X``: features x coordinates), then
-    ``dW = X dA^T``, ``db = sum dA`` and ``dX = W dA``: a few matmuls instead of one
+    products over all coordinates, ``A = X W`` (``X``: coordinates x features), then
+    ``dW = X^T dA``, ``db = sum dA`` and ``dX = dA W^T``: a few matmuls instead of one
     reduction per weight. ``head`` (a function of the output columns, e.g. the step of a
     learned optimizer) is applied inside, so its derivative uses the recomputed outputs
     and the forward loop is not run again; it is static (not differentiated itself).
