@@ -57,6 +57,7 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax fig4a --out docs/results/fig4a
 	$(PY) -m l2l_jax fig4b --out docs/results/fig4b
 	$(PY) -m l2l_jax fig4c --out docs/results/fig4c
+	$(PY) -m l2l_jax fig5 --out docs/results/fig5
 	$(PY) -m l2l_jax towers --out docs/results/towers
 	$(PY) -m l2l_jax stability --out docs/results/stability
 	$(PY) -m l2l_jax ood --out docs/results/ood

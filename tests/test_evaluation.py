@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from l2l_jax import evaluation, inner, learned
@@ -42,7 +43,15 @@ def result(task, digits) -> EvalResult:
         eval_every=EVERY,
         test_images=digits.test_images,
         test_labels=digits.test_labels,
+        noisy_test_labels=_noisy(digits.test_labels),
     )
+
+
+def _noisy(labels):
+    """Test labels with every third one shifted by one digit (a fixed noisy copy)."""
+    labels = np.asarray(labels).copy()
+    labels[::3] = (labels[::3] + 1) % 10
+    return labels
 
 
 def _numpy_accuracy(params, images, labels) -> float:
@@ -82,6 +91,7 @@ def test_runs_are_the_documented_unrolls(task, digits, result):
             ("train_acc", task.train_images, task.train_labels),
             ("valid_acc", task.valid_images, task.valid_labels),
             ("test_acc", digits.test_images, digits.test_labels),
+            ("test_acc_noisy", digits.test_images, _noisy(digits.test_labels)),
         ]:
             expected = _numpy_accuracy(got, x, y)
             assert float(getattr(result, name)[i, -1]) == pytest.approx(expected, abs=1e-6)
@@ -179,6 +189,7 @@ def test_learned_optimizer(task, digits):
         eval_every=4,
         test_images=digits.test_images[:200],
         test_labels=digits.test_labels[:200],
+        noisy_test_labels=_noisy(digits.test_labels[:200]),
     )
     np.testing.assert_array_equal(res.steps, [0, 4, 8])
     for name in evaluation.METRICS:
@@ -224,3 +235,28 @@ def test_invalid_input(task):
         evaluation.evaluate(task, SGD, LR, 5, key=jax.random.key(0), eval_every=0)
     with pytest.raises(TypeError):
         evaluation.evaluate(task, SGD, {"lr": 0.1}, 5, key=jax.random.key(0))
+
+
+def test_one_task_per_run_trains_run_i_on_task_i(task, digits):
+    """A batch of tasks (batch_shape (runs,)) gives run i task i: the same as evaluating
+    task i alone with run i's keys."""
+    other = MnistMLP.from_data(digits, n_train=100, n_valid=50, key=jax.random.key(9), sizes=SIZES)
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), task, other)
+    res = evaluation.evaluate(both, SGD, LR, 10, key=jax.random.key(1), runs=2, eval_every=5)
+    keys = evaluation.run_keys(jax.random.key(1), 2)
+    for i, t in enumerate([task, other]):
+        run = inner.unroll(t.with_init_key(keys[i, 0]), SGD, LR, 10, key=keys[i, 1])
+        np.testing.assert_allclose(res.train_loss[i, -1], t.loss(run.params), rtol=1e-5)
+    with pytest.raises(ValueError, match="one per run"):
+        evaluation.evaluate(both, SGD, LR, 10, key=jax.random.key(1), runs=3)
+
+
+def test_tune_learning_rate_takes_any_one_rate_optimizer(task):
+    adam = inner.from_optax(optax.adam, ("learning_rate",), batch_size=8, name="adam")
+    best, table = evaluation.tune_learning_rate(
+        task, adam, [1e-6, 1e-2], 20, key=jax.random.key(0), runs=2
+    )
+    assert best == 1e-2 and table["optimizer"] == "adam"  # 1e-6 barely moves
+    assert table["valid_loss"].shape == (2, 2)
+    with pytest.raises(ValueError, match="only hyperparameter is the learning_rate"):
+        evaluation.tune_learning_rate(task, inner.adam(), [1e-3], 5, key=jax.random.key(0))

@@ -1,27 +1,36 @@
-"""The MNIST learned-optimizer experiments of Wang et al. (2021), Sec. 5 (Figures 4-5).
+"""The MNIST learned-optimizer experiments of Wang et al. (2021), Sec. 5 (Figures 4-5),
+by the paper's protocol.
 
 One *setting* (a sample size and a label-noise level, ``configs/fig4*.py``) is run by
-:func:`run_setting`:
+:func:`run_setting` for every meta-training seed of ``cfg.seeds`` (:func:`run_seed`):
 
-1. :func:`build_tasks`: ``n`` digits of the source; the TbT task trains on all of them,
-   the TbV task on the same digits split into training and validation rows;
-2. SGD's step size grid-searched against the TbV split's validation loss
-   (:func:`l2l_jax.evaluation.tune_sgd`);
-3. the learned optimizer meta-trained with each objective from the same start
-   (:func:`meta_train_objective`; orbax checkpoints under ``out/checkpoints/<objective>``,
-   so a killed run resumes where it stopped when the command is repeated);
-4. every optimizer evaluated in ``runs`` independent runs (the same initializations and
-   minibatch orders for all of them) on its setting's training rows: training accuracy
-   (noisy labels included) and test accuracy (clean test labels) along the horizon.
+1. :func:`build_families`: the source's training digits are split into a meta-training
+   pool and a disjoint evaluation pool (4a/4b; 4c uses all digits for both, as the
+   paper). A task is ``n`` digits drawn from a pool with fresh label noise
+   (:class:`~l2l_jax.tasks.mnist_family.MnistFamily`); for TbV the draw is split into
+   training and validation rows;
+2. the baselines' step sizes (SGD and Adam) are grid-searched against the validation
+   loss of a draw from the meta-training pool; Prodigy, DoG and Schedule-Free AdamW
+   (``optax.contrib``) run at their defaults;
+3. the learned optimizer is meta-trained with each objective from the same start on
+   the meta-training family: every run of the meta-batch and every restart draws a new
+   task; every ``select_every`` meta-steps the meta-parameters are scored by their mean
+   meta-loss on held-out draws, and the best are kept (:func:`meta_train_selected`);
+4. every optimizer trains ``runs`` fresh draws of the evaluation family, on all ``n``
+   digits (the TbV split is a meta-training device), and is measured on the test set
+   with clean labels and with labels noised at the training rate, and on its noisy
+   training labels (Fig. 5).
 
-``results.json`` holds, per optimizer, ``test_acc`` and ``train_acc`` (mean, std, min and
-max over the runs, per evaluation step and ``final``), the SGD grid, the meta-training
-curves, the data actually used, timings, and the checks of the paper's claims.
+``results.json`` holds ``per_seed`` final accuracies (percent), their mean and 95%
+interval over seeds (Student t), the meta-training curves and held-out scores, the data
+and timings. :func:`claims` checks the paper's claims across settings over seeds.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -35,13 +44,23 @@ import optax
 from l2l_jax import evaluation, inner, learned, meta
 from l2l_jax.data import mnist as mnist_data
 from l2l_jax.experiments import common
-from l2l_jax.tasks import MnistMLP
+from l2l_jax.tasks.mnist_family import MnistFamily, noisy_labels, split_pool
 
 OBJECTIVES = ("tbt", "tbv")
 META_OPTIMIZERS = {"adam": optax.adam, "rmsprop": optax.rmsprop}
 WARM_STARTS = ("descent", "none")
+BASELINES = ("sgd", "adam", "prodigy", "dog", "schedule_free_adamw")
 # Config fields that do not change what meta-training computes (safe to change on resume).
-_EVAL_ONLY = ("runs", "eval_points", "sgd_lr_min", "sgd_lr_max", "sgd_lr_count", "compare_to")
+_EVAL_ONLY = (
+    "runs",
+    "eval_points",
+    "sgd_lr_min",
+    "sgd_lr_max",
+    "sgd_lr_count",
+    "adam_lr_min",
+    "adam_lr_max",
+    "seeds",
+)
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -64,21 +83,64 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{name} must be a positive integer, got {cfg[name]}.")
     if cfg.meta_steps < 0:
         raise ValueError(f"meta_steps must be >= 0, got {cfg.meta_steps}.")
+    if not 0 < cfg.eval_pool_fraction < 1:
+        raise ValueError(f"eval_pool_fraction must be in (0, 1), got {cfg.eval_pool_fraction}.")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"seeds must be distinct meta-training seeds, got {cfg.seeds}.")
+    for name in ("select_every", "select_tasks"):
+        if int(cfg[name]) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {cfg[name]}.")
 
 
-def build_tasks(cfg: ml_collections.ConfigDict, data, key: jax.Array) -> dict[str, MnistMLP]:
-    """``{"tbt": all n digits for training, "tbv": the same digits, split}``.
+def build_families(
+    cfg: ml_collections.ConfigDict, data: mnist_data.MnistData, key: jax.Array
+) -> dict[str, Any]:
+    """``{"tbt", "tbv", "eval": MnistFamily, "pools": {...}}`` of one seed.
 
-    Both come from ``MnistMLP.from_data`` with the same key and ``n_train + n_valid = n``,
-    hence the same digits and the same (noisy) labels; TbV holds out ``valid_fraction``.
+    With ``disjoint_eval`` (4a/4b) a random ``eval_pool_fraction`` of the training digits
+    forms the evaluation pool and the rest the meta-training pool; otherwise (4c) both
+    pools are all digits. ``n_samples = 0`` draws every digit of the pool. TbT and TbV
+    draw from the meta-training pool (TbV holds out ``valid_fraction`` of each draw); the
+    evaluation family draws from the evaluation pool without a split.
     """
-    n = int(cfg.n_samples) or data.num_train
-    n_valid = round(n * cfg.valid_fraction)
-    common_args = {"label_noise": cfg.label_noise, "key": key, "sizes": tuple(cfg.sizes)}
+    if cfg.disjoint_eval:
+        train_rows, eval_rows = split_pool(data, cfg.eval_pool_fraction, key)
+    else:
+        train_rows = eval_rows = np.arange(data.num_train)
+    n_train_pool = int(cfg.n_samples) or len(train_rows)
+    n_eval = int(cfg.n_samples) or len(eval_rows)
+    if n_train_pool > len(train_rows) or n_eval > len(eval_rows):
+        raise ValueError(
+            f"n_samples = {cfg.n_samples} digits per task, but the meta-training pool has "
+            f"{len(train_rows)} and the evaluation pool {len(eval_rows)} (of the "
+            f"{data.num_train} digits of source {data.source!r}, eval_pool_fraction = "
+            f"{cfg.eval_pool_fraction}): lower n_samples or eval_pool_fraction."
+        )
+    common_args = {"label_noise": cfg.label_noise, "sizes": tuple(cfg.sizes)}
+    n_valid = round(n_train_pool * cfg.valid_fraction)
+    tbt = MnistFamily.from_data(
+        data, n_train_pool, rows=train_rows, name="meta-train", **common_args
+    )
     return {
-        "tbt": MnistMLP.from_data(data, n_train=n, n_valid=0, **common_args),
-        "tbv": MnistMLP.from_data(data, n_train=n - n_valid, n_valid=n_valid, **common_args),
+        "tbt": tbt,
+        "tbv": tbt.replace(n_valid=n_valid),
+        "eval": MnistFamily.from_data(
+            data, n_eval, rows=eval_rows, name="evaluation", **common_args
+        ),
+        "pools": {
+            "meta_train": len(train_rows),
+            "evaluation": len(eval_rows),
+            "disjoint": bool(cfg.disjoint_eval),
+            "shared_digits": len(np.intersect1d(train_rows, eval_rows)),
+        },
     }
+
+
+def draws(family: MnistFamily, key: jax.Array, count: int):
+    """``count`` fresh tasks of ``family`` as one :class:`~l2l_jax.tasks.MnistMLP` with a
+    leading axis (for :func:`l2l_jax.evaluation.evaluate`: run ``i`` trains task ``i``)."""
+    keys = jax.random.split(key, count)
+    return jax.jit(jax.vmap(lambda k: family.materialize(family.sample(k), k)))(keys)
 
 
 def learned_optimizer(cfg: ml_collections.ConfigDict) -> learned.MLPLOpt:
@@ -98,9 +160,21 @@ def initial_meta_params(cfg: ml_collections.ConfigDict, lopt: learned.MLPLOpt, k
 
 
 def meta_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """``clip_by_global_norm(clip)`` then Adam or RMSProp at ``meta_lr``."""
-    base = META_OPTIMIZERS[cfg.meta_optimizer](cfg.meta_lr)
-    return optax.chain(optax.clip_by_global_norm(cfg.clip), base)
+    """``clip_by_global_norm(clip)`` then Adam or RMSProp at ``meta_lr`` (one object per
+    setting, so the compiled meta-step is reused by every seed and objective)."""
+    return _meta_optimizer(cfg.meta_optimizer, float(cfg.meta_lr), float(cfg.clip))
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_optimizer(name: str, lr: float, clip: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(clip), META_OPTIMIZERS[name](lr))
+
+
+@functools.lru_cache(maxsize=8)
+def lopt_inner(lopt: learned.MLPLOpt, batch_size: int) -> inner.InnerOptimizer:
+    """``learned.inner_optimizer(lopt, batch_size)``, one object per architecture (the
+    evaluation's compiled runs are cached per optimizer object)."""
+    return learned.inner_optimizer(lopt, batch_size)
 
 
 def truncated_config(cfg: ml_collections.ConfigDict, objective: str) -> meta.TruncatedConfig:
@@ -114,6 +188,9 @@ def truncated_config(cfg: ml_collections.ConfigDict, objective: str) -> meta.Tru
         eval_batch_size=cfg.eval_batch_size,
         meta_lr=cfg.meta_lr,
         clip=cfg.clip,
+        estimator=cfg.estimator,
+        es_pairs=cfg.es_pairs,
+        es_sigma=cfg.es_sigma,
     )
 
 
@@ -124,9 +201,28 @@ def guard_checkpoints(cfg: ml_collections.ConfigDict, directory: Path) -> None:
     common.guard_checkpoints(settings, directory)
 
 
-def meta_train_objective(
+def heldout_score(
+    cfg: ml_collections.ConfigDict, objective: str, lopt, meta_params, tasks, key: jax.Array
+) -> float:
+    """Mean meta-loss of ``meta_params`` on the held-out draws ``tasks`` (one per run):
+    the final training loss (TbT) or validation loss (TbV) after ``horizon`` steps."""
+    result = evaluation.evaluate(
+        tasks,
+        lopt_inner(lopt, int(cfg.batch_size)),
+        meta_params,
+        int(cfg.horizon),
+        key=key,
+        runs=int(cfg.select_tasks),
+        eval_every=int(cfg.horizon),
+    )
+    metric = "train_loss" if objective == "tbt" else "valid_loss"
+    values = result.metric(metric)[:, -1]
+    return float(np.mean(values)) if np.all(np.isfinite(values)) else math.inf
+
+
+def meta_train_selected(
     cfg: ml_collections.ConfigDict,
-    task: MnistMLP,
+    family: MnistFamily,
     objective: str,
     lopt: learned.MLPLOpt,
     meta_params,
@@ -134,39 +230,54 @@ def meta_train_objective(
     directory: Path,
     progress: bool,
 ) -> tuple[Any, dict[str, Any]]:
-    """Meta-train ``lopt`` from ``meta_params`` on ``task`` with ``objective``.
+    """Meta-train ``lopt`` from ``meta_params`` on ``family`` with ``objective``, and
+    keep the meta-parameters with the lowest held-out meta-loss.
 
-    Resumes from the checkpoints in ``directory/objective`` when there are any. Returns the
-    final meta-parameters and a record: steps, skipped non-finite steps, wall time of
-    this call and summed over every meta-step of the run (resumes included), and the
-    per-step ``meta_loss`` of the whole run (from ``metrics.jsonl``).
+    Every ``select_every`` meta-steps (and at the start) the current meta-parameters are
+    scored by :func:`heldout_score` on ``select_tasks`` draws of ``family`` that are the
+    same for every score; the best are returned. Resumes from the checkpoints in
+    ``directory/objective``. The record holds the per-step ``meta_loss`` and
+    ``grad_norm`` of the whole run, the held-out scores, the chosen step and timings.
     """
     start = time.perf_counter()
-    run = meta.meta_train(
-        task,
-        lopt,
-        truncated_config(cfg, objective),
-        cfg.meta_steps,
-        key=key,
-        meta_params=meta_params,
-        meta_optimizer=meta_optimizer(cfg),
-        checkpoint_dir=directory / objective,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=True,
-        progress=f"meta-train {objective.upper()}" if progress else False,
-    )
-    lines = (directory / objective / "metrics.jsonl").read_text().splitlines()
+    k_run, k_heldout, k_score = jax.random.split(key, 3)
+    heldout = draws(family, k_heldout, int(cfg.select_tasks))
+    tx = meta_optimizer(cfg)  # one object: the compiled meta-step is reused across chunks
+    score = lambda mp: heldout_score(cfg, objective, lopt, mp, heldout, k_score)
+    scores = [{"step": 0, "score": score(meta_params)}]
+    best = (scores[0]["score"], 0, meta_params)
+    done, run = 0, None
+    while done < cfg.meta_steps:
+        done = min(int(cfg.meta_steps), done + int(cfg.select_every))
+        run = meta.meta_train(
+            family,
+            lopt,
+            truncated_config(cfg, objective),
+            done,
+            key=k_run,
+            meta_params=meta_params,
+            meta_optimizer=tx,
+            checkpoint_dir=directory / objective,
+            checkpoint_every=cfg.checkpoint_every,
+            resume=True,
+            progress=f"meta-train {objective.upper()}" if progress else False,
+        )
+        scores.append({"step": done, "score": score(run.meta_params)})
+        if scores[-1]["score"] < best[0]:
+            best = (scores[-1]["score"], done, run.meta_params)
+    lines = (directory / objective / "metrics.jsonl").read_text().splitlines() if run else []
     history = [json.loads(line) for line in lines if line.strip()]
     record = {
-        "meta_steps": int(run.state.step),
-        "nonfinite_steps": run.nonfinite_count,
+        "meta_steps": int(cfg.meta_steps),
+        "nonfinite_steps": run.nonfinite_count if run else 0,
         "seconds_this_call": time.perf_counter() - start,
-        # wall time of every meta-step of the run, including those before a resume
         "meta_step_seconds_total": float(sum(h["step_time"] for h in history)),
         "meta_loss": [h["meta_loss"] for h in history],
         "grad_norm": [h["grad_norm"] for h in history],
+        "heldout": scores,
+        "chosen_step": best[1],
     }
-    return run.meta_params, record
+    return best[2], record
 
 
 def save_learned(path: Path, lopt: learned.MLPLOpt, meta_params) -> None:
@@ -182,49 +293,105 @@ def sgd_grid(cfg: ml_collections.ConfigDict) -> np.ndarray:
     return np.geomspace(cfg.sgd_lr_min, cfg.sgd_lr_max, int(cfg.sgd_lr_count))
 
 
-# -- one setting --------------------------------------------------------------------------------
+def adam_grid(cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """``sgd_lr_count`` step sizes log-spaced over ``[adam_lr_min, adam_lr_max]``."""
+    return np.geomspace(cfg.adam_lr_min, cfg.adam_lr_max, int(cfg.sgd_lr_count))
+
+
+@functools.lru_cache(maxsize=4)
+def baseline_optimizers(batch_size: int) -> dict[str, inner.InnerOptimizer]:
+    """The optimizers an engineer would pick instead of meta-learning, each with the one
+    hyperparameter ``learning_rate``: SGD and Adam (tuned), and optax's learning-rate-free
+    Prodigy, DoG and Schedule-Free AdamW (run at their default ``learning_rate``).
+    Schedule-Free AdamW is measured at the iterate its gradients are taken at, not at
+    its averaged iterate (``optax.contrib.schedule_free_eval_params``)."""
+    contrib = optax.contrib
+    factories = {
+        "sgd": (optax.sgd, None),
+        "adam": (optax.adam, None),
+        "prodigy": (contrib.prodigy, 1.0),
+        "dog": (contrib.dog, 1.0),
+        "schedule_free_adamw": (contrib.schedule_free_adamw, 0.0025),
+    }
+    out = {}
+    for name, (factory, default) in factories.items():
+        defaults = {} if default is None else {"learning_rate": default}
+        out[name] = inner.from_optax(
+            factory, ("learning_rate",), name=name, batch_size=batch_size, defaults=defaults
+        )
+    return out
+
+
+# -- one seed, one setting ----------------------------------------------------------------------
 
 LABELS = {
-    "sgd": "SGD (tuned)",
     "tbt": "TbT",
     "tbv": "TbV",
+    "sgd": "SGD (tuned)",
+    "adam": "Adam (tuned)",
+    "prodigy": "Prodigy (default)",
+    "dog": "DoG (default)",
+    "schedule_free_adamw": "Schedule-Free AdamW (default)",
     "warm_start": "start (not meta-trained)",
+}
+# per-seed metrics: results key -> EvalResult metric
+METRIC_KEYS = {
+    "test_acc": "test_acc",
+    "test_acc_noisy_labels": "test_acc_noisy",
+    "train_acc": "train_acc",
 }
 
 
-def run_setting(
-    name: str, cfg: ml_collections.ConfigDict, out: Path, progress: bool = True
+def run_seed(
+    cfg: ml_collections.ConfigDict,
+    seed: int,
+    data: mnist_data.MnistData,
+    out: Path,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run one Figure 4 setting end to end; writes ``results.json`` and figures in ``out``."""
-    check_config(cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    clock = {"start": time.perf_counter()}
-    key = jax.random.key(cfg.seed)
-    k_data, k_lopt, k_tune, k_eval, k_meta = jax.random.split(key, 5)
+    """One meta-training seed of a setting: pools, tuning, meta-training, evaluation.
 
-    data = mnist_data.load(cfg.source)
-    tasks = build_tasks(cfg, data, k_data)
+    Returns ``{"seed", "test_acc": {optimizer: %}, "test_acc_noisy_labels": {...},
+    "train_acc": {...}}`` (final accuracies, mean over ``runs`` fresh evaluation draws)
+    and the details (``"details"``: tuning tables, meta-training records, pools,
+    evaluation curves, timings). Writes ``out/seed_<s>/`` (checkpoints, learned
+    optimizers).
+    """
+    clock = {"start": time.perf_counter()}
+    k_pool, k_lopt, k_tune, k_eval, k_meta, k_test = jax.random.split(jax.random.key(seed), 6)
+    families = build_families(cfg, data, k_pool)
     steps, runs = int(cfg.horizon), int(cfg.runs)
     eval_every = max(1, steps // int(cfg.eval_points))
-    test = {"test_images": data.test_images, "test_labels": data.test_labels}
+    test_noisy = noisy_labels(jax.numpy.asarray(data.test_labels), cfg.label_noise, k_test)
+    test = {
+        "test_images": data.test_images,
+        "test_labels": data.test_labels,
+        "noisy_test_labels": np.asarray(test_noisy),
+    }
 
     t0 = time.perf_counter()
-    best_lr, tuning = evaluation.tune_sgd(
-        tasks["tbv"], sgd_grid(cfg), steps, key=k_tune, batch_size=cfg.batch_size, runs=runs
-    )
-    clock["sgd_tuning_s"] = time.perf_counter() - t0
+    tune_task = draws(families["tbv"], k_tune, 1)
+    tune_task = jax.tree.map(lambda x: x[0], tune_task)
+    baselines = baseline_optimizers(int(cfg.batch_size))
+    hparams, tuning = {}, {}
+    for name, grid in (("sgd", sgd_grid(cfg)), ("adam", adam_grid(cfg))):
+        hparams[name], tuning[name] = evaluation.tune_learning_rate(
+            tune_task, baselines[name], grid, steps, key=k_tune, runs=runs
+        )
+    for name in ("prodigy", "dog", "schedule_free_adamw"):
+        hparams[name] = baselines[name].hparams()
+    clock["tuning_s"] = time.perf_counter() - t0
 
     lopt = learned_optimizer(cfg)
     start_params = initial_meta_params(cfg, lopt, k_lopt)
-    directory = out / "checkpoints"
+    directory = out / f"seed_{seed}" / "checkpoints"
     directory.mkdir(parents=True, exist_ok=True)
     guard_checkpoints(cfg, directory)
     trained, meta_records = {}, {}
     for i, objective in enumerate(OBJECTIVES):
-        trained[objective], meta_records[objective] = meta_train_objective(
+        trained[objective], meta_records[objective] = meta_train_selected(
             cfg,
-            tasks[objective],
+            families[objective],
             objective,
             lopt,
             start_params,
@@ -232,54 +399,101 @@ def run_setting(
             directory,
             progress,
         )
-    for objective, meta_params in trained.items():
-        save_learned(out / f"lopt_{objective}", lopt, meta_params)
+        save_learned(out / f"seed_{seed}" / f"lopt_{objective}", lopt, trained[objective])
 
     t0 = time.perf_counter()
-    lopt_inner = learned.inner_optimizer(lopt, cfg.batch_size)
+    tasks = draws(families["eval"], k_eval, runs)  # the same fresh draws for every optimizer
+    lopt_eval = lopt_inner(lopt, int(cfg.batch_size))
     plan = {
-        "sgd": (tasks["tbv"], inner.sgd(cfg.batch_size), best_lr),
-        "tbt": (tasks["tbt"], lopt_inner, trained["tbt"]),
-        "tbv": (tasks["tbv"], lopt_inner, trained["tbv"]),
-        "warm_start": (tasks["tbt"], lopt_inner, start_params),
+        "tbt": (lopt_eval, trained["tbt"]),
+        "tbv": (lopt_eval, trained["tbv"]),
+        **{name: (baselines[name], hparams[name]) for name in BASELINES},
     }
-    evals = {}
-    for label, (task, optimizer, hparams) in plan.items():
-        evals[label] = evaluation.evaluate(
-            task, optimizer, hparams, steps, key=k_eval, runs=runs, eval_every=eval_every, **test
+    if cfg.warm_start != "none":
+        plan["warm_start"] = (lopt_eval, start_params)
+    evals = {
+        label: evaluation.evaluate(
+            tasks, optimizer, hp, steps, key=k_eval, runs=runs, eval_every=eval_every, **test
         )
+        for label, (optimizer, hp) in plan.items()
+    }
     clock["evaluation_s"] = time.perf_counter() - t0
+    clock["total_s"] = time.perf_counter() - clock.pop("start")
+    record: dict[str, Any] = {"seed": int(seed)}
+    for key, metric in METRIC_KEYS.items():
+        record[key] = {k: final_mean(r, metric) for k, r in evals.items()}
+    record["details"] = {
+        "pools": families["pools"],
+        "families": {k: families[k].info() for k in ("tbt", "tbv", "eval")},
+        "learning_rates": {k: float(hparams[k]) for k in ("sgd", "adam")},
+        "tuning": tuning,
+        "meta_training": meta_records,
+        "evaluation": {k: r.to_json() for k, r in evals.items()},
+        "timings": clock,
+        "_evals": evals,  # EvalResults for the figures (not written to results.json)
+    }
+    return record
 
+
+def interval(values) -> dict[str, Any]:
+    """Mean and two-sided 95% Student-t interval of ``values`` (one per seed)."""
+    from scipy import stats
+
+    x = np.asarray(values, np.float64)
+    mean = float(np.mean(x))
+    if x.size < 2:
+        return {"mean": mean, "ci95": [None, None], "n": int(x.size)}
+    half = float(stats.t.ppf(0.975, x.size - 1) * np.std(x, ddof=1) / math.sqrt(x.size))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(x.size)}
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric and optimizer: the mean and 95% interval over seeds, and the same for
+    the paired differences TbV - TbT (test) and TbT - TbV (training accuracy)."""
+    out: dict[str, Any] = {}
+    for key in METRIC_KEYS:
+        names = per_seed[0][key]
+        out[key] = {k: interval([r[key][k] for r in per_seed]) for k in names}
+    out["tbv_minus_tbt_test"] = interval(
+        [r["test_acc"]["tbv"] - r["test_acc"]["tbt"] for r in per_seed]
+    )
+    out["tbt_minus_tbv_train"] = interval(
+        [r["train_acc"]["tbt"] - r["train_acc"]["tbv"] for r in per_seed]
+    )
+    return out
+
+
+def run_setting(
+    name: str, cfg: ml_collections.ConfigDict, out: Path, progress: bool = True
+) -> dict[str, Any]:
+    """Run one Figure 4 setting for every seed of ``cfg.seeds``; writes ``results.json``,
+    ``table.md`` and figures in ``out``."""
+    check_config(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = mnist_data.load(cfg.source)
+    per_seed = [run_seed(cfg, int(seed), data, out, progress) for seed in cfg.seeds]
+    details = {r["seed"]: r.pop("details") for r in per_seed}
+    curves = details[per_seed[0]["seed"]]["_evals"]
+    for d in details.values():
+        d.pop("_evals")
     results = {
         "experiment": name,
         "config": cfg.to_dict(),
         "environment": common.environment(),
-        "data": {k: t.info for k, t in tasks.items()},
-        "sgd_tuning": tuning,
-        "meta_training": meta_records,
-        "optimizers": {
-            k: {"label": LABELS[k], "trains_on": _trains_on(plan[k][0]), **r.to_json()}
-            for k, r in evals.items()
-        },
+        "data": {"source": data.source, "info": data.info, "num_train": data.num_train},
+        "per_seed": per_seed,
+        "summary": aggregate(per_seed),
+        "labels": {k: v for k, v in LABELS.items() if k in per_seed[0]["test_acc"]},
+        "details": details,
     }
-    results["optimizers"]["sgd"]["learning_rate"] = best_lr
-    results["checks"] = checks(cfg, evals)
     results["table"] = table(results)
-    results["figures"] = figures(name, cfg, evals, meta_records, out)
-    clock["total_s"] = time.perf_counter() - clock.pop("start")
-    results["timings"] = {
-        **clock,
-        "meta_training_s": {k: v["seconds_this_call"] for k, v in meta_records.items()},
-    }
+    results["figures"] = figures(name, cfg, curves, details, out)
+    results["timings"] = {"total_s": time.perf_counter() - start}
     (out / "table.md").write_text(results["table"] + "\n")
     common.write_json(out / "results.json", results)
     return common.jsonable(results)
-
-
-def _trains_on(task: MnistMLP) -> str:
-    info = task.info
-    text = f"{info['n_train']} digits"
-    return text + (f" (+{info['n_valid']} validation)" if info["n_valid"] else "")
 
 
 # -- claims, table, figures ---------------------------------------------------------------
@@ -290,92 +504,130 @@ def final_mean(result: evaluation.EvalResult, metric: str) -> float:
     return 100.0 * float(result.mean(metric)[-1])
 
 
-def checks(cfg: ml_collections.ConfigDict, evals: dict) -> dict[str, Any]:
-    """The paper's claims for this setting, with the numbers they rest on.
+def claims(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The paper's claims over seeds, from the ``results.json`` of fig4a, fig4b, fig4c.
 
-    Always: the TbV - TbT gap of final test accuracy (points). With label noise (Fig. 4b,
-    Fig. 5): TbV beats TbT by at least 3 points and TbT's training accuracy is above
-    TbV's. With ``compare_to`` (Fig. 4c): the gap is smaller than the one stored there.
+    * 4b: the 95% interval of TbV - TbT test accuracy lies above 0;
+    * 4b's mean TbV - TbT advantage is larger than 4a's (the advantage grows with noise);
+    * 4c's mean ``|TbV - TbT|`` is smaller than 4b's (with many samples TbT catches up);
+    * Fig. 5: TbT's mean training accuracy in 4b is above TbV's.
+
+    Each entry holds ``passed`` (``None`` where a setting is missing) and its numbers.
     """
-    gap = final_mean(evals["tbv"], "test_acc") - final_mean(evals["tbt"], "test_acc")
-    out: dict[str, Any] = {"tbv_minus_tbt_test_points": gap}
-    if cfg.label_noise > 0:
-        out["tbv_beats_tbt_test_by_3_points"] = bool(gap >= 3.0)
-        train_gap = final_mean(evals["tbt"], "train_acc") - final_mean(evals["tbv"], "train_acc")
-        out["tbt_minus_tbv_train_points"] = train_gap
-        out["tbt_train_acc_above_tbv"] = bool(train_gap > 0)
-    reference = Path(cfg.compare_to) if cfg.compare_to else None
-    if reference is not None:
-        if reference.exists():
-            ref = json.loads(reference.read_text())
-            ref_gap = ref["checks"]["tbv_minus_tbt_test_points"]
-            out["compared_to"] = {"path": str(reference), "experiment": ref["experiment"]}
-            out["reference_gap_points"] = ref_gap
-            out["gap_smaller_than_reference"] = bool(gap < ref_gap)
-        else:
-            out["compared_to"] = f"{reference} not found: run that experiment first"
+    gap = lambda k: results[k]["summary"]["tbv_minus_tbt_test"] if k in results else None
+    a, b, c = gap("fig4a"), gap("fig4b"), gap("fig4c")
+    out: dict[str, Any] = {}
+    out["4b: TbV - TbT test interval above 0"] = {
+        "passed": None if b is None else bool(b["ci95"][0] is not None and b["ci95"][0] > 0),
+        "fig4b": b,
+    }
+    out["4b advantage larger than 4a"] = {
+        "passed": None if a is None or b is None else bool(b["mean"] > a["mean"]),
+        "fig4a": a,
+        "fig4b": b,
+    }
+    out["4c |gap| smaller than 4b"] = {
+        "passed": None if b is None or c is None else bool(abs(c["mean"]) < abs(b["mean"])),
+        "fig4b": b,
+        "fig4c": c,
+    }
+    train = results["fig4b"]["summary"]["tbt_minus_tbv_train"] if "fig4b" in results else None
+    out["Fig. 5: TbT train accuracy above TbV in 4b"] = {
+        "passed": None if train is None else bool(train["mean"] > 0),
+        "tbt_minus_tbv_train": train,
+    }
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    """Markdown: final test and train accuracy per optimizer (mean and min-max, %)."""
+    """Markdown: per optimizer, the mean over seeds and 95% interval of the final test
+    accuracy (clean and noisy test labels) and training accuracy (%), then per seed."""
+    summary, labels = results["summary"], results["labels"]
+    n = len(results["per_seed"])
     rows = [
-        "| optimizer | trains on | final test acc. (%) | final train acc. (%) |",
+        "| optimizer | test acc. (%) | test acc., noisy labels (%) | train acc. (%) |",
         "|---|---|---|---|",
     ]
-    for key, r in results["optimizers"].items():
-        label = r["label"] + (f", lr = {r['learning_rate']:.3g}" if key == "sgd" else "")
-        cells = [_cell(r[m]["final"]) for m in ("test_acc", "train_acc")]
-        rows.append(f"| {label} | {r['trains_on']} | {cells[0]} | {cells[1]} |")
+    for key, label in labels.items():
+        cells = [_cell(summary[m][key]) for m in METRIC_KEYS]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows.append(f"| **TbV - TbT** | {_cell(summary['tbv_minus_tbt_test'])} | | |")
+    rows += [
+        "",
+        f"Mean over {n} meta-training seeds [95% t-interval]; each seed's number is "
+        f"the mean of {results['config']['runs']} evaluation runs on fresh draws.",
+        "",
+    ]
+    rows.append("| seed | " + " | ".join(labels[k] for k in labels) + " |")
+    rows.append("|---" * (len(labels) + 1) + "|")
+    for r in results["per_seed"]:
+        rows.append(
+            f"| {r['seed']} | " + " | ".join(f"{r['test_acc'][k]:.1f}" for k in labels) + " |"
+        )
     return "\n".join(rows)
 
 
-def _cell(final: dict[str, float]) -> str:
-    return f"{100 * final['mean']:.1f} ({100 * final['min']:.1f}-{100 * final['max']:.1f})"
+def _cell(stat: dict[str, Any]) -> str:
+    lo, hi = stat["ci95"]
+    if lo is None:
+        return f"{stat['mean']:.1f}"
+    return f"{stat['mean']:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
 def figures(
-    name: str, cfg: ml_collections.ConfigDict, evals: dict, meta_records: dict, out: Path
+    name: str, cfg: ml_collections.ConfigDict, evals: dict, details: dict, out: Path
 ) -> list[str]:
-    """``<name>.png`` (train and test accuracy), ``train_acc.png`` (Fig. 5's panel) and
-    ``meta_training.png`` (meta-loss per meta-step of each objective)."""
-    curves = {LABELS[k]: v for k, v in evals.items()}
+    """``<name>.png`` (train and test accuracy curves of the first seed's evaluation runs,
+    ``evals``), ``meta_training.png`` (meta-loss per meta-step and held-out score of every
+    seed and objective)."""
+    curves = {LABELS[k]: r for k, r in evals.items()}
     noise = f", {cfg.label_noise:.0%} label noise" if cfg.label_noise else ", clean labels"
     title = f"{name}: {cfg.n_samples or 'all'} digits{noise}"
-    files = [evaluation.plot_curves(curves, out / f"{name}.png", title=title)]
-    files.append(
-        evaluation.plot_curves(curves, out / "train_acc.png", metrics=("train_acc",), title=title)
+    metrics = (
+        ("train_acc", "test_acc", "test_acc_noisy")
+        if cfg.label_noise
+        else ("train_acc", "test_acc")
     )
+    files = [evaluation.plot_curves(curves, out / f"{name}.png", metrics=metrics, title=title)]
     plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for objective, record in meta_records.items():
-        loss = np.asarray(record["meta_loss"], np.float64)
-        window = max(1, len(loss) // 20)
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(window, len(loss) + 1), smooth, label=objective.upper())
-    ax.set_xlabel("meta-step")
-    ax.set_ylabel(f"meta-loss (moving average of {window})")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for seed, d in details.items():
+        for objective, record in d["meta_training"].items():
+            loss = np.asarray(record["meta_loss"], np.float64)
+            if loss.size:
+                window = max(1, len(loss) // 20)
+                smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+                axes[0].plot(
+                    np.arange(window, len(loss) + 1),
+                    smooth,
+                    label=f"{objective.upper()} seed {seed}",
+                )
+            steps = [h["step"] for h in record["heldout"]]
+            axes[1].plot(
+                steps,
+                [h["score"] for h in record["heldout"]],
+                marker="o",
+                label=f"{objective.upper()} seed {seed}",
+            )
+    axes[0].set_xlabel("meta-step")
+    axes[0].set_ylabel("meta-loss (moving average)")
+    axes[1].set_xlabel("meta-step")
+    axes[1].set_ylabel("held-out meta-loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
     files.append(common.save_figure(fig, out / "meta_training.png"))
     return files
 
 
 def summary(results: dict[str, Any]) -> str:
-    """The table and the checks, one screen."""
+    """The table, one screen."""
     cfg = results["config"]
-    lines = [
-        f"{results['experiment']}: {cfg['n_samples'] or 'all'} digits of {cfg['source']}, "
-        f"label noise {cfg['label_noise']}, horizon {cfg['horizon']}, "
-        f"{cfg['meta_steps']} meta-steps per objective, {cfg['runs']} runs",
-        results["table"],
-        "",
-    ]
-    lines += [f"  {k}: {v}" for k, v in results["checks"].items()]
-    meta = results["meta_training"]
-    seconds = sum(m["meta_step_seconds_total"] for m in meta.values())
-    lines.append(
-        f"  time: {results['timings']['total_s']:.0f} s this call; meta-steps of both "
-        f"objectives {seconds:.0f} s in all (resumes included)"
+    return (
+        f"{results['experiment']}: {cfg['n_samples'] or 'all'} digits per task of "
+        f"{cfg['source']}, label noise {cfg['label_noise']}, horizon {cfg['horizon']}, "
+        f"{cfg['meta_steps']} meta-steps per objective ({cfg['estimator']}), seeds "
+        f"{list(cfg['seeds'])}, {cfg['runs']} evaluation draws per seed\n"
+        + results["table"]
+        + f"\n  time: {results['timings']['total_s']:.0f} s"
     )
-    return "\n".join(lines)
