@@ -34,10 +34,26 @@ def _parse_value(text: str, current):
         raise ValueError(f"expected true/false, got {text!r}")
     if isinstance(current, str):
         return text
-    if isinstance(current, (int, float)):
-        return type(current)(ast.literal_eval(text)) if isinstance(current, int) else float(text)
-    value = ast.literal_eval(text)
+    value = _literal(text)
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {text!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {text!r}")
+        return float(value)
     return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+
+
+def _literal(text: str):
+    """``ast.literal_eval(text)`` with an error that says what a literal looks like."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(
+            f"{text!r} is not a Python literal (e.g. 3, 0.1, True, (1, 2) or 'text')"
+        ) from None
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -62,6 +78,18 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
             raise ValueError(f"bad value for config field {path!r}: {err}") from None
 
 
+def check_out(out: Path) -> None:
+    """Create ``out`` and write a probe file there, so an unwritable ``--out`` fails before
+    the run, not after it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out {out} is not a writable folder: {err.strerror or err}.") from None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m l2l_jax", description=__doc__)
     parser.add_argument("experiment", choices=experiments.EXPERIMENTS)
@@ -72,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = load_config(args.experiment, args.preset)
     try:
         apply_overrides(cfg, rest)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        check_out(args.out)
     except ValueError as err:
         parser.error(str(err))
     module = experiments.get(args.experiment)

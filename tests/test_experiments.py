@@ -46,12 +46,36 @@ def test_overrides_parse_to_the_fields_type():
         ("--config.meta_step=7", "no field 'meta_step'"),
         ("--config.nope.seed=1", "no section 'nope'"),
         ("--config.meta_steps=many", "bad value for config field 'meta_steps'"),
+        ("--config.meta_steps=1.5", "'meta_steps': expected an integer, got '1.5'"),
+        ("--config.c=abc", "'c': .*not a Python literal"),
+        ("--config.c=True", "'c': expected a number"),
         ("--meta_steps=7", "overrides look like --config.F=V"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ValueError, match=message):
         cli.apply_overrides(cli.load_config("fig1"), [override])
+
+
+def test_out_must_be_a_writable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="not a writable folder"):
+        cli.check_out(blocker / "sub")
+    cli.check_out(tmp_path / "new" / "dir")
+    assert (tmp_path / "new" / "dir").is_dir() and not list((tmp_path / "new" / "dir").iterdir())
+
+
+def test_results_json_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        common.write_json(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
 
 
 def test_unknown_preset_and_settings_are_errors():

@@ -192,12 +192,16 @@ def jsonable(x):
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON atomically (temp file + ``os.replace``)."""
+    """Write ``payload`` as JSON atomically (temp file + ``os.replace``), readable like the
+    other outputs (``0666`` less the umask; a temp file alone would be ``0600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
         json.dump(jsonable(payload), f, indent=1)
         tmp = f.name
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
