@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from l2l_jax.experiments import mnist_lopt
+from l2l_jax.experiments import mnist_lopt, mnist_report
 
 run = functools.partial(mnist_lopt.run_setting, "fig4b")
-summarize = mnist_lopt.summary
+summarize = mnist_report.summary

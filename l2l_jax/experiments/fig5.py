@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from l2l_jax.experiments import common, mnist_lopt
+from l2l_jax.experiments import common, mnist_report
 
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict[str, Any]:
@@ -21,15 +21,20 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     loaded, missing = {}, {}
     for name, path in cfg.results.items():
         path = Path(path)
+        rerun = f"`python -m l2l_jax {name} --out {path.parent}`"
         if path.exists():
-            loaded[name] = json.loads(path.read_text())
+            stored = json.loads(path.read_text())
+            if "per_seed" in stored:
+                loaded[name] = stored
+            else:
+                missing[name] = f"{path} has no per_seed results (an older protocol): run {rerun}"
         else:
-            missing[name] = f"{path} not found: run `python -m l2l_jax {name} --out {path.parent}`"
+            missing[name] = f"{path} not found: run {rerun}"
     results = {
         "experiment": "fig5",
         "config": cfg.to_dict(),
         "missing": missing,
-        "claims": mnist_lopt.claims(loaded),
+        "claims": mnist_report.claims(loaded),
         "train_acc_fig4b": loaded["fig4b"]["summary"]["train_acc"] if "fig4b" in loaded else None,
         "seeds": {k: [r["seed"] for r in v["per_seed"]] for k, v in loaded.items()},
     }
