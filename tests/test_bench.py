@@ -335,7 +335,13 @@ def test_flops_smoke_section(flops_section):
     section = flops_section
     step, mm = section["meta_step"], section["matmul"]
     assert step["run_ms_median"] > 0 and mm["run_ms_median"] > 0
-    assert step["xla_counts_loop_body_once"] in (True, False)
+    # independently of benchmarks.flops: a 2-trip and a 6-trip fori_loop of one matmul
+    x = jax.numpy.ones((16, 16))
+    loop = jax.jit(lambda x, n: jax.lax.fori_loop(0, n, lambda i, c: c @ x, x), static_argnums=1)
+    costs = [loop.lower(x, n).compile().cost_analysis() for n in (2, 6)]
+    costs = [c[0] if isinstance(c, list | tuple) else c for c in costs]
+    assert step["xla_counts_loop_body_once"] == (costs[1]["flops"] < 2 * costs[0]["flops"])
+    assert step["loop_scale"] == (SMOKE.segment if step["xla_counts_loop_body_once"] else 1)
     assert step["flops"] == step["loop_scale"] * step["xla_flops_reported"] > 0
     assert step["loop_trip_counts"].get(str(SMOKE.segment)) == 2  # the scan and its transpose
     assert mm["flops"] == 2 * mm["n"] ** 3 == mm["xla_flops_reported"]
