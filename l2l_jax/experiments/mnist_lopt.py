@@ -458,4 +458,3 @@ def run_setting(
 def final_mean(result: evaluation.EvalResult, metric: str) -> float:
     """Mean over runs of ``metric`` at the last step, in percentage points."""
     return 100.0 * float(result.mean(metric)[-1])
-
