@@ -18,6 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from l2l_jax import xla
+
 MIN_SAMPLE_S = 1e-2
 # Calls slower than this are not re-timed to choose the calls per sample (one per sample).
 CALIBRATE_BELOW_S = 0.5
@@ -72,13 +74,14 @@ def _elapsed(fn: Any, args: tuple) -> tuple[float, Any]:
 
 
 def compile_timed(name: str, fn: Any, *args: Any) -> Timed:
-    """``jax.jit(fn).lower(*args).compile()``, timed, then a warm-up call.
+    """``xla.jit(fn).lower(*args).compile()`` (the library's compiler options, see
+    :mod:`l2l_jax.xla`), timed, then a warm-up call.
 
     The fastest of three more calls (when calls are fast) estimates one call's time, from
     which the calls per timing sample are chosen.
     """
     start = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args)
+    lowered = xla.jit(fn).lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     timed = Timed(name, compiled, args, lowered_at - start, time.perf_counter() - lowered_at)

@@ -12,6 +12,7 @@ On GPU and TPU no option is added.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,5 +35,19 @@ def options(backend: str | None = None) -> dict[str, Any] | None:
 
 
 def jit(fn: Callable, **kwargs: Any) -> Callable:
-    """:func:`jax.jit` with :func:`options` for the default backend."""
-    return jax.jit(fn, compiler_options=options(), **kwargs)
+    """:func:`jax.jit` with :func:`options` for the default backend.
+
+    Called inside another transformation (any argument is a tracer), it is the plain
+    ``jax.jit(fn)``: JAX accepts compiler options on top-level jits only, and there the
+    outer jit's options apply. ``.lower`` lowers the top-level (optioned) version.
+    """
+    tuned = jax.jit(fn, compiler_options=options(), **kwargs)
+    plain = jax.jit(fn, **kwargs)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kw: Any) -> Any:
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw)))
+        return (plain if traced else tuned)(*args, **kw)
+
+    call.lower = tuned.lower
+    return call
