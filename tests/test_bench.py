@@ -48,6 +48,9 @@ from benchmarks import towers as towers_bench
 from l2l_jax import learned
 from l2l_jax.meta import truncated
 
+# The bench smoke run (~4 min of compiles on 2 cores) is an end-to-end run: make test-slow.
+pytestmark = pytest.mark.slow
+
 ENV_KEYS = {
     "preset",
     "date_utc",

@@ -97,6 +97,7 @@ def test_thm5_and_thm6_small(tmp_path):
     assert 0.5 < ratio < 2.0  # d sigma^2 / n up to sampling noise over 20 test tasks
 
 
+@pytest.mark.slow
 def test_fig3_small(tmp_path):
     res = _run("fig3", tmp_path, "--config.n_over_d=(0.5, 10.0)")
     assert [s["n"] for s in res["settings"]] == [20, 400]
