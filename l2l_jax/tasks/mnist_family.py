@@ -16,6 +16,7 @@ meta-training saw.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from collections.abc import Sequence
@@ -168,7 +169,7 @@ class MnistFamily:
             "sizes": list(self.sizes),
         }
         return MnistMLP.tree_unflatten(
-            (tuple(self.sizes), _json(info)),
+            (tuple(self.sizes), json.dumps(info, sort_keys=True)),
             (images[:t], draw.labels[:t], images[t:], draw.labels[t:], init_key),
         )
 
@@ -186,12 +187,6 @@ class MnistFamily:
             "label_noise": self.label_noise,
             "sizes": list(self.sizes),
         }
-
-
-def _json(info: dict) -> str:
-    import json
-
-    return json.dumps(info, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
