@@ -179,11 +179,13 @@ class Run(NamedTuple):
 
 
 def as_runs(inner: truncated.InnerState) -> Run:
-    """The library's runs (:class:`~l2l_jax.meta.truncated.InnerState`) as :class:`Run`."""
+    """The library's runs (:class:`~l2l_jax.meta.truncated.InnerState`) as :class:`Run`
+    (the library's one tree per decay stacked on a trailing axis)."""
+    stack = lambda trees: jax.tree.map(lambda *k: jnp.stack(k, axis=-1), *trees)
     return Run(
         params=inner.params,
-        momentum=inner.opt_state.momentum,
-        second_moment=inner.opt_state.second_moment,
+        momentum=stack(inner.opt_state.momentum),
+        second_moment=stack(inner.opt_state.second_moment),
         count=inner.opt_state.count,
         step=inner.step,
         key=inner.key,
@@ -251,8 +253,9 @@ def lopt_tensor(
     """The learned update of one tensor: ``(p - step, m, v)``."""
     if cfg.first_order:
         g = jax.lax.stop_gradient(g)
-    m, v = accumulate(m, v, g, jnp.asarray(cfg.decays, m.dtype))
-    per_tensor = learned.tensor_features(g, p, m, v, cfg)
+    decays = jnp.asarray(cfg.decays, m.dtype)  # m, v: (..., K)
+    m, v = accumulate(m, v, g[..., None], decays)
+    per_tensor = learned.tensor_features(g, p, jnp.moveaxis(m, -1, 0), jnp.moveaxis(v, -1, 0), cfg)
     steps = learned.time_features(count, cfg.time_scales, per_tensor.dtype)
     return p - learned.step_from_output(lopt_mlp(meta_params, per_tensor, steps), cfg), m, v
 

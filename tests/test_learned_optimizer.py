@@ -101,16 +101,17 @@ def test_features_and_updates_match_numpy(cfg):
                 feats = _features(
                     grads[k],
                     params[k],
-                    new_state.momentum[k],
-                    new_state.second_moment[k],
+                    [m[k] for m in new_state.momentum],
+                    [v[k] for v in new_state.second_moment],
                     state.count,
                     cfg,
                 )
                 np.testing.assert_allclose(feats, x, rtol=1e-10, atol=1e-14)
                 np.testing.assert_allclose(jax.jit(lopt.apply)(meta_params, feats), out, rtol=1e-10)
                 np.testing.assert_allclose(updates[k], step, rtol=1e-10, atol=1e-16)
-                np.testing.assert_allclose(new_state.momentum[k], m, rtol=1e-12)
-                np.testing.assert_allclose(new_state.second_moment[k], v, rtol=1e-12)
+                for i in range(len(cfg.decays)):  # NumPy: a trailing axis of K decays
+                    np.testing.assert_allclose(new_state.momentum[i][k], m[..., i], rtol=1e-12)
+                    np.testing.assert_allclose(new_state.second_moment[i][k], v[..., i], rtol=1e-12)
                 np_state[k] = (m, v)
             assert int(new_state.count) == t + 1
             params = optax.apply_updates(params, updates)
@@ -132,8 +133,8 @@ def test_initial_steps_are_small():
             feats = _features(
                 grads[k],
                 params[k],
-                new_state.momentum[k],
-                new_state.second_moment[k],
+                [m[k] for m in new_state.momentum],
+                [v[k] for v in new_state.second_moment],
                 state.count,
                 cfg,
             )
@@ -184,7 +185,12 @@ def test_extreme_gradients_give_finite_steps_and_meta_gradients(scale):
             assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree))
         assert max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates)) < 0.02
     feats = _features(
-        grads["w"], params["w"], state.momentum["w"], state.second_moment["w"], 2, lopt.config
+        grads["w"],
+        params["w"],
+        [m["w"] for m in state.momentum],
+        [v["w"] for v in state.second_moment],
+        2,
+        lopt.config,
     )
     g_feature, inv_rms = feats[..., 0], feats[..., 17:22]
     if scale == 1e30:  # normalized like any gradient
@@ -358,15 +364,21 @@ def _reference_update(lopt, meta_params, grads, state, params):
     if cfg.first_order:
         grads = jax.lax.stop_gradient(grads)
 
-    def one(g, p, m, v):
-        m, v = mlp_lopt.accumulate(m, v, g, jnp.asarray(cfg.decays, m.dtype))
+    def one(g, p, ms, vs):
+        mv = [mlp_lopt.accumulate(m, v, g, b) for m, v, b in zip(ms, vs, cfg.decays, strict=True)]
+        m, v = [a for a, _ in mv], [b for _, b in mv]
         x = learned.features(g, p, m, v, state.count, cfg)
         return -learned.step_from_output(lopt.apply(meta_params, x), cfg), m, v
 
-    out = {k: one(grads[k], params[k], state.momentum[k], state.second_moment[k]) for k in params}
+    per_decay = lambda trees, k: [t[k] for t in trees]
+    out = {
+        k: one(grads[k], params[k], per_decay(state.momentum, k), per_decay(state.second_moment, k))
+        for k in params
+    }
     updates = {k: o[0] for k, o in out.items()}
-    momentum = {k: o[1] for k, o in out.items()}
-    second_moment = {k: o[2] for k, o in out.items()}
+    decays = range(len(cfg.decays))
+    momentum = tuple({k: o[1][i] for k, o in out.items()} for i in decays)
+    second_moment = tuple({k: o[2][i] for k, o in out.items()} for i in decays)
     return updates, learned.LOptState(
         momentum=momentum, second_moment=second_moment, count=state.count + 1
     )

@@ -163,8 +163,11 @@ class LOptState:
     """Accumulators of the learned optimizer (a pytree).
 
     Attributes:
-      momentum: like ``params`` with a trailing axis of size ``K``: ``EMA_k(g)``.
-      second_moment: same shape: ``EMA_k(g^2)`` (gradients clipped, see :func:`accumulate`).
+      momentum: a tuple of ``K`` pytrees like ``params``, one per decay: ``EMA_k(g)``.
+        One array per decay and tensor, not a ``(..., K)`` array: in reverse mode the
+        cotangent of a slice ``m[..., k]`` is a padded scatter into every ``K``-th entry,
+        and XLA's CPU fusion of those pads cost TBPTT a third of its time.
+      second_moment: the same for ``EMA_k(g^2)`` (gradients clipped, :func:`accumulate`).
       count: number of updates taken so far (int32 scalar).
     """
 
@@ -214,18 +217,18 @@ def second_moment_normalize(x: Array, axis: Sequence[int], eps: float) -> Array:
 
 
 def accumulate(
-    momentum: Array, second_moment: Array, grad: Array, decays: Array
+    momentum: Array, second_moment: Array, grad: Array, decay: float | Array
 ) -> tuple[Array, Array]:
-    """One EMA step of the momentum and second-moment accumulators (trailing axis: decays).
+    """One EMA step of the momentum and second-moment accumulators of one decay ``b``.
 
-    ``m_k <- b_k m_k + (1 - b_k) g`` and ``v_k <- b_k v_k + (1 - b_k) g_c^2`` with ``g``
-    clipped to ``|g_c| <= sqrt(max float) / 2`` so ``v_k`` stays finite (float32: ~9e18).
+    ``m <- b m + (1 - b) g`` and ``v <- b v + (1 - b) g_c^2`` with ``g`` clipped to
+    ``|g_c| <= sqrt(max float) / 2`` so ``v`` stays finite (float32: ~9e18).
     """
     limit = math.sqrt(float(jnp.finfo(grad.dtype).max)) / 2
-    g = grad[..., None]
-    g_c = jnp.clip(g, -limit, limit)
-    momentum = decays * momentum + (1 - decays) * g
-    second_moment = decays * second_moment + (1 - decays) * jnp.square(g_c)
+    decay = jnp.asarray(decay, grad.dtype)
+    g_c = jnp.clip(grad, -limit, limit)
+    momentum = decay * momentum + (1 - decay) * grad
+    second_moment = decay * second_moment + (1 - decay) * jnp.square(g_c)
     return momentum, second_moment
 
 
@@ -236,15 +239,21 @@ def time_features(count: Array, time_scales: Sequence[float], dtype) -> Array:
 
 
 def tensor_features(
-    grad: Array, param: Array, momentum: Array, second_moment: Array, config: LOptConfig
+    grad: Array,
+    param: Array,
+    momentum: Sequence[Array],
+    second_moment: Sequence[Array],
+    config: LOptConfig,
 ) -> Array:
     """The ``2 + 4K`` per-coordinate features of one tensor, normalized over the tensor.
 
     Order: ``g, p, m_1..m_K, r_1..r_K, (m/r)_1..(m/r)_K, (1/r)_1..(1/r)_K`` with
-    ``r_k = sqrt(v_k + rms_eps)``; each column divided by its RMS over the tensor.
-    This is the plain (reference) form; :meth:`MLPLOpt.update` computes the same
-    columns without stacking them.
+    ``r_k = sqrt(v_k + rms_eps)`` (``momentum``, ``second_moment``: the ``K`` arrays
+    ``m_k``, ``v_k``); each column divided by its RMS over the tensor. This is the plain
+    (reference) form; :meth:`MLPLOpt.update` computes the same columns without stacking
+    them.
     """
+    momentum, second_moment = jnp.stack(momentum, axis=-1), jnp.stack(second_moment, axis=-1)
     rms = jnp.sqrt(second_moment + config.rms_eps)
     stacked = jnp.concatenate(
         [grad[..., None], param[..., None], momentum, rms, momentum / rms, 1 / rms], axis=-1
@@ -255,8 +264,8 @@ def tensor_features(
 def features(
     grad: Array,
     param: Array,
-    momentum: Array,
-    second_moment: Array,
+    momentum: Sequence[Array],
+    second_moment: Sequence[Array],
     count: Array,
     config: LOptConfig,
 ) -> Array:
@@ -268,15 +277,18 @@ def features(
 
 
 def _feature_columns(
-    grad: Array, param: Array, momentum: Array, second_moment: Array, config: LOptConfig
+    grad: Array,
+    param: Array,
+    momentum: Sequence[Array],
+    second_moment: Sequence[Array],
+    config: LOptConfig,
 ) -> list[Array]:
     """:func:`tensor_features` as a list of ``2 + 4K`` normalized columns (each of
     ``param.shape``), in a form XLA fuses into its consumers: ``m/r`` multiplies by
     ``1/r``, each column has its own reductions, and the normalization multiplies by two
     per-column factors (:func:`second_moment_factors`)."""
-    k = momentum.shape[-1]
-    m = [momentum[..., i] for i in range(k)]
-    r = [jnp.sqrt(second_moment[..., i] + config.rms_eps) for i in range(k)]
+    m = list(momentum)
+    r = [jnp.sqrt(v + config.rms_eps) for v in second_moment]
     inv_r = [1 / x for x in r]
     columns = [grad, param, *m, *r, *(x * i for x, i in zip(m, inv_r, strict=True)), *inv_r]
     axis = tuple(range(param.ndim))
@@ -321,12 +333,11 @@ class MLPLOpt(common.NetOptimizer):
     kind: ClassVar[str] = "mlp"
 
     def init(self, params: chex.ArrayTree) -> LOptState:
-        """Zero accumulators for ``params`` (same dtypes), ``count = 0``."""
-        k = len(self.config.decays)
-        zeros = lambda p: jnp.zeros((*jnp.shape(p), k), jnp.result_type(p))
+        """Zero accumulators for ``params`` (same dtypes, one tree per decay), ``count = 0``."""
+        zeros = tuple(jax.tree.map(jnp.zeros_like, params) for _ in self.config.decays)
         return LOptState(
-            momentum=jax.tree.map(zeros, params),
-            second_moment=jax.tree.map(zeros, params),
+            momentum=zeros,
+            second_moment=zeros,
             count=jnp.zeros((), jnp.int32),
         )
 
@@ -351,7 +362,8 @@ class MLPLOpt(common.NetOptimizer):
         step's inputs.
         """
         chex.assert_trees_all_equal_shapes(grads, params)
-        chex.assert_trees_all_equal_structs(state.momentum, params)
+        for accumulators in (*state.momentum, *state.second_moment):
+            chex.assert_trees_all_equal_structs(accumulators, params)
         cfg = self.config
         if cfg.first_order:
             grads = jax.lax.stop_gradient(grads)
@@ -361,9 +373,10 @@ class MLPLOpt(common.NetOptimizer):
 
         # Rematerialized in reverse mode: only the inputs are kept per step.
         @jax.checkpoint
-        def one_tensor(meta_params, count, g, p, m, v):
+        def one_tensor(meta_params, count, g, p, ms, vs):
             g = jnp.asarray(g, jnp.result_type(p))
-            m, v = accumulate(m, v, g, jnp.asarray(cfg.decays, m.dtype))
+            mv = [accumulate(*a, g, b) for *a, b in zip(ms, vs, cfg.decays, strict=True)]
+            m, v = tuple(x[0] for x in mv), tuple(x[1] for x in mv)
             if math.prod(p.shape) < common.MIN_FUSED_SIZE:  # tiny: the plain form
                 x = tensor_features(g, p, m, v, cfg)
                 columns = [x[..., i] for i in range(n)]
@@ -378,17 +391,20 @@ class MLPLOpt(common.NetOptimizer):
             step = common.fused_mlp(head, layers, columns)
             return (-step).astype(jnp.result_type(p)), m, v
 
+        k = len(cfg.decays)
         out = jax.tree.map(
-            lambda g, p, m, v: one_tensor(meta_params, state.count, g, p, m, v),
+            lambda g, p, *mv: one_tensor(meta_params, state.count, g, p, mv[:k], mv[k:]),
             grads,
             params,
-            state.momentum,
-            state.second_moment,
+            *state.momentum,
+            *state.second_moment,
         )
         treedef = jax.tree.structure(params)
-        updates, momentum, second_moment = (
-            jax.tree.unflatten(treedef, [leaf[i] for leaf in treedef.flatten_up_to(out)])
-            for i in range(3)
+        leaves = treedef.flatten_up_to(out)
+        updates = jax.tree.unflatten(treedef, [leaf[0] for leaf in leaves])
+        momentum, second_moment = (
+            tuple(jax.tree.unflatten(treedef, [leaf[i][j] for leaf in leaves]) for j in range(k))
+            for i in (1, 2)
         )
         new_state = LOptState(momentum=momentum, second_moment=second_moment, count=state.count + 1)
         return updates, new_state
