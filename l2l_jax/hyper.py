@@ -34,11 +34,13 @@ linearly with the number of learned hyperparameters and with the tower's height.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = jax.Array
@@ -90,10 +92,36 @@ def _vdot(a, b) -> Array:
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-def hyperparams(state: HyperState, constraints: Mapping[str, str] | None = None) -> dict:
-    """The current (constrained) learned hyperparameters of a :func:`hyper` state."""
+def constrain(
+    raw: Mapping[str, Array], constraints: Mapping[str, str] | None = None
+) -> dict[str, Array]:
+    """Hyperparameters from unconstrained ``raw`` values, by each name's constraint
+    (``constraints``, else :data:`DEFAULT_CONSTRAINTS`, else ``"none"``)."""
     constraints = constraints or {}
-    return {k: CONSTRAINTS[_constraint(k, constraints)][0](v) for k, v in state.raw.items()}
+    return {k: CONSTRAINTS[_constraint(k, constraints)][0](v) for k, v in raw.items()}
+
+
+def hyperparams(state: Any) -> dict[str, Array]:
+    """The learned hyperparameters a :func:`hyper` optimizer applied at its last update
+    (its initial values before the first one), by name.
+
+    Read from the wrapped ``inject_hyperparams`` state, so they are the values the update
+    used, whatever the constraint. ``state`` may be a :class:`HyperState` or any optimizer
+    state that holds exactly one (for example the state of an ``optax.chain``); a tower's
+    state gives its lowest level (the hyper-optimizer's own are in ``state.outer``).
+    """
+    found = [
+        s
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, HyperState))
+        if isinstance(s, HyperState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"state must hold exactly one hyper optimizer's HyperState, found {len(found)}; "
+            "pass that optimizer's part of the state (e.g. state[i] of an optax.chain)."
+        )
+    (state,) = found
+    return {k: state.inner.hyperparams[k] for k in state.raw}
 
 
 def hyper(
@@ -128,15 +156,21 @@ def hyper(
         )
     constraints = dict(constraints or {})
     kinds = {k: _constraint(k, constraints) for k in learn}
+    for k, v in init.items():
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.ndarray, jax.Array)):
+            raise TypeError(
+                f"init[{k!r}] must be a number, got {type(v).__name__}: hyper learns constant "
+                "hyperparameters (a schedule cannot be differentiated as one number); pass "
+                "its initial value, or pass the schedule through **static and do not learn it."
+            )
+        if not bool(np.all(np.isfinite(np.asarray(v, float)))):
+            raise ValueError(f"init[{k!r}] must be finite, got {v}.")
     for k in learn:
         if kinds[k] == "positive" and not init[k] > 0:
             raise ValueError(f"init[{k!r}] must be > 0 for a 'positive' constraint.")
         if kinds[k] == "unit" and not 0 < init[k] < 1:
             raise ValueError(f"init[{k!r}] must be in (0, 1) for a 'unit' constraint.")
     inner_tx = optax.inject_hyperparams(factory)(**init, **static)
-
-    def constrain(raw: dict[str, Array]) -> dict[str, Array]:
-        return {k: CONSTRAINTS[kinds[k]][0](raw[k]) for k in learn}
 
     def init_fn(params) -> HyperState:
         dtype = jnp.result_type(*jax.tree.leaves(params))
@@ -165,7 +199,8 @@ def hyper(
         #    held fixed: the "detach" of Chandra et al.)
         def step(r):
             values = {
-                k: v.astype(state.inner.hyperparams[k].dtype) for k, v in constrain(r).items()
+                k: v.astype(state.inner.hyperparams[k].dtype)
+                for k, v in constrain(r, kinds).items()
             }
             inner = state.inner._replace(hyperparams={**state.inner.hyperparams, **values})
             return inner_tx.update(grads, inner, params)

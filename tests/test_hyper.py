@@ -127,7 +127,7 @@ def test_adam_hypergradients_match_finite_differences():
         inner_tx = optax.inject_hyperparams(optax.adam)(**init)
 
         def loss_after(raw):
-            values = hyper.hyperparams(prev._replace(raw=raw))
+            values = hyper.constrain(raw)
             inner = prev.inner._replace(hyperparams={**prev.inner.hyperparams, **values})
             u, _ = inner_tx.update(g_prev, inner, w_prev)
             return _f(optax.apply_updates(w_prev, u))
@@ -198,7 +198,55 @@ def test_scan_equals_python_loop_and_checkpoint_roundtrip(tmp_path):
     np.testing.assert_array_equal(u1, u2)
 
 
+@pytest.mark.parametrize("constraint", ["none", "positive"])
+def test_hyperparams_reports_the_applied_learning_rate(constraint):
+    """hyperparams(state) = the learning rate of Baydin's SGD-HD recursion, computed here
+    independently, under every constraint, also inside an optax.chain."""
+    kappa, alpha0 = 0.002, 0.05
+    with jax.enable_x64(True):
+        tx = optax.chain(
+            optax.identity(),
+            hyper.hyper(
+                optax.sgd,
+                {"learning_rate": alpha0},
+                optax.sgd(kappa),
+                constraints={"learning_rate": constraint},
+            ),
+        )
+        w = jnp.asarray(W0)
+        state = tx.init(w)
+        np.testing.assert_allclose(float(hyper.hyperparams(state)["learning_rate"]), alpha0)
+        wn, g_prev, raw = W0.copy(), np.zeros(3), alpha0 if constraint == "none" else np.log(alpha0)
+        for _ in range(5):
+            u, state = tx.update(jax.grad(_f)(w), state, w)
+            w = optax.apply_updates(w, u)
+            g = _grad_np(wn)
+            alpha = raw if constraint == "none" else np.exp(raw)
+            raw = raw + kappa * (g @ g_prev) * (1.0 if constraint == "none" else alpha)
+            alpha = raw if constraint == "none" else np.exp(raw)
+            wn, g_prev = wn - alpha * g, g
+            got = float(hyper.hyperparams(state)["learning_rate"])
+            np.testing.assert_allclose(got, alpha, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(w), wn, rtol=1e-12)
+        assert abs(alpha - alpha0) > 1e-6  # the learning rate moved
+    with pytest.raises(ValueError, match="exactly one"):
+        hyper.hyperparams((state, state))
+
+
 def test_invalid_inputs_name_the_field():
+    with pytest.raises(TypeError, match=r"init\['learning_rate'\] must be a number"):
+        hyper.hyper(
+            optax.sgd, {"learning_rate": optax.linear_schedule(0.1, 0.0, 10)}, optax.sgd(1e-3)
+        )
+    with pytest.raises(TypeError, match=r"init\['learning_rate'\] must be a number"):
+        hyper.hyper(optax.sgd, {"learning_rate": True}, optax.sgd(1e-3))
+    with pytest.raises(ValueError, match=r"init\['learning_rate'\] must be finite"):
+        hyper.hyper(
+            optax.sgd,
+            {"learning_rate": float("inf")},
+            optax.sgd(1e-3),
+            constraints={"learning_rate": "none"},
+        )
     with pytest.raises(ValueError, match="learn must name"):
         hyper.hyper(optax.sgd, {"learning_rate": 0.1}, optax.sgd(1e-3), learn=("momentum",))
     with pytest.raises(ValueError, match=r"init\['b1'\] must be in \(0, 1\)"):

@@ -94,3 +94,33 @@ def test_nonfinite_value_with_finite_grad_is_skipped():
     )
     assert finite.nonfinite_count == 0
     np.testing.assert_allclose(finite.trajectory, [3.0, 2.6, 2.28, 2.024], rtol=1e-6)
+
+
+def test_hyperparameters_stay_in_their_domains():
+    """The issue's case: Adam's hyperparameters under a TbV objective and optax.adam(1e-2)
+    leave their domains without the projection (eps < 0 at step 1); with it every
+    iterate stays in its domain and the projected steps are counted."""
+    task = tasks.LeastSquares.sample(jax.random.key(0), 10, 20, 20, 1.0)
+    f = meta.meta_objective(task, inner.adam(), "tbv", steps=20)
+    init = inner.adam().hparams(learning_rate=0.01)
+    run = meta.train(f, init, optax.adam(1e-2), steps=100, progress=False)
+    free = jax.tree.map(
+        lambda x, u: x + u,
+        init,
+        optax.adam(1e-2).update(jax.grad(f)(init), optax.adam(1e-2).init(init))[0],
+    )
+    assert float(free["eps"]) < 0  # what an unprojected first step does
+    traj = run.trajectory
+    assert np.all(np.asarray(traj["learning_rate"]) > 0) and np.all(np.asarray(traj["eps"]) > 0)
+    for name in ("b1", "b2"):
+        assert np.all((np.asarray(traj[name]) >= 0) & (np.asarray(traj[name]) < 1)), name
+    assert run.projected_count >= 1 and bool(run.projected[0])
+    assert np.all(np.isfinite(np.asarray(run.values)))
+
+
+def test_initial_hyperparameters_out_of_domain_are_rejected():
+    f = lambda h: h["learning_rate"] ** 2 + h["b1"]
+    with np.testing.assert_raises_regex(ValueError, r"init\['b1'\] must be in \[0, 1\)"):
+        meta.train(f, {"learning_rate": 0.1, "b1": 1.0}, optax.sgd(0.1), 1, progress=False)
+    with np.testing.assert_raises_regex(ValueError, r"init\['learning_rate'\] must be > 0"):
+        meta.train(f, {"learning_rate": -0.1, "b1": 0.5}, optax.sgd(0.1), 1, progress=False)

@@ -5,6 +5,13 @@ Wang et al. (2021), Theorem 4: meta step size ``mu_k = c / sqrt(k)`` and project
 ``eta >= 0``. Every meta-step is checked: one whose meta-gradient or meta-objective
 value is non-finite is *not* applied (the hyperparameters stay where they are, via
 :func:`optax.apply_if_finite`), and it is counted and reported in :class:`TrainResult`.
+
+**Domains.** Hyperparameters named in a dict (``inner.adam().hparams(...)``) stay in
+their domain (:data:`l2l_jax.hyper.DEFAULT_CONSTRAINTS` gives each name's): a step that
+would move a learning rate or ``eps`` to ``<= 0`` is projected to ``tiny`` (the
+smallest normal float of its dtype), one that would move ``b1``, ``b2``, ``momentum`` or
+``decay`` outside ``[0, 1)`` to ``0`` or ``1 - eps`` (the float below 1). Projected steps
+are counted per step (``TrainResult.projected``), never silent.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import optax
 from tqdm.auto import tqdm
 
 from l2l_jax import validation
+from l2l_jax.hyper import DEFAULT_CONSTRAINTS
 
 Projection = Callable[[chex.ArrayTree], chex.ArrayTree]
 
@@ -54,6 +62,8 @@ class TrainResult:
       grads: meta-gradients at each step, stacked ``(K, ...)``.
       nonfinite: ``(K,)`` True where the meta-gradient or the meta-objective was NaN/inf
         (the step was skipped).
+      projected: ``(K,)`` True where the step would have left a hyperparameter's domain
+        and was projected back onto it (module docstring).
     """
 
     params: chex.ArrayTree
@@ -61,10 +71,47 @@ class TrainResult:
     values: jax.Array
     grads: chex.ArrayTree
     nonfinite: jax.Array
+    projected: jax.Array
 
     @property
     def nonfinite_count(self) -> int:
         return int(np.sum(np.asarray(self.nonfinite)))
+
+    @property
+    def projected_count(self) -> int:
+        return int(np.sum(np.asarray(self.projected)))
+
+
+def _domain(path: tuple) -> str:
+    """The constraint of a leaf of ``init``: by its last dict key, else ``"none"``."""
+    key = path[-1] if path else None
+    name = key.key if isinstance(key, jax.tree_util.DictKey) else None
+    return DEFAULT_CONSTRAINTS.get(name, "none")
+
+
+def _project_to_domains(params: chex.ArrayTree) -> chex.ArrayTree:
+    """Each named hyperparameter clipped into its domain (module docstring)."""
+
+    def clip(path, x):
+        kind = _domain(path)
+        if kind == "positive":
+            return jnp.maximum(x, jnp.finfo(x.dtype).tiny)
+        if kind == "unit":
+            return jnp.clip(x, 0, 1 - jnp.finfo(x.dtype).epsneg)
+        return x
+
+    return jax.tree_util.tree_map_with_path(clip, params)
+
+
+def _check_domains(init: chex.ArrayTree) -> None:
+    """A ValueError naming the first hyperparameter of ``init`` outside its domain."""
+    for path, x in jax.tree_util.tree_leaves_with_path(init):
+        kind, x = _domain(path), np.asarray(x)
+        name = jax.tree_util.keystr(path)
+        if kind == "positive" and not np.all(x > 0):
+            raise ValueError(f"init{name} must be > 0, got {x}.")
+        if kind == "unit" and not np.all((x >= 0) & (x < 1)):
+            raise ValueError(f"init{name} must be in [0, 1), got {x}.")
 
 
 def train(
@@ -92,8 +139,16 @@ def train(
         )
     if optimizer.projection is not None:
         validation.non_negative_values("init", init)
+    _check_domains(init)
     tx = optax.apply_if_finite(optimizer.optimizer, max_consecutive_errors=_NEVER)
-    project = optimizer.projection or (lambda p: p)
+    user_projection = optimizer.projection or (lambda p: p)
+
+    def project(p):
+        p = user_projection(p)
+        q = _project_to_domains(p)
+        changed = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.any(a != b), p, q))
+        return q, jnp.any(jnp.stack(changed)) if changed else jnp.asarray(False)
+
     value_and_grad = jax.value_and_grad(meta_objective)
 
     def one_step(carry, _):
@@ -103,8 +158,8 @@ def train(
         # which would otherwise freeze the parameters silently.
         checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(value), g, jnp.nan), grad)
         updates, state = tx.update(checked, state, params)
-        new_params = project(optax.apply_updates(params, updates))
-        return (new_params, state), (params, value, grad, ~state.last_finite)
+        new_params, projected = project(optax.apply_updates(params, updates))
+        return (new_params, state), (params, value, grad, ~state.last_finite, projected)
 
     @functools.partial(jax.jit, static_argnums=1)
     def run_chunk(carry, length):
@@ -119,9 +174,16 @@ def train(
             carry, out = run_chunk(carry, length)
             outputs.append(out)
             bar.update(length)
-    trajectory, values, grads, nonfinite = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs)
+    trajectory, values, grads, nonfinite, projected = jax.tree.map(
+        lambda *xs: jnp.concatenate(xs), *outputs
+    )
     final = carry[0]
     trajectory = jax.tree.map(lambda t, f: jnp.concatenate([t, f[None]]), trajectory, final)
     return TrainResult(
-        params=final, trajectory=trajectory, values=values, grads=grads, nonfinite=nonfinite
+        params=final,
+        trajectory=trajectory,
+        values=values,
+        grads=grads,
+        nonfinite=nonfinite,
+        projected=projected,
     )
