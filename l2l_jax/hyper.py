@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from l2l_jax import validation
+
 Array = jax.Array
 
 CONSTRAINTS: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
@@ -50,14 +52,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]
     "unit": (jax.nn.sigmoid, lambda h: jnp.log(h) - jnp.log1p(-h)),
     "none": (lambda r: r, lambda h: h),
 }
-DEFAULT_CONSTRAINTS: dict[str, str] = {
-    "learning_rate": "positive",
-    "eps": "positive",
-    "b1": "unit",
-    "b2": "unit",
-    "momentum": "unit",
-    "decay": "unit",
-}
+DEFAULT_CONSTRAINTS: dict[str, str] = dict(validation.HYPERPARAMETER_DOMAINS)
 
 
 class HyperState(NamedTuple):

@@ -78,9 +78,8 @@ class InnerOptimizer:
                 raise TypeError(
                     f"hyperparameter {n!r} must be a scalar, got shape {jnp.shape(hparams[n])}."
                 )
-        validation.non_negative_values(
-            "hyperparameters (" + ", ".join(self.hparam_names) + ")", hparams
-        )
+        for n in self.hparam_names:
+            validation.hyperparameter(n, hparams[n])
         return dict(hparams)
 
     def init(self, params, hparams: HParams):

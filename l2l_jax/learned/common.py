@@ -9,6 +9,7 @@ inherit :class:`NetOptimizer`, and :mod:`l2l_jax.learned.mlp_lopt` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -242,6 +243,11 @@ def save_checkpoint(
 
     chex.assert_trees_all_equal_shapes(meta_params, shapes)
     path = Path(path).absolute()
+    if path.exists():
+        raise FileExistsError(
+            f"{path} already exists: a learned-optimizer checkpoint is written to a new "
+            "folder (atomically) and never over another; delete it or pick another path."
+        )
     meta_params = jax.tree.map(np.asarray, meta_params)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(
@@ -263,9 +269,25 @@ def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path).absolute()
     if not path.exists():
         raise FileNotFoundError(f"no learned-optimizer checkpoint at {path}.")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    with _damaged(path, _CONFIG), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(path, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
+    if not isinstance(restored[_CONFIG], Mapping):
+        raise ValueError(f"{path}: the checkpoint's {_CONFIG!r} item is not a JSON object.")
     return dict(restored[_CONFIG])
+
+
+@contextlib.contextmanager
+def _damaged(path: Path, item: str):
+    """Turn orbax's and json's errors on a folder that is not a (complete) checkpoint into
+    one ``ValueError`` that names the folder and the missing or unreadable item."""
+    try:
+        yield
+    except (KeyError, ValueError, FileNotFoundError, OSError) as err:
+        raise ValueError(
+            f"{path} is not a readable learned-optimizer checkpoint (its {item!r} item is "
+            f"missing or damaged: {type(err).__name__}: {err}); point to a folder written by "
+            "learned.save, or write one again."
+        ) from err
 
 
 def load_meta_params(path: str | Path, shapes: MetaParams) -> MetaParams:
@@ -273,7 +295,7 @@ def load_meta_params(path: str | Path, shapes: MetaParams) -> MetaParams:
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    with _damaged(path, _PARAMS), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(
             path, args=ocp.args.Composite(**{_PARAMS: ocp.args.StandardRestore()})
         )

@@ -94,6 +94,9 @@ class MetaObjective:
         self.steps = validation.positive_int("steps", steps)
         self.grad = grad
         self.key = key
+        if max_norm is not None and not callable(max_norm):
+            validation.positive("max_norm", max_norm)
+        validation.dtypes_match_x64("task", task)
         self.max_norm = max_norm
         remat_segment(remat, self.steps)  # validates
         self.remat = remat
@@ -216,9 +219,11 @@ def _batch_size(task) -> int:
     shape = getattr(task, "batch_shape", None)
     if shape is not None:
         if len(shape) != 1:
+            what = "a single task" if not shape else f"batch_shape {tuple(shape)}"
             raise ValueError(
-                f"batched=True expects a batch with one leading task axis, got batch_shape "
-                f"{tuple(shape)} ({task!r}); build it with LeastSquares.sample_batch(key, m, ...)."
+                f"batched=True expects a batch with one leading task axis, got {what} "
+                f"({task!r}); pass batched=False for one task, or build a batch (e.g. "
+                "LeastSquares.sample_batch(key, m, ...), or jax.vmap of a task builder)."
             )
         return int(shape[0])
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(task)}

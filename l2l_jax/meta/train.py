@@ -7,7 +7,7 @@ value is non-finite is *not* applied (the hyperparameters stay where they are, v
 :func:`optax.apply_if_finite`), and it is counted and reported in :class:`TrainResult`.
 
 **Domains.** Hyperparameters named in a dict (``inner.adam().hparams(...)``) stay in
-their domain (:data:`l2l_jax.hyper.DEFAULT_CONSTRAINTS` gives each name's): a step that
+their domain (:data:`l2l_jax.validation.HYPERPARAMETER_DOMAINS` gives each name's): a step that
 would move a learning rate or ``eps`` to ``<= 0`` is projected to ``tiny`` (the
 smallest normal float of its dtype), one that would move ``b1``, ``b2``, ``momentum`` or
 ``decay`` outside ``[0, 1)`` to ``0`` or ``1 - eps`` (the float below 1). Projected steps
@@ -27,7 +27,6 @@ import optax
 from tqdm.auto import tqdm
 
 from l2l_jax import validation
-from l2l_jax.hyper import DEFAULT_CONSTRAINTS
 
 Projection = Callable[[chex.ArrayTree], chex.ArrayTree]
 
@@ -86,7 +85,7 @@ def _domain(path: tuple) -> str:
     """The constraint of a leaf of ``init``: by its last dict key, else ``"none"``."""
     key = path[-1] if path else None
     name = key.key if isinstance(key, jax.tree_util.DictKey) else None
-    return DEFAULT_CONSTRAINTS.get(name, "none")
+    return validation.HYPERPARAMETER_DOMAINS.get(name, "none")
 
 
 def _project_to_domains(params: chex.ArrayTree) -> chex.ArrayTree:

@@ -63,6 +63,12 @@ class Quadratic:
         (obj.hessian, obj.w0, obj.factor, obj.eigenvalues, obj.eigenvectors) = children
         return obj
 
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Leading task axes: ``()`` for one task (a batch comes from ``jax.vmap`` or
+        stacking, e.g. ``jax.tree.map(lambda *a: jnp.stack(a), *tasks)``)."""
+        return tuple(jnp.shape(self.w0)[:-1])
+
     # -- constructors -----------------------------------------------------------------
     @classmethod
     def random(
