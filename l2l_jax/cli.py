@@ -2,7 +2,13 @@
 
 Configs are ``ml_collections`` dicts from ``configs/<experiment>.py``; any field can be
 overridden, e.g. ``--config.meta_steps=500`` or ``--config.task.seed=3`` or
-``--config.methods="('stable','autodiff')"``.
+``--config.methods="('stable','autodiff')"``. ``python -m l2l_jax EXPERIMENT --help``
+lists that experiment's fields with their defaults.
+
+The parser is argparse plus :func:`apply_overrides`, not ``ml_collections.config_flags``:
+config_flags needs absl's global FLAGS and app.run, so the experiments could not be called
+as a function (``main(argv)``, as the tests do), and it casts a value to the field's type
+(``--config.steps=1.5`` became 1) where this one refuses it, naming the field.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import inspect
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,8 +98,82 @@ def check_out(out: Path) -> None:
         raise ValueError(f"--out {out} is not a writable folder: {err.strerror or err}.") from None
 
 
+def _first_line(module) -> str:
+    return (module.__doc__ or "").strip().split("\n")[0]
+
+
+def field_docs(name: str) -> dict[str, str]:
+    """One-line docs of an experiment's config fields: the comment that ends the line
+    ``cfg.<field> = ...  # doc`` in ``configs/<name>.py`` or a config module it builds on."""
+    module = importlib.import_module(f"configs.{name}")
+    shared = [
+        m
+        for m in vars(module).values()
+        if inspect.ismodule(m) and m.__name__.startswith("configs.")
+    ]
+    docs: dict[str, str] = {}
+    for m in (module, *shared):
+        for line in inspect.getsource(m).splitlines():
+            match = re.match(r"\s*cfg\.([\w.]+)\s*=.*#\s*(.+)$", line)
+            if match:
+                docs.setdefault(match[1], match[2].strip())
+    return docs
+
+
+def _flatten(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for key, value in sorted(cfg.items()):
+        if isinstance(value, ml_collections.ConfigDict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((prefix + key, value))
+    return rows
+
+
+def experiment_help(name: str, preset: str = "default") -> str:
+    """``python -m l2l_jax NAME --help``: what the experiment is, then each config field
+    (``--config.FIELD=DEFAULT``) with its one-line doc."""
+    cfg = load_config(name, preset)
+    docs = field_docs(name)
+    rows = [(f"--config.{path}={value!r}", docs.get(path, "")) for path, value in _flatten(cfg)]
+    width = max(len(flag) for flag, _ in rows)
+    lines = [
+        f"usage: python -m l2l_jax {name} --out DIR [--preset P] [--no-progress] "
+        "[--config.FIELD=VALUE ...]",
+        "",
+        _first_line(importlib.import_module(f"configs.{name}")),
+        "",
+        f"config fields (preset {preset!r}; defaults shown):",
+    ]
+    lines += [f"  {flag.ljust(width)}  {doc}".rstrip() for flag, doc in rows]
+    return "\n".join(lines)
+
+
+def _experiments_epilog() -> str:
+    lines = ["experiments (python -m l2l_jax EXPERIMENT --help lists its config fields):"]
+    for name in experiments.EXPERIMENTS:
+        lines.append(f"  {name:10s} {_first_line(importlib.import_module(f'configs.{name}'))}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m l2l_jax", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    asked = [a for a in argv if a in experiments.EXPERIMENTS]
+    if asked and ("-h" in argv or "--help" in argv):
+        preset = "default"
+        for i, a in enumerate(argv):
+            if a.startswith("--preset="):
+                preset = a.split("=", 1)[1]
+            elif a == "--preset" and i + 1 < len(argv):
+                preset = argv[i + 1]
+        print(experiment_help(asked[0], preset))
+        raise SystemExit(0)
+    parser = argparse.ArgumentParser(
+        prog="python -m l2l_jax",
+        description=__doc__,
+        epilog=_experiments_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("experiment", choices=experiments.EXPERIMENTS)
     parser.add_argument("--out", type=Path, required=True, help="directory for results")
     parser.add_argument("--preset", default="default", help="config preset (default, paper)")

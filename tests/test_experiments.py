@@ -66,6 +66,31 @@ def test_out_must_be_a_writable_folder(tmp_path):
     assert (tmp_path / "new" / "dir").is_dir() and not list((tmp_path / "new" / "dir").iterdir())
 
 
+@pytest.mark.parametrize("name", ["fig2", "fig4b", "towers"])
+def test_experiment_help_lists_every_field_with_its_default(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    cfg = cli.load_config(name)
+    paths = [path for path, _ in cli._flatten(cfg)]
+    assert paths and all(f"--config.{p}=" in text for p in paths)
+    for path, doc in cli.field_docs(name).items():
+        if path in paths:  # the comment of its line in configs/ is its doc
+            assert doc in text, path
+    assert text.splitlines()[2] == cli._first_line(__import__(f"configs.{name}", fromlist=["x"]))
+
+
+def test_main_help_describes_each_experiment(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for name in ("fig1", "fig4b", "ood"):
+        assert any(
+            line.split()[:1] == [name] and len(line.split()) > 3 for line in text.splitlines()
+        )
+
+
 def test_results_json_is_readable_by_others(tmp_path):
     import os
     import stat
