@@ -113,6 +113,39 @@ def _check_domains(init: chex.ArrayTree) -> None:
             raise ValueError(f"init{name} must be in [0, 1), got {x}.")
 
 
+@functools.lru_cache(maxsize=32)
+def _chunk_runner(meta_objective: Callable, optimizer: MetaGD) -> tuple[Callable, Callable]:
+    """``(tx.init, jitted run_chunk(carry, length))`` for one objective and optimizer:
+    cached, so calling :func:`train` again with the same two (the same objects) does not
+    compile again."""
+    tx = optax.apply_if_finite(optimizer.optimizer, max_consecutive_errors=_NEVER)
+    user_projection = optimizer.projection or (lambda p: p)
+
+    def project(p):
+        p = user_projection(p)
+        q = _project_to_domains(p)
+        changed = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.any(a != b), p, q))
+        return q, jnp.any(jnp.stack(changed)) if changed else jnp.asarray(False)
+
+    value_and_grad = jax.value_and_grad(meta_objective)
+
+    def one_step(carry, _):
+        params, state = carry
+        value, grad = value_and_grad(params)
+        # A non-finite value poisons the step too: log(inf) backpropagates a finite 0,
+        # which would otherwise freeze the parameters silently.
+        checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(value), g, jnp.nan), grad)
+        updates, state = tx.update(checked, state, params)
+        new_params, projected = project(optax.apply_updates(params, updates))
+        return (new_params, state), (params, value, grad, ~state.last_finite, projected)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def run_chunk(carry, length):
+        return jax.lax.scan(one_step, carry, None, length=length)
+
+    return tx.init, run_chunk
+
+
 def train(
     meta_objective: Callable[[chex.ArrayTree], jax.Array],
     init: chex.ArrayTree,
@@ -139,32 +172,11 @@ def train(
     if optimizer.projection is not None:
         validation.non_negative_values("init", init)
     _check_domains(init)
-    tx = optax.apply_if_finite(optimizer.optimizer, max_consecutive_errors=_NEVER)
-    user_projection = optimizer.projection or (lambda p: p)
-
-    def project(p):
-        p = user_projection(p)
-        q = _project_to_domains(p)
-        changed = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.any(a != b), p, q))
-        return q, jnp.any(jnp.stack(changed)) if changed else jnp.asarray(False)
-
-    value_and_grad = jax.value_and_grad(meta_objective)
-
-    def one_step(carry, _):
-        params, state = carry
-        value, grad = value_and_grad(params)
-        # A non-finite value poisons the step too: log(inf) backpropagates a finite 0,
-        # which would otherwise freeze the parameters silently.
-        checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(value), g, jnp.nan), grad)
-        updates, state = tx.update(checked, state, params)
-        new_params, projected = project(optax.apply_updates(params, updates))
-        return (new_params, state), (params, value, grad, ~state.last_finite, projected)
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def run_chunk(carry, length):
-        return jax.lax.scan(one_step, carry, None, length=length)
-
-    carry = (init, tx.init(init))
+    try:
+        tx_init, run_chunk = _chunk_runner(meta_objective, optimizer)
+    except TypeError:  # an unhashable objective or optimizer: built (and compiled) anew
+        tx_init, run_chunk = _chunk_runner.__wrapped__(meta_objective, optimizer)
+    carry = (init, tx_init(init))
     outputs = []
     label = progress if isinstance(progress, str) else "meta-training"
     with tqdm(total=steps, desc=label, disable=not progress, leave=False) as bar:
