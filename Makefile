@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= cpu-small
 OUT    ?= runs
 
-.PHONY: setup run test test-slow lint bench accelerator-check docs figures clean
+.PHONY: setup run test test-slow lint bench bench-estimators accelerator-check docs figures clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ lint: $(STAMP)
 ## BENCH_ARGS=--no-peer skips the learned_optimization comparison (subprocesses, ~10 min on 2 cores)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --preset $(PRESET) $(BENCH_ARGS)
+
+## bench-estimators: only the learned-optimizer estimators group of `make bench` (TBPTT, ES, PES:
+## inner steps/s, memory roofline, TBPTT/forward ratio; BENCH_ARGS=--no-peer skips learned_optimization)
+bench-estimators: $(STAMP)
+	$(PY) -m benchmarks.estimators --preset $(PRESET) $(BENCH_ARGS)
 
 ## accelerator-check: on a GPU machine (no virtualenv: its python3 with jax[cuda]), at most 8 min:
 ## `bench PRESET=accelerator`, then 200 meta-steps of fig4b's paper preset, into OUT/accelerator-check
