@@ -1,40 +1,39 @@
 """Shared settings of the MNIST learned-optimizer experiments (Wang et al. 2021, Sec. 5).
 
 Not an experiment itself: ``fig4a``, ``fig4b``, ``fig4c`` and ``fig5`` start from
-:func:`base` and set the data (sample size, label noise). Per setting, the experiment
+:func:`base` and set the data (sample size, label noise). Per meta-training seed, the
+experiment (``l2l_jax.experiments.mnist_lopt``)
 
-1. draws ``n_samples`` training digits of ``source`` (label noise ``label_noise``): the
-   train-by-train (TbT) task trains on all of them; the train-by-validation (TbV) task
-   splits them into ``1 - valid_fraction`` training and ``valid_fraction`` validation
-   rows (the paper's "TbV x+y");
-2. grid-searches SGD's step size against the final validation loss of the TbV split;
+1. splits the training digits of ``source`` into a meta-training pool and, with
+   ``disjoint_eval``, an evaluation pool of ``eval_pool_fraction`` of them; each task is a
+   fresh draw of ``n_samples`` digits from a pool with fresh label noise ``label_noise``
+   (``tasks.MnistFamily``); the train-by-validation (TbV) tasks split their digits into
+   ``1 - valid_fraction`` training and ``valid_fraction`` validation rows;
+2. tunes SGD's and Adam's step sizes on draws of the meta-training family;
 3. meta-trains the learned optimizer (``learned.MLPLOpt``) with each objective from the
-   same starting point (``meta.meta_train``: truncated backprop, meta-batch, Adam with
-   clipping, orbax checkpoints, resume);
-4. evaluates every optimizer in ``runs`` independent runs of ``horizon`` inner steps on
-   its own setting's training rows, with train and (clean) test accuracy curves.
+   same starting point (``meta.meta_train`` on the family, estimator ``estimator``) and
+   keeps the meta-parameters with the best mean meta-loss on ``select_tasks`` held-out
+   draws, scored every ``select_every`` meta-steps;
+4. evaluates every optimizer (both learned ones on all ``n_samples`` digits) in ``runs``
+   runs of ``horizon`` inner steps on fresh draws of the evaluation family.
 
 Paper values (``../shared/reference/paper-settings.md``): MLP 784-100-20-10, batch 32;
 the learned optimizer has one hidden layer of 32 units, 31 features; meta-training
 ~12k meta-steps of truncated unrolls of 50 + Exp(100) steps with RMSProp(1e-2) and
 clipping at 1e4; evaluation: 4000 inner steps, 5 runs.
 
-``default`` (alias ``small``): fits the issue's 15 minutes on 2 CPU cores (fig4b: 12 min
-25 s on an idle machine). On CPU one inner step of the learned optimizer on the 79,510
-parameters of the task costs ~10-30 ms with its backward pass (the per-coordinate MLP
-dominates), so meta-training gets a few hundred meta-steps, not 12k; three departures from
-the paper make that enough, all recorded in ``results.json``:
+``default`` (alias ``small``) departs from the paper so that it runs on 2 CPU cores (the
+measured times are in ``docs/experiments/fig4.md``), each departure recorded in
+``results.json``:
 
 * **warm start** ``warm_start="descent"``: both objectives start from the same
   ``learned.descent_init`` weights, for which the untrained MLP's step is
   ``-step_mult * descent_scale * (m/r)[0.9]`` normalized per tensor (an Adam-like step),
-  instead of a random MLP (whose steps point nowhere: it does not train the task at all,
-  and needs thousands of meta-steps to learn to descend). The random MLP units keep
-  their weights, so meta-training can change the update into anything the paper's
-  architecture can express;
+  instead of a random MLP (whose steps point nowhere: it needs thousands of meta-steps to
+  learn to descend). The other units keep their random weights, so meta-training can
+  change the update into anything the paper's architecture can express;
 * the hidden layer has 8 units (``hidden_sizes``), not 32;
-* the inner horizon is 1000 steps (32 epochs of 1,000 digits), not 4000; it is long
-  enough to fit all noisy labels with the warm-start optimizer.
+* the inner horizon is 500 steps, not 4000, and meta-training takes 100 PES meta-steps.
 
 ``paper``: the paper's architecture and meta-training (random initialization, 32 hidden
 units, RMSProp(1e-2), clipping at 1e4, segments of 50 over a horizon of 4000, 12k

@@ -1,4 +1,4 @@
-"""Out-of-distribution generalization of learned optimizers (Harrison et al. 2022; issue 7).
+"""Out-of-distribution generalization of learned optimizers (Harrison et al. 2022).
 
 Both learned optimizers, the plain ``learned.MLPLOpt`` (Metz et al. 2019) and the
 nominal-term ``learned.nominal.NominalLOpt``, are meta-trained on the same small training

@@ -1,4 +1,4 @@
-"""Hyper-optimizer towers on the MNIST MLP (Chandra et al., seed 002; issue 5).
+"""Hyper-optimizer towers on the MNIST MLP (Chandra et al. 2022).
 
 SGD and Adam, each as a tower of height 0 (plain optax), 1, 2 and 3, trained from initial
 step sizes ``lr0`` log-spaced over ``[1e-6, 1]``; the final test accuracy against ``lr0``

@@ -27,6 +27,20 @@ settings.register_profile(
 settings.load_profile("l2l")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache in one folder for this session's workers: a
+    program that several tests compile (the same shapes, the same function) is compiled
+    once. Compiled executables are reused as they are, so results do not change; the
+    folder is new for every session, so nothing carries over between runs."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if root.name.startswith("popen-gw") else root  # xdist: shared parent
+    jax.config.update("jax_compilation_cache_dir", str(root / "xla-cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield
+
+
 def unit_roundoff(dtype) -> float:
     """``u = eps / 2`` of a float dtype."""
     return float(np.finfo(np.dtype(dtype)).eps) / 2

