@@ -167,9 +167,15 @@ def test_tiny_end_to_end_and_refused_resume(tmp_path):
     assert results["aggregate"]["ood"]["plain"]["tasks"] == 2
     assert results["meta_training"]["budget_meta_steps"] == {"plain": 3, "nominal": 3}
     checks = results["checks"]
-    assert checks["ood_tasks"] == 2
+    ood = [n for n, t in results["tasks"].items() if not t["in_distribution"]]
+    assert checks["ood_tasks"] == len(ood) == 2
+    # the counts, recounted from the per-task records (not from the checks themselves)
+    for o in ("plain", "nominal"):
+        diverged = sum(results["per_task"][n][o]["diverged"] for n in ood)
+        assert checks[f"diverged_{o}"] == diverged, o
     assert checks["nominal_diverges_on_fewer_tasks"] == (
-        checks["diverged_nominal"] < checks["diverged_plain"]
+        sum(results["per_task"][n]["nominal"]["diverged"] for n in ood)
+        < sum(results["per_task"][n]["plain"]["diverged"] for n in ood)
     )
     for f in ("ood_ratios.png", "loss_curves.png", "meta_training.png", "table.md"):
         assert (out / f).exists()
