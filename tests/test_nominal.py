@@ -410,7 +410,7 @@ def test_save_load_roundtrip(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError):
         N.load(tmp_path / "missing")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="already exists"):
         N.save(path, lopt, mp)  # exists
     plain = learned.MLPLOpt(
         learned.LOptConfig(hidden_sizes=(2,), decays=(0.9,), time_scales=(1.0,))

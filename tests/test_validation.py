@@ -159,7 +159,7 @@ def test_learned_checkpoint_errors_name_the_path(tmp_path):
     lopt = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(4,)))
     meta_params = lopt.init_meta_params(jax.random.key(0))
     learned.save(tmp_path / "ok", lopt, meta_params)
-    with pytest.raises(FileExistsError, match=r"ok already exists.*delete it or pick another"):
+    with pytest.raises(ValueError, match=r"ok already exists.*delete it or pick another"):
         learned.save(tmp_path / "ok", lopt, meta_params)
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk").mkdir()

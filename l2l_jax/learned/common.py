@@ -244,7 +244,7 @@ def save_checkpoint(
     chex.assert_trees_all_equal_shapes(meta_params, shapes)
     path = Path(path).absolute()
     if path.exists():
-        raise FileExistsError(
+        raise ValueError(
             f"{path} already exists: a learned-optimizer checkpoint is written to a new "
             "folder (atomically) and never over another; delete it or pick another path."
         )
