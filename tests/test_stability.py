@@ -124,9 +124,10 @@ def test_learned_optimizer_linearizes_on_the_nqm():
     k = len(lopt.config.decays)
     assert lin.jacobian.shape == (4 * (1 + 2 * k),) * 2 and lin.num_params == 4
     assert np.all(np.isfinite(lin.eigenvalues))
-    # The accumulators' own decay is part of the spectrum's structure: d m'/d m = b_k I.
+    # The accumulators' own decay is part of the spectrum's structure: d m'/d m = b_k I
+    # (the state holds one array per decay: the 4 coordinates of m_1, then of m_2, ...).
     m_block = lin.jacobian[4 : 4 + 4 * k, 4 : 4 + 4 * k]
-    np.testing.assert_allclose(np.diag(m_block), np.tile(lopt.config.decays, 4), atol=1e-12)
+    np.testing.assert_allclose(np.diag(m_block), np.repeat(lopt.config.decays, 4), atol=1e-12)
     with pytest.raises(ValueError, match="element-wise"):
         stability.coordinate_jacobians(learned.inner_optimizer(lopt), meta_params, [1.0])
 
