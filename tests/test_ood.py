@@ -16,30 +16,37 @@ import pytest
 
 from configs import ood as ood_config
 from l2l_jax import cli
-from l2l_jax.experiments import ood
+from l2l_jax.experiments import ood, ood_report
 
 
 def test_divergence_rule():
     initial = np.array([1.0, 1.0, 2.0, 2.0, 1.0, np.nan])
     final = np.array([0.5, 10.0, 20.1, np.inf, np.nan, 0.1])
     # final > 10 x initial, or non-finite (also a non-finite start); exactly 10x is not
-    assert ood.diverged(initial, final, 10.0).tolist() == [False, False, True, True, True, True]
-    assert ood.diverged([1.0], [3.0], 2.0).tolist() == [True]
+    assert ood_report.diverged(initial, final, 10.0).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert ood_report.diverged([1.0], [3.0], 2.0).tolist() == [True]
 
 
 def test_relative_loss_and_median():
-    assert ood.mean_final([1.0, 3.0]) == 2.0
-    assert ood.mean_final([1.0, np.inf]) == math.inf
-    assert ood.relative_loss([1.0, 3.0], [0.5, 1.5]) == pytest.approx(2.0)
-    assert ood.relative_loss([1.0, np.nan], [1.0, 1.0]) == math.inf
-    assert math.isnan(ood.relative_loss([1.0], [0.0]))
-    assert ood.median_ratio([0.5, 2.0, math.inf]) == 2.0
-    assert ood.median_ratio([0.5, math.nan, 1.5]) == 1.0
-    assert ood.median_ratio([math.inf, math.inf, 1.0]) == math.inf
+    assert ood_report.mean_final([1.0, 3.0]) == 2.0
+    assert ood_report.mean_final([1.0, np.inf]) == math.inf
+    assert ood_report.relative_loss([1.0, 3.0], [0.5, 1.5]) == pytest.approx(2.0)
+    assert ood_report.relative_loss([1.0, np.nan], [1.0, 1.0]) == math.inf
+    assert math.isnan(ood_report.relative_loss([1.0], [0.0]))
+    assert ood_report.median_ratio([0.5, 2.0, math.inf]) == 2.0
+    assert ood_report.median_ratio([0.5, math.nan, 1.5]) == 1.0
+    assert ood_report.median_ratio([math.inf, math.inf, 1.0]) == math.inf
     # final / best per run: climbed back x2 and x1, mean 1.5; non-finite -> inf
-    assert ood.rise_from_best([[3.0, 1.0, 2.0], [2.0, 0.5, 0.5]]) == pytest.approx(1.5)
-    assert ood.rise_from_best([[1.0, np.nan]]) == math.inf
-    assert ood.rise_from_best([[1.0, 0.0, 0.0]]) == 1.0
+    assert ood_report.rise_from_best([[3.0, 1.0, 2.0], [2.0, 0.5, 0.5]]) == pytest.approx(1.5)
+    assert ood_report.rise_from_best([[1.0, np.nan]]) == math.inf
+    assert ood_report.rise_from_best([[1.0, 0.0, 0.0]]) == 1.0
 
 
 def test_task_result_tune_and_checks():
@@ -49,19 +56,19 @@ def test_task_result_tune_and_checks():
         "plain": np.array([[1.0, 0.1], [1.0, 50.0]]),
         "nominal": np.array([[1.0, 0.2], [1.0, 0.2]]),
     }
-    r = ood.task_result(curves, 10.0)
+    r = ood_report.task_result(curves, 10.0)
     assert r["plain"]["diverged"] and r["plain"]["diverged_runs"] == 1
     assert r["plain"]["ratio_to_adam"] == pytest.approx(50.1 / 2 / 0.1)
     assert not r["nominal"]["diverged"] and r["nominal"]["ratio_to_adam"] == pytest.approx(2.0)
     assert r["adam"]["rise_from_best"] == 1.0
     assert r["plain"]["rise_from_best"] == pytest.approx((1.0 + 50.0) / 2)
-    summary = ood.summarize_optimizers({"a": r, "b": r}, ["a", "b"])
+    summary = ood_report.summarize_optimizers({"a": r, "b": r}, ["a", "b"])
     assert summary["plain"]["median_rise_from_best"] == pytest.approx(25.5)
     assert summary["plain"]["diverged"] == 2 and summary["nominal"]["diverged"] == 0
-    c = ood.checks(summary)
+    c = ood_report.checks(summary)
     assert c["nominal_diverges_on_fewer_tasks"] and c["diverged_plain"] == 2
     grid = np.array([[[1.0, 0.5]], [[1.0, np.nan]], [[1.0, 0.2]], [[1.0, 0.2]]])
-    tuned = ood.tune_adam(grid, np.array([1e-3, 1e-2, 1e-1, 1.0]))
+    tuned = ood_report.tune_adam(grid, np.array([1e-3, 1e-2, 1e-1, 1.0]))
     assert tuned["best_index"] == 2 and tuned["best_lr"] == 0.1 and tuned["score"][1] == math.inf
     assert ood.chunk_steps(5, 2) == [3, 2] and ood.chunk_steps(2, 3) == [1, 1, 0]
     assert ood.eval_points(10, 4).tolist() == [0, 3, 6, 9, 10]

@@ -13,9 +13,10 @@ term) is meant to fix much of it. This experiment (a generalization study):
 3. on every task of ``cfg.eval_tasks``, tunes Adam's step size by grid search (mean
    final loss over the runs) and runs the three optimizers for the same steps from the
    same initializations with the same minibatches;
-4. reports per task whether each learned optimizer diverged (:func:`diverged`) and its
-   final loss relative to tuned Adam (:func:`relative_loss`), and per optimizer the
-   number of diverged out-of-distribution tasks and the median ratio.
+4. reports per task whether each learned optimizer diverged and its final loss relative
+   to tuned Adam (:mod:`~l2l_jax.experiments.ood_report`: ``diverged``,
+   ``relative_loss``), and per optimizer the number of diverged out-of-distribution tasks
+   and the median ratio.
 
 The loss is the task's full loss: cross-entropy on all training rows (MLP tasks), the
 noiseless ``f(w)`` (NQM).
@@ -38,17 +39,11 @@ import numpy as np
 from l2l_jax import inner, learned, meta
 from l2l_jax.data import mnist as mnist_data
 from l2l_jax.experiments import common
-from l2l_jax.experiments.ood_report import (  # noqa: F401 (re-exported: the experiment's API)
-    LABELS,
+from l2l_jax.experiments.ood_report import (
     LEARNED,
     checks,
-    diverged,
     figures,
-    mean_final,
-    median_ratio,
-    relative_loss,
-    rise_from_best,
-    summarize,
+    summarize,  # noqa: F401 (the experiment's summary: cli calls ood.summarize)
     summarize_optimizers,
     table,
     task_result,

@@ -173,9 +173,11 @@ def train(
         validation.non_negative_values("init", init)
     _check_domains(init)
     try:
-        tx_init, run_chunk = _chunk_runner(meta_objective, optimizer)
+        hash((meta_objective, optimizer))
+        build = _chunk_runner
     except TypeError:  # an unhashable objective or optimizer: built (and compiled) anew
-        tx_init, run_chunk = _chunk_runner.__wrapped__(meta_objective, optimizer)
+        build = _chunk_runner.__wrapped__
+    tx_init, run_chunk = build(meta_objective, optimizer)
     carry = (init, tx_init(init))
     outputs = []
     label = progress if isinstance(progress, str) else "meta-training"
