@@ -110,7 +110,7 @@ class EvalResult:
         "runs": [R values]}}}`` for every recorded metric of :data:`METRICS`; the lists are
         per evaluation step (aligned with ``steps``).
         """
-        from l2l_jax.experiments.common import jsonable
+        from l2l_jax.reporting import jsonable
 
         out: dict[str, Any] = {"steps": self.steps, "runs": self.runs, "spread": SPREAD}
         for name in METRICS:
@@ -334,11 +334,11 @@ def tune_learning_rate(
     Returns ``(best_lr, table)``; ``table`` holds ``lrs``, ``valid_loss`` (``(len(lrs),
     runs)``, raw), ``score`` (``(len(lrs),)``, the criterion), ``diverged``, ``best_lr``,
     ``best_index``, ``steps``, ``runs``, ``optimizer`` and ``batch_size`` (NumPy arrays and
-    numbers; ``experiments.common.jsonable`` turns ``inf`` into ``null``).
+    numbers; ``reporting.jsonable`` turns ``inf`` into ``null``).
     """
     steps = _positive_int("steps", steps)
     runs = _positive_int("runs", runs)
-    if not optimizer.scalar_hparams:
+    if optimizer.hparam_names != ("learning_rate",):
         raise ValueError(
             f"tune_learning_rate needs an optimizer whose only hyperparameter is the "
             f"learning_rate; inner.{optimizer.name} has {optimizer.hparam_names}."
@@ -410,7 +410,7 @@ def plot_curves(
     runs with a min-max band. Metrics an optimizer did not record are skipped. Saves a PNG
     at ``path`` and returns its file name.
     """
-    from l2l_jax.experiments.common import pyplot, save_figure
+    from l2l_jax.reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)

@@ -38,7 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 from l2l_jax.inner.unroll import gradient_fn
-from l2l_jax.meta.truncated import as_inner_optimizer
+from l2l_jax.learned.adapters import as_inner_optimizer
 
 Array = jax.Array
 
@@ -198,15 +198,30 @@ def linearize(
 
 
 @dataclasses.dataclass(frozen=True)
-class ScaledStep(InnerOptimizer):
-    """``base`` with its parameter step multiplied by a traced factor ``s``.
+class ScaledStep:
+    """``base`` with its parameter step multiplied by a traced factor ``s`` (an
+    :class:`~l2l_jax.inner.InnerOptimizer`).
 
     ``w' = w + s (base(w) - w)``; the hyperparameters are ``{"step_scale": s, "base":
     base_hparams}``. For GD this is the step size ``s eta``; for a learned optimizer it is
     the global step-size multiplier whose stability region :func:`jacobian` maps.
     """
 
-    base: InnerOptimizer | None = None
+    base: InnerOptimizer
+    hparam_names: tuple[str, ...] = ("step_scale", "base")
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}*step_scale"
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.base.batch_size
+
+    def hparams(self, step_scale: float = 1.0, base=None):
+        """``{"step_scale": step_scale, "base": base}`` (``base``: the base optimizer's
+        hyperparameters, its defaults when ``None``)."""
+        return {"step_scale": step_scale, "base": self.base.hparams() if base is None else base}
 
     def as_dict(self, hparams):
         return {"step_scale": hparams["step_scale"], "base": hparams["base"]}
@@ -222,14 +237,7 @@ class ScaledStep(InnerOptimizer):
 
 def scaled_step(optimizer) -> ScaledStep:
     """:class:`ScaledStep` of ``optimizer`` (an inner or learned optimizer)."""
-    base = as_inner_optimizer(optimizer)
-    return ScaledStep(
-        name=f"{base.name}*step_scale",
-        hparam_names=("step_scale", "base"),
-        transform=base.transform,
-        batch_size=base.batch_size,
-        base=base,
-    )
+    return ScaledStep(base=as_inner_optimizer(optimizer))
 
 
 # -- spectra ----------------------------------------------------------------------------------

@@ -131,6 +131,47 @@ def test_checkpoints_of_another_configuration_are_refused(tmp_path):
         exp.guard_checkpoints(cfg, tmp_path)
 
 
+@pytest.mark.slow
+def test_selection_resumes_between_scores(tmp_path, data):
+    """A run killed between two held-out scores (checkpoint at step 3, scores at 0 and 2)
+    resumes to the same scores, chosen step and meta-parameters as an uninterrupted one."""
+    cfg = tiny(fig4b.get_config())
+    cfg.meta_steps, cfg.select_every, cfg.checkpoint_every = 4, 2, 1
+    fam = exp.build_families(cfg, data, jax.random.key(0))["tbv"]
+    lopt = exp.learned_optimizer(cfg)
+    start = exp.initial_meta_params(cfg, lopt, jax.random.key(1))
+    key = jax.random.key(2)
+    whole, record = exp.meta_train_selected(
+        cfg, fam, "tbv", lopt, start, key, tmp_path / "a", False
+    )
+
+    half = cfg.copy_and_resolve_references()
+    half.meta_steps = 2
+    exp.meta_train_selected(half, fam, "tbv", lopt, start, key, tmp_path / "b", False)
+    k_run = jax.random.split(key, 3)[0]  # the key meta_train_selected gives meta_train
+    from l2l_jax import meta
+
+    meta.meta_train(  # the killed run got one step further, and checkpointed it
+        fam,
+        lopt,
+        exp.truncated_config(cfg, "tbv"),
+        3,
+        key=k_run,
+        meta_params=start,
+        meta_optimizer=exp.meta_optimizer(cfg),
+        checkpoint_dir=tmp_path / "b" / "tbv",
+        resume=True,
+        progress=False,
+    )
+    resumed, again = exp.meta_train_selected(
+        cfg, fam, "tbv", lopt, start, key, tmp_path / "b", False
+    )
+    assert [s["step"] for s in again["heldout"]] == [0, 2, 4]
+    assert again["heldout"] == record["heldout"] and again["chosen_step"] == record["chosen_step"]
+    assert again["meta_loss"] == pytest.approx(record["meta_loss"], rel=0, abs=0)
+    jax.tree.map(np.testing.assert_array_equal, whole, resumed)
+
+
 def _per_seed(seed, tbt, tbv, train_tbt, train_tbv):
     return {
         "seed": seed,

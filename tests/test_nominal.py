@@ -18,7 +18,6 @@ import pytest
 
 from l2l_jax import inner, learned, tasks
 from l2l_jax.learned import common, nominal
-from l2l_jax.meta import truncated
 
 N = nominal
 
@@ -364,7 +363,7 @@ def test_blackbox_preconditioner_at_the_float32_limits():
 def test_as_optax_trains_in_a_plain_loop():
     task = tasks.Quadratic.random(jax.random.key(5), dim=10, scale=0.5)
     lopt = N.NominalLOpt(N.NominalConfig(learning_rate=0.05))
-    tx = N.as_optax(lopt, lopt.init_meta_params(jax.random.key(0)))
+    tx = learned.as_optax(lopt, lopt.init_meta_params(jax.random.key(0)))
     w = task.init_params()
     state = tx.init(w)
 
@@ -388,7 +387,7 @@ def test_inner_optimizer_unrolls_like_the_update():
     task = tasks.Quadratic.random(jax.random.key(5), dim=5, scale=0.5)
     lopt = N.NominalLOpt(N.NominalConfig(estimator="momentum"))
     mp = lopt.init_meta_params(jax.random.key(0))
-    opt = N.inner_optimizer(lopt)
+    opt = learned.inner_optimizer(lopt)
     assert opt.name == "nominal_lopt"
     result = inner.unroll(task, opt, mp, 10)
     ref_opt = inner.momentum(0.01, 0.9)
@@ -402,28 +401,27 @@ def test_save_load_roundtrip(tmp_path):
     )
     lopt = N.NominalLOpt(cfg)
     mp = N.random_meta_params(lopt, jax.random.key(3))
-    path = N.save(tmp_path / "nom", lopt, mp)
-    loaded, loaded_mp = N.load(path)
+    path = learned.save(tmp_path / "nom", lopt, mp)
+    loaded, loaded_mp = learned.load(path)
     assert loaded == lopt and loaded.config.learning_rate == N.DEFAULT_LEARNING_RATES["aggmo"]
     for a, b in zip(jax.tree.leaves(mp), jax.tree.leaves(loaded_mp), strict=True):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError):
-        N.load(tmp_path / "missing")
+        learned.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="already exists"):
-        N.save(path, lopt, mp)  # exists
+        learned.save(path, lopt, mp)  # exists
     plain = learned.MLPLOpt(
         learned.LOptConfig(hidden_sizes=(2,), decays=(0.9,), time_scales=(1.0,))
     )
     other = learned.save(tmp_path / "mlp", plain, plain.init_meta_params(jax.random.key(0)))
-    with pytest.raises(ValueError, match="no nominal learned optimizer"):
-        N.load(other)
+    assert type(learned.load(other)[0]) is learned.MLPLOpt  # the kind picks the class
 
 
 def test_learned_load_reads_either_kind_of_checkpoint(tmp_path):
     lopt = N.NominalLOpt(N.NominalConfig(estimator="momentum", hidden_sizes=(3,)))
     mp = N.random_meta_params(lopt, jax.random.key(4))
-    loaded, loaded_mp = learned.load(N.save(tmp_path / "nom", lopt, mp))
+    loaded, loaded_mp = learned.load(learned.save(tmp_path / "nom", lopt, mp))
     assert type(loaded) is N.NominalLOpt and loaded == lopt
     for a, b in zip(jax.tree.leaves(mp), jax.tree.leaves(loaded_mp), strict=True):
         assert a.dtype == b.dtype
@@ -435,9 +433,12 @@ def test_learned_load_reads_either_kind_of_checkpoint(tmp_path):
 
 
 def test_inner_optimizer_is_named_after_the_learned_optimizer():
-    assert N.inner_optimizer is learned.inner_optimizer
-    assert truncated.as_inner_optimizer(N.NominalLOpt()).name == "nominal_lopt"
-    assert truncated.as_inner_optimizer(learned.MLPLOpt()).name == "mlp_lopt"
+    assert learned.as_inner_optimizer(N.NominalLOpt()).name == "nominal_lopt"
+    assert learned.as_inner_optimizer(learned.MLPLOpt()).name == "mlp_lopt"
+    gd = inner.gd(0.1)
+    assert learned.as_inner_optimizer(gd) is gd
+    with pytest.raises(TypeError, match=r"inner\.InnerOptimizer"):
+        learned.as_inner_optimizer(object())
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -505,7 +506,7 @@ def test_stability_analysis_at_init_is_heavy_ball():
         cfg = N.NominalConfig(estimator="momentum", learning_rate=0.1, momentum_decays=(0.9,))
         lopt = N.NominalLOpt(cfg)
         mp = lopt.init_meta_params(jax.random.key(0), jnp.float64)
-        ev = np.asarray(stability.linearize(task, N.inner_optimizer(lopt), mp).eigenvalues)
+        ev = np.asarray(stability.linearize(task, learned.inner_optimizer(lopt), mp).eigenvalues)
         lam = np.linalg.eigvalsh(np.asarray(task.hessian))
     roots = [np.roots([1, -(1 + 0.9 - 0.1 * x), 0.9]) for x in lam]
     expected = np.sort_complex(np.concatenate([*roots, np.full(lam.size, 0.999)]))

@@ -25,6 +25,7 @@ EXPERIMENTS = (
     "towers",
     "stability",
     "ood",
+    "meta_tune",
 )
 
 

@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,9 @@ import ml_collections
 import numpy as np
 
 from l2l_jax import inner, meta, objectives, reference, tasks
+
+# results I/O lives below the experiments (evaluation uses it too); re-exported for them
+from l2l_jax.reporting import jsonable, pyplot, save_figure, write_json  # noqa: F401
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -172,58 +174,6 @@ def environment() -> dict:
         "cpus_usable": len(affinity(0)) if affinity else os.cpu_count(),
         "git_commit": _git_commit(),
     }
-
-
-def jsonable(x):
-    """Arrays and numpy scalars -> lists and floats; non-finite floats -> None."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (np.ndarray, jax.Array)):
-        return jsonable(np.asarray(x).tolist())
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer, int)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON atomically (temp file + ``os.replace``), readable like the
-    other outputs (``0666`` less the umask; a temp file alone would be ``0600``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(jsonable(payload), f, indent=1)
-        tmp = f.name
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, path: Path) -> str:
-    """Save a matplotlib figure as PNG and close it; returns the file name."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
-
-
-def pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend (no screen needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 CHECKPOINT_CONFIG = "experiment_config.json"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -237,17 +238,23 @@ def meta_train_selected(
     Every ``select_every`` meta-steps (and at the start) the current meta-parameters are
     scored by :func:`heldout_score` on ``select_tasks`` draws of ``family`` that are the
     same for every score; the best are returned. Resumes from the checkpoints in
-    ``directory/objective``. The record holds the per-step ``meta_loss`` and
-    ``grad_norm`` of the whole run, the held-out scores, the chosen step and timings.
+    ``directory/objective``; the scores so far and the best meta-parameters are kept
+    there too (:func:`_save_selection`), so a run killed between two scores resumes to
+    the same choice. Raising ``meta_steps`` and rerunning continues a finished run. The
+    record holds the per-step ``meta_loss`` and ``grad_norm`` of the whole run, the
+    held-out scores, the chosen step and timings.
     """
     start = time.perf_counter()
     k_run, k_heldout, k_score = jax.random.split(key, 3)
     heldout = draws(family, k_heldout, int(cfg.select_tasks))
     tx = meta_optimizer(cfg)  # one object: the compiled meta-step is reused across chunks
     score = lambda mp: heldout_score(cfg, objective, lopt, mp, heldout, k_score)
-    scores = [{"step": 0, "score": score(meta_params)}]
-    best = (scores[0]["score"], 0, meta_params)
-    done, run = 0, None
+    run_dir = directory / objective
+    scores, best = _load_selection(run_dir, meta_params)
+    if not scores:
+        scores = [{"step": 0, "score": score(meta_params)}]
+        best = (scores[0]["score"], 0, meta_params)
+    done, run = scores[-1]["step"], None
     while done < cfg.meta_steps:
         done = min(int(cfg.meta_steps), done + int(cfg.select_every))
         run = meta.meta_train(
@@ -258,7 +265,7 @@ def meta_train_selected(
             key=k_run,
             meta_params=meta_params,
             meta_optimizer=tx,
-            checkpoint_dir=directory / objective,
+            checkpoint_dir=run_dir,
             checkpoint_every=cfg.checkpoint_every,
             resume=True,
             progress=f"meta-train {objective.upper()}" if progress else False,
@@ -266,19 +273,53 @@ def meta_train_selected(
         scores.append({"step": done, "score": score(run.meta_params)})
         if scores[-1]["score"] < best[0]:
             best = (scores[-1]["score"], done, run.meta_params)
-    lines = (directory / objective / "metrics.jsonl").read_text().splitlines() if run else []
-    history = [json.loads(line) for line in lines if line.strip()]
+        _save_selection(run_dir, scores, best)
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    history = [json.loads(line) for line in lines if line.strip()][: int(cfg.meta_steps)]
     record = {
         "meta_steps": int(cfg.meta_steps),
-        "nonfinite_steps": run.nonfinite_count if run else 0,
+        "nonfinite_steps": int(sum(bool(h.get("nonfinite", 0)) for h in history)),
         "seconds_this_call": time.perf_counter() - start,
         "meta_step_seconds_total": float(sum(h["step_time"] for h in history)),
         "meta_loss": [h["meta_loss"] for h in history],
         "grad_norm": [h["grad_norm"] for h in history],
-        "heldout": scores,
+        "heldout": [s for s in scores if s["step"] <= int(cfg.meta_steps)],
         "chosen_step": best[1],
     }
     return best[2], record
+
+
+_SELECTION = "selection.json"
+_BEST = "best_meta_params.npz"
+
+
+def _save_selection(run_dir: Path, scores: list[dict[str, Any]], best) -> None:
+    """Write the held-out ``scores`` and the ``best`` meta-parameters to ``run_dir``,
+    each atomically (a temporary file, then ``os.replace``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    leaves = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(best[2]))}
+    tmp = run_dir / (_BEST + ".tmp.npz")
+    np.savez(tmp, **leaves)
+    os.replace(tmp, run_dir / _BEST)
+    payload = {"scores": scores, "best_score": best[0], "best_step": best[1]}
+    tmp = run_dir / (_SELECTION + ".tmp")
+    tmp.write_text(json.dumps(common.jsonable(payload)))
+    os.replace(tmp, run_dir / _SELECTION)
+
+
+def _load_selection(run_dir: Path, template) -> tuple[list[dict[str, Any]], Any]:
+    """The scores and best ``(score, step, meta_params)`` saved by :func:`_save_selection`
+    (meta-parameters in ``template``'s structure), or ``([], None)`` if there are none."""
+    if not (run_dir / _SELECTION).exists() or not (run_dir / _BEST).exists():
+        return [], None
+    payload = json.loads((run_dir / _SELECTION).read_text())
+    inf = lambda v: math.inf if v is None else float(v)  # jsonable wrote inf as null
+    scores = [{"step": int(s["step"]), "score": inf(s["score"])} for s in payload["scores"]]
+    with np.load(run_dir / _BEST) as npz:
+        leaves = [jax.numpy.asarray(npz[k]) for k in sorted(npz.files)]
+    params = jax.tree.unflatten(jax.tree.structure(template), leaves)
+    return scores, (inf(payload["best_score"]), int(payload["best_step"]), params)
 
 
 def save_learned(path: Path, lopt: learned.MLPLOpt, meta_params) -> None:

@@ -336,14 +336,14 @@ def meta_train_all(
 
 
 def save_optimizers(out: Path, lopts: Mapping, trained: Mapping) -> dict[str, str]:
-    """``out/lopt_plain`` (``learned.load``) and ``out/lopt_nominal`` (``nominal.load``),
+    """``out/lopt_plain`` and ``out/lopt_nominal`` (both read by ``learned.load``),
     replacing what an earlier run left there."""
     paths = {}
-    for name, save in (("plain", learned.save), ("nominal", nominal.save)):
+    for name in ("plain", "nominal"):
         path = out / f"lopt_{name}"
         if path.exists():
             shutil.rmtree(path)
-        save(path, lopts[name], trained[name])
+        learned.save(path, lopts[name], trained[name])
         paths[name] = path.name
     return paths
 
@@ -449,7 +449,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     t_eval = time.perf_counter()
     inner_opts = {
         "plain": learned.inner_optimizer(lopts["plain"]),
-        "nominal": nominal.inner_optimizer(lopts["nominal"]),
+        "nominal": learned.inner_optimizer(lopts["nominal"]),
     }
     keys = jax.vmap(jax.random.split)(jax.random.split(k_eval, int(cfg.eval.runs)))
     lrs = adam_grid(cfg)

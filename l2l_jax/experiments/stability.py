@@ -158,7 +158,7 @@ def tuned_baseline(
 
     def at(lr):
         hp = optimizer.hparams(learning_rate=1.0)
-        hp = lr if optimizer.scalar_hparams else {**hp, "learning_rate": lr}
+        hp = lr if optimizer.hparam_names == ("learning_rate",) else {**hp, "learning_rate": lr}
         losses = jax.vmap(lambda w0, k: run(task, hp, w0, k)[0][1:])(w0s, keys)
         return jnp.mean(losses)
 

@@ -3,6 +3,7 @@
 from l2l_jax.inner.optimizers import (
     HParams,
     InnerOptimizer,
+    OptaxInner,
     adam,
     from_optax,
     gd,
@@ -14,6 +15,7 @@ from l2l_jax.inner.unroll import UnrollResult, unroll
 __all__ = [
     "HParams",
     "InnerOptimizer",
+    "OptaxInner",
     "UnrollResult",
     "adam",
     "from_optax",

@@ -1,18 +1,23 @@
 """Inner optimizers: pure ``init``/``update`` functions with explicit hyperparameters.
 
-Each optimizer is an optax transformation built with :func:`optax.inject_hyperparams`;
-we overwrite the injected values with the caller's hyperparameters at every call, so the
-hyperparameters are ordinary differentiable inputs rather than state or closure
-constants. Any optax optimizer can be wrapped with :func:`from_optax`.
+:class:`InnerOptimizer` is the contract (a :class:`typing.Protocol`) that
+:func:`~l2l_jax.inner.unroll`, ``meta.meta_objective`` and ``meta.meta_train`` use.
+:class:`OptaxInner` is its optax implementation: an optax transformation built with
+:func:`optax.inject_hyperparams`, whose injected values are overwritten with the caller's
+hyperparameters at every call, so the hyperparameters are ordinary differentiable inputs
+rather than state or closure constants. Any optax optimizer is wrapped with
+:func:`from_optax`; the learned optimizers implement the same protocol
+(:class:`l2l_jax.learned.LearnedInnerOptimizer`).
 
 Hyperparameters are a scalar step size for :func:`gd`/:func:`sgd` and a dict keyed by
-:attr:`InnerOptimizer.hparam_names` otherwise; :meth:`InnerOptimizer.hparams` builds them.
+``hparam_names`` otherwise; :meth:`OptaxInner.hparams` builds them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +29,49 @@ Array = jnp.ndarray
 HParams = Array | Mapping[str, Array]
 
 
+@runtime_checkable
+class InnerOptimizer(Protocol):
+    """What an inner optimizer provides: pure ``init`` and ``update`` whose hyperparameters
+    are inputs (so that meta-gradients flow into them), and their validation.
+
+    Attributes:
+      name: short identifier, used in messages and results.
+      hparam_names: names of the hyperparameters ``as_dict`` returns.
+      batch_size: ``None`` for full-batch gradients (``task.loss``), else the minibatch
+        size the unroll samples from the task at each step (``task.batch_loss``).
+
+    Implementations: :class:`OptaxInner` (any optax optimizer, :func:`from_optax`),
+    :class:`l2l_jax.learned.LearnedInnerOptimizer` (hyperparameters = meta-parameters) and
+    :class:`l2l_jax.stability.ScaledStep`. A frozen dataclass keeps an implementation
+    hashable, which ``jit`` needs of a static argument.
+    """
+
+    name: str
+    hparam_names: tuple[str, ...]
+    batch_size: int | None
+
+    def hparams(self, *args: Any, **values: Any) -> Any:
+        """Hyperparameters in the form ``update`` expects."""
+        ...
+
+    def as_dict(self, hparams: Any) -> dict[str, Any]:
+        """Validate ``hparams`` (a clear ``TypeError``/``ValueError``) and return them as a
+        name -> value dict."""
+        ...
+
+    def init(self, params: Any, hparams: Any) -> Any:
+        """The optimizer state for ``params``."""
+        ...
+
+    def update(self, grads: Any, state: Any, params: Any, hparams: Any) -> tuple[Any, Any]:
+        """One step: ``(new_params, new_state)``."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
-class InnerOptimizer:
-    """An optimizer whose hyperparameters are inputs of ``init`` and ``update``.
+class OptaxInner:
+    """An optax optimizer as an :class:`InnerOptimizer`: its hyperparameters are inputs of
+    ``init`` and ``update``.
 
     Attributes:
       name: short identifier (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``, ...).
@@ -107,7 +152,7 @@ def from_optax(
     batch_size: int | None = None,
     defaults: Mapping[str, float] | None = None,
     **static,
-) -> InnerOptimizer:
+) -> OptaxInner:
     """Wrap an optax optimizer factory so ``hparam_names`` become differentiable inputs.
 
     Example: ``from_optax(optax.lion, ("learning_rate", "b1"), b2=0.99)``.
@@ -119,7 +164,7 @@ def from_optax(
     transform = optax.inject_hyperparams(factory)(**placeholder, **static)
     if batch_size is not None:
         validation.positive_int("batch_size", batch_size)
-    return InnerOptimizer(
+    return OptaxInner(
         name=name or getattr(factory, "__name__", "optax"),
         hparam_names=hparam_names,
         transform=transform,
@@ -128,14 +173,14 @@ def from_optax(
     )
 
 
-def gd(learning_rate: float = 0.1) -> InnerOptimizer:
+def gd(learning_rate: float = 0.1) -> OptaxInner:
     """Full-batch gradient descent ``w <- w - eta * grad f(w)``; hyperparameter: ``eta``."""
     return from_optax(
         optax.sgd, ("learning_rate",), name="gd", defaults={"learning_rate": learning_rate}
     )
 
 
-def sgd(batch_size: int = 1, learning_rate: float = 0.1) -> InnerOptimizer:
+def sgd(batch_size: int = 1, learning_rate: float = 0.1) -> OptaxInner:
     """Minibatch SGD: the GD update on a gradient from ``batch_size`` sampled examples."""
     return from_optax(
         optax.sgd,
@@ -146,7 +191,7 @@ def sgd(batch_size: int = 1, learning_rate: float = 0.1) -> InnerOptimizer:
     )
 
 
-def momentum(learning_rate: float = 0.1, beta: float = 0.9) -> InnerOptimizer:
+def momentum(learning_rate: float = 0.1, beta: float = 0.9) -> OptaxInner:
     """Heavy-ball momentum ``v <- g + beta v; w <- w - eta v``; hyperparameters eta, beta.
 
     Equivalent to Polyak's ``w_{k+1} = w_k - eta g_k + beta (w_k - w_{k-1})``.
@@ -161,7 +206,7 @@ def momentum(learning_rate: float = 0.1, beta: float = 0.9) -> InnerOptimizer:
 
 def adam(
     learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
-) -> InnerOptimizer:
+) -> OptaxInner:
     """Adam (Kingma & Ba 2015); hyperparameters ``learning_rate, b1, b2, eps``."""
     return from_optax(
         optax.adam,

@@ -1,27 +1,31 @@
-"""Learned optimizers: the per-parameter MLP optimizer of Metz et al. (2019), and the
-nominal-term optimizer of Harrison, Metz and Sohl-Dickstein (2022) in
-:mod:`l2l_jax.learned.nominal` (its ``as_optax``, ``save`` and ``load`` live there).
+"""Learned optimizers: the per-parameter MLP optimizer of Metz et al. (2019)
+(:mod:`~l2l_jax.learned.mlp_lopt`), and the nominal-term optimizer of Harrison, Metz and
+Sohl-Dickstein (2022) (:mod:`~l2l_jax.learned.nominal`).
 
-Both share :class:`~l2l_jax.learned.common.NetOptimizer`; :func:`inner_optimizer` adapts
-either (``"mlp_lopt"``, ``"nominal_lopt"``) and :func:`load` reads either kind of
-checkpoint."""
+Both share :class:`~l2l_jax.learned.common.NetOptimizer`; their adapters and checkpoints
+live in one place, :mod:`~l2l_jax.learned.adapters`: :func:`inner_optimizer` adapts
+either (``"mlp_lopt"``, ``"nominal_lopt"``), :func:`as_optax` makes either an optax
+transformation, and :func:`save`/:func:`load` write and read either kind."""
 
 from l2l_jax.learned import nominal
+from l2l_jax.learned.adapters import (
+    LearnedInnerOptimizer,
+    as_inner_optimizer,
+    as_optax,
+    inner_optimizer,
+    load,
+    save,
+)
 from l2l_jax.learned.mlp_lopt import (
     PAPER_DECAYS,
     PAPER_TIME_SCALES,
-    LearnedInnerOptimizer,
     LOptConfig,
     LOptState,
     MLPLOpt,
     MLPNet,
-    as_optax,
     descent_init,
     feature_names,
     features,
-    inner_optimizer,
-    load,
-    save,
     second_moment_normalize,
     step_from_output,
     tensor_features,
@@ -41,6 +45,7 @@ __all__ = [
     "NominalLOpt",
     "NominalNet",
     "NominalState",
+    "as_inner_optimizer",
     "as_optax",
     "descent_init",
     "feature_names",

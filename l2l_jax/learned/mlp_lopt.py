@@ -22,8 +22,8 @@ With the paper's decays ``(0.5, 0.9, 0.99, 0.999, 0.9999)`` and nine time scales
 The meta-parameters (the MLP's weights) are a plain nested dict of arrays
 (``nnx.split(net)[1]``), and :meth:`MLPLOpt.update` is a pure function of
 them: jit-able and differentiable, usable in meta-training, as an optax transformation
-(:func:`as_optax`) and as an inner optimizer of :func:`l2l_jax.inner.unroll`
-(:func:`inner_optimizer`).
+and as an inner optimizer of :func:`l2l_jax.inner.unroll` (the adapters of
+:mod:`l2l_jax.learned.adapters`).
 """
 
 from __future__ import annotations
@@ -33,16 +33,13 @@ import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.learned import common
 
 Array = jax.Array
@@ -456,119 +453,3 @@ def descent_init(
     kernel = jnp.zeros_like(out["out"]["kernel"]).at[:2, 0].set(scale * pos_neg)
     out["out"] = {"kernel": kernel, "bias": jnp.zeros_like(out["out"]["bias"])}
     return out
-
-
-def as_optax(lopt: MLPLOpt, meta_params: MetaParams) -> optax.GradientTransformation:
-    """The learned optimizer with fixed ``meta_params`` as an optax transformation.
-
-    ``tx.update(grads, state, params)`` requires ``params`` (a feature of the MLP).
-    """
-    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
-
-    def init_fn(params):
-        return lopt.init(params)
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(
-                "the learned optimizer needs the parameters: call tx.update(grads, state, params)."
-            )
-        return lopt.update(meta_params, updates, state, params)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnedInnerOptimizer(InnerOptimizer):
-    """An :class:`~l2l_jax.inner.InnerOptimizer` whose hyperparameters are meta-parameters.
-
-    ``unroll(task, inner_optimizer(lopt), meta_params, steps)`` runs the learned optimizer;
-    ``meta.meta_objective(..., grad="autodiff")`` differentiates through it.
-    """
-
-    lopt: common.NetOptimizer | None = None
-
-    def hparams(self, meta_params: MetaParams | None = None, **values: Any) -> MetaParams:
-        """The hyperparameters are the meta-parameters themselves (no defaults)."""
-        if meta_params is None or values:
-            raise ValueError("pass the learned optimizer's meta-parameters: hparams(meta_params).")
-        return meta_params
-
-    def as_dict(self, hparams: MetaParams) -> dict[str, MetaParams]:
-        """Check that ``hparams`` has the meta-parameters' structure and shapes."""
-        try:
-            chex.assert_trees_all_equal_shapes(hparams, self.lopt.meta_params_shapes)
-        except (AssertionError, ValueError) as err:
-            raise TypeError(
-                f"{self.name} takes its meta-parameters (lopt.init_meta_params(key)) as "
-                f"hyperparameters: {err}"
-            ) from None
-        return {"meta_params": hparams}
-
-    def init(self, params, hparams: MetaParams) -> LOptState:
-        """Accumulators for ``params`` (the meta-parameters are not needed)."""
-        return self.lopt.init(params)
-
-    def update(self, grads, state, params, hparams: MetaParams):
-        """One step: ``(new_params, new_state)``."""
-        updates, state = self.lopt.update(hparams, grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-
-def inner_optimizer(
-    lopt: common.NetOptimizer, batch_size: int | None = None
-) -> LearnedInnerOptimizer:
-    """``lopt`` as an inner optimizer of :func:`l2l_jax.inner.unroll` (hparams = meta-params).
-
-    Any learned optimizer (:class:`MLPLOpt`, :class:`~l2l_jax.learned.nominal.NominalLOpt`);
-    named after its ``kind``: ``"mlp_lopt"``, ``"nominal_lopt"``.
-    """
-    return LearnedInnerOptimizer(
-        name=f"{lopt.kind}_lopt",
-        hparam_names=("meta_params",),
-        transform=optax.identity(),
-        batch_size=batch_size,
-        lopt=lopt,
-    )
-
-
-def save(path: str | Path, lopt: MLPLOpt | MLPNet, meta_params: MetaParams | None = None) -> Path:
-    """Save meta-parameters and the architecture with orbax (atomic; the directory is new).
-
-    ``save(path, lopt, meta_params)`` or ``save(path, net)`` for an :class:`MLPNet`.
-    The checkpoint holds two items: ``meta_params`` (a pytree) and ``config`` (JSON),
-    written by :func:`l2l_jax.learned.common.save_checkpoint`.
-    """
-    if isinstance(lopt, MLPNet):
-        if meta_params is not None:
-            raise ValueError("save(path, net) takes the weights from the module.")
-        lopt, meta_params = MLPLOpt(lopt.config), nnx.to_pure_dict(nnx.split(lopt)[1])
-    if not isinstance(lopt, MLPLOpt) or meta_params is None:
-        raise TypeError("call save(path, lopt, meta_params) or save(path, net).")
-    return common.save_checkpoint(path, meta_params, lopt.config.to_dict(), lopt.meta_params_shapes)
-
-
-def load(path: str | Path) -> tuple[common.NetOptimizer, MetaParams]:
-    """``(lopt, meta_params)`` from a checkpoint of either learned optimizer.
-
-    The stored config's ``"kind"`` picks the class: none (as :func:`save` writes) or
-    ``"mlp"`` is an :class:`MLPLOpt`, ``"nominal"`` (as
-    :func:`l2l_jax.learned.nominal.save` writes) a
-    :class:`~l2l_jax.learned.nominal.NominalLOpt`; any other kind is a ``ValueError``.
-    """
-    from l2l_jax.learned import nominal  # imports this module
-
-    kinds = {
-        MLPLOpt.kind: (MLPLOpt, LOptConfig),
-        nominal.NominalLOpt.kind: (nominal.NominalLOpt, nominal.NominalConfig),
-    }
-    values = common.load_config(path)
-    kind = values.pop("kind", MLPLOpt.kind)
-    if not isinstance(kind, str) or kind not in kinds:
-        raise ValueError(
-            f"{path} holds a learned optimizer of unknown kind {kind!r} (the config's "
-            f"'kind'); learned.load reads the kinds {sorted(kinds)}."
-        )
-    lopt_class, config_class = kinds[kind]
-    lopt = lopt_class(config_class.from_dict(values))
-    return lopt, common.load_meta_params(path, lopt.meta_params_shapes)

@@ -37,8 +37,9 @@ weight instead of computing one ``x^T delta`` product.
 
 Meta-parameters are a plain nested dict (``nnx.to_pure_dict`` of :class:`NominalNet`);
 :meth:`NominalLOpt.update` is pure, so the optimizer plugs into
-:mod:`l2l_jax.meta.truncated`, :func:`as_optax`, :func:`inner_optimizer` and
-:func:`save`/:func:`load` like :class:`~l2l_jax.learned.MLPLOpt`.
+:mod:`l2l_jax.meta.truncated` and the adapters of :mod:`l2l_jax.learned.adapters`
+(``learned.as_optax``, ``learned.inner_optimizer``, ``learned.save``/``learned.load``)
+like :class:`~l2l_jax.learned.MLPLOpt`.
 """
 
 from __future__ import annotations
@@ -47,17 +48,15 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from l2l_jax.learned import common, mlp_lopt
+from l2l_jax.learned import common
 from l2l_jax.learned.mlp_lopt import second_moment_normalize, time_features
 from l2l_jax.learned.nominal_config import (
     CONTROLLERS,
@@ -404,45 +403,6 @@ class NominalLOpt(common.NetOptimizer):
         return jax.tree.unflatten(treedef, updates), new_state
 
 
-# -- adapters and checkpoints ---------------------------------------------------------------
-
-
-def as_optax(lopt: NominalLOpt, meta_params: MetaParams) -> optax.GradientTransformation:
-    """``lopt`` with fixed ``meta_params`` as an optax transformation (needs ``params``)."""
-    return mlp_lopt.as_optax(lopt, meta_params)
-
-
-# ``lopt`` as an inner optimizer named "nominal_lopt": the one adapter of every learned
-# optimizer, :func:`l2l_jax.learned.inner_optimizer`.
-inner_optimizer = mlp_lopt.inner_optimizer
-
-
-def save(path: str | Path, lopt: NominalLOpt, meta_params: MetaParams) -> Path:
-    """Save ``meta_params`` and ``lopt.config`` (JSON, ``kind = "nominal"``) with orbax.
-
-    The directory must not exist; orbax writes atomically (temporary directory, rename).
-    """
-    if not isinstance(lopt, NominalLOpt):
-        raise TypeError(
-            f"save(path, lopt, meta_params) takes a NominalLOpt, got {type(lopt).__name__}."
-        )
-    return common.save_checkpoint(path, meta_params, lopt.config.to_dict(), lopt.meta_params_shapes)
-
-
-def load(path: str | Path) -> tuple[NominalLOpt, MetaParams]:
-    """``(lopt, meta_params)`` from a checkpoint written by :func:`save` (refuses an
-    :class:`~l2l_jax.learned.MLPLOpt` checkpoint; :func:`l2l_jax.learned.load` reads
-    both)."""
-    config = common.load_config(path)
-    if config.get("kind") != KIND:
-        raise ValueError(
-            f"{path} holds no nominal learned optimizer (config kind {config.get('kind')!r}); "
-            "load an MLPLOpt checkpoint with learned.load."
-        )
-    lopt = NominalLOpt(NominalConfig.from_dict(config))
-    return lopt, common.load_meta_params(path, lopt.meta_params_shapes)
-
-
 def random_meta_params(
     lopt: NominalLOpt, key: chex.PRNGKey, scale: float = 0.5, dtype=jnp.float32
 ) -> MetaParams:
@@ -469,18 +429,14 @@ __all__ = [
     "NominalNet",
     "NominalState",
     "accumulate",
-    "as_optax",
     "bias_corrections",
     "blackbox_preconditioner",
     "combine",
     "decays",
     "feature_names",
-    "inner_optimizer",
-    "load",
     "mlp_elementwise",
     "mlp_matmul",
     "nominal_direction",
     "random_meta_params",
-    "save",
     "tensor_features",
 ]

@@ -58,7 +58,6 @@ from l2l_jax.meta.truncated.sharding import (
 )
 from l2l_jax.meta.truncated.step import TruncatedState, init_state, make_meta_step, meta_step
 from l2l_jax.meta.truncated.tasks import (
-    as_inner_optimizer,
     check_task,
     init_task_params,
     valid_batch_loss,
@@ -75,7 +74,6 @@ __all__ = [
     "TruncatedResult",
     "TruncatedState",
     "_config_with_defaults",
-    "as_inner_optimizer",
     "check_mesh",
     "check_task",
     "default_meta_optimizer",

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from l2l_jax import xla
+from l2l_jax.learned.adapters import as_inner_optimizer
 from l2l_jax.meta.truncated import estimator, sharding, tasks
 from l2l_jax.meta.truncated.config import TruncatedConfig, default_meta_optimizer
 from l2l_jax.meta.truncated.runs import make_init_runs
@@ -92,7 +93,7 @@ def init_state(
     ``i`` gets key ``split(k_runs, B)[i]`` and starts at inner step ``floor(i T / B)`` with
     ``config.stagger``; the estimator builds its state from these runs.
     """
-    inner = tasks.as_inner_optimizer(optimizer)
+    inner = as_inner_optimizer(optimizer)
     family = as_family(task)
     tasks.check_task(example_task(family), inner, config)
     k_meta, k_runs, k_es = jax.random.split(key, 3)
@@ -134,7 +135,7 @@ def meta_step(
     inner minibatch loss), ``resets`` (runs re-initialized in the segment).
     Pure; :func:`make_meta_step` jits it as ``step(state, task)``.
     """
-    inner = tasks.as_inner_optimizer(optimizer)
+    inner = as_inner_optimizer(optimizer)
     tx = _wrap(meta_optimizer or default_meta_optimizer(config))
     key, k_es = jax.random.split(jax.random.wrap_key_data(state.key))
     loss, grad, runs, aux = estimator.get(config.estimator).gradient(
@@ -176,7 +177,7 @@ def make_meta_step(
     that layout for the new state; the task is replicated. Inputs placed otherwise are
     moved first (free when they already are).
     """
-    inner = tasks.as_inner_optimizer(optimizer)
+    inner = as_inner_optimizer(optimizer)
     tx = meta_optimizer or default_meta_optimizer(config)
     if mesh is not None:
         sharding.check_mesh(mesh, config)

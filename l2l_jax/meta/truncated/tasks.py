@@ -5,7 +5,7 @@ minibatches, ``num_examples`` and ``batch_loss(params, indices)``; for
 ``objective="tbv"`` also ``num_valid``, ``valid_loss(params)`` and
 ``valid_batch_loss(params, indices)`` (or :class:`~l2l_jax.tasks.MnistMLP`'s validation
 arrays). The optimizer is an :class:`~l2l_jax.inner.InnerOptimizer` or a learned
-optimizer (adapted by :func:`as_inner_optimizer`).
+optimizer (adapted by :func:`l2l_jax.learned.as_inner_optimizer`).
 """
 
 from __future__ import annotations
@@ -19,29 +19,6 @@ from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.meta.truncated.config import TruncatedConfig
 
 Array = jax.Array
-
-
-def as_inner_optimizer(optimizer) -> InnerOptimizer:
-    """An :class:`~l2l_jax.inner.InnerOptimizer` (as is) or a learned optimizer
-    (:class:`~l2l_jax.learned.MLPLOpt` or :class:`~l2l_jax.learned.nominal.NominalLOpt`,
-    adapted).
-
-    For a learned optimizer the hyperparameters are its meta-parameters
-    (:func:`l2l_jax.learned.inner_optimizer`, named ``"mlp_lopt"`` or ``"nominal_lopt"``);
-    any other inner optimizer meta-learns its hyperparameters (e.g. a step size) with the
-    same machinery.
-    """
-    if isinstance(optimizer, InnerOptimizer):
-        return optimizer
-    if hasattr(optimizer, "init_meta_params") and hasattr(optimizer, "update"):
-        from l2l_jax.learned import inner_optimizer
-
-        return inner_optimizer(optimizer)
-    raise TypeError(
-        "optimizer must be a learned optimizer (learned.MLPLOpt, learned.NominalLOpt) or an "
-        "inner.InnerOptimizer, got "
-        f"{type(optimizer).__name__}."
-    )
 
 
 def init_task_params(task, key: Array) -> chex.ArrayTree:

@@ -1,0 +1,166 @@
+"""The learned optimizers' adapters and checkpoint I/O, for every kind of learned
+optimizer (:class:`~l2l_jax.learned.MLPLOpt`, :class:`~l2l_jax.learned.NominalLOpt`):
+
+* :func:`inner_optimizer`: an :class:`~l2l_jax.inner.InnerOptimizer` whose
+  hyperparameters are the meta-parameters (for ``inner.unroll``, ``meta.meta_objective``
+  and ``meta.meta_train``); :func:`as_inner_optimizer` passes inner optimizers through;
+* :func:`as_optax`: fixed meta-parameters as an ``optax.GradientTransformation``;
+* :func:`save` / :func:`load`: orbax checkpoints of (architecture, meta-parameters),
+  the kind read back from the stored config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import chex
+import optax
+from flax import nnx
+
+from l2l_jax.inner.optimizers import InnerOptimizer
+from l2l_jax.learned import common
+from l2l_jax.learned.mlp_lopt import LOptConfig, MLPLOpt, MLPNet
+from l2l_jax.learned.nominal import NominalLOpt
+from l2l_jax.learned.nominal_config import NominalConfig
+
+MetaParams = common.MetaParams
+# kind (the config's "kind"; none for an MLPLOpt) -> (optimizer class, config class)
+KINDS = {
+    MLPLOpt.kind: (MLPLOpt, LOptConfig),
+    NominalLOpt.kind: (NominalLOpt, NominalConfig),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedInnerOptimizer:
+    """A learned optimizer as an :class:`~l2l_jax.inner.InnerOptimizer`: its
+    hyperparameters are its meta-parameters.
+
+    ``unroll(task, inner_optimizer(lopt), meta_params, steps)`` runs the learned optimizer;
+    ``meta.meta_objective(..., grad="autodiff")`` differentiates through it.
+    """
+
+    lopt: common.NetOptimizer
+    batch_size: int | None = None
+    hparam_names: tuple[str, ...] = ("meta_params",)
+
+    @property
+    def name(self) -> str:
+        """``f"{lopt.kind}_lopt"``: ``"mlp_lopt"`` or ``"nominal_lopt"``."""
+        return f"{self.lopt.kind}_lopt"
+
+    def hparams(self, meta_params: MetaParams | None = None, **values: Any) -> MetaParams:
+        """The hyperparameters are the meta-parameters themselves (no defaults)."""
+        if meta_params is None or values:
+            raise ValueError("pass the learned optimizer's meta-parameters: hparams(meta_params).")
+        return meta_params
+
+    def as_dict(self, hparams: MetaParams) -> dict[str, MetaParams]:
+        """Check that ``hparams`` has the meta-parameters' structure and shapes."""
+        try:
+            chex.assert_trees_all_equal_shapes(hparams, self.lopt.meta_params_shapes)
+        except (AssertionError, ValueError) as err:
+            raise TypeError(
+                f"{self.name} takes its meta-parameters (lopt.init_meta_params(key)) as "
+                f"hyperparameters: {err}"
+            ) from None
+        return {"meta_params": hparams}
+
+    def init(self, params, hparams: MetaParams):
+        """Accumulators for ``params`` (the meta-parameters are not needed)."""
+        return self.lopt.init(params)
+
+    def update(self, grads, state, params, hparams: MetaParams):
+        """One step: ``(new_params, new_state)``."""
+        updates, state = self.lopt.update(hparams, grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+
+def inner_optimizer(
+    lopt: common.NetOptimizer, batch_size: int | None = None
+) -> LearnedInnerOptimizer:
+    """``lopt`` as an inner optimizer of :func:`l2l_jax.inner.unroll` (hparams = meta-params),
+    named after its ``kind``: ``"mlp_lopt"``, ``"nominal_lopt"``."""
+    if not isinstance(lopt, common.NetOptimizer):
+        raise TypeError(
+            f"inner_optimizer takes a learned optimizer (learned.MLPLOpt, "
+            f"learned.NominalLOpt), got {type(lopt).__name__}."
+        )
+    return LearnedInnerOptimizer(lopt=lopt, batch_size=batch_size)
+
+
+def as_inner_optimizer(optimizer) -> InnerOptimizer:
+    """A learned optimizer adapted by :func:`inner_optimizer`, or an
+    :class:`~l2l_jax.inner.InnerOptimizer` as is (any other inner optimizer meta-learns
+    its hyperparameters, e.g. a step size, with the same machinery)."""
+    if isinstance(optimizer, common.NetOptimizer):
+        return inner_optimizer(optimizer)
+    if isinstance(optimizer, InnerOptimizer):
+        return optimizer
+    raise TypeError(
+        "optimizer must be a learned optimizer (learned.MLPLOpt, learned.NominalLOpt) or an "
+        f"inner.InnerOptimizer (see its protocol), got {type(optimizer).__name__}."
+    )
+
+
+def as_optax(lopt: common.NetOptimizer, meta_params: MetaParams) -> optax.GradientTransformation:
+    """The learned optimizer with fixed ``meta_params`` as an optax transformation.
+
+    ``tx.update(grads, state, params)`` requires ``params`` (a feature of the MLP).
+    """
+    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
+
+    def init_fn(params):
+        return lopt.init(params)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                "the learned optimizer needs the parameters: call tx.update(grads, state, params)."
+            )
+        return lopt.update(meta_params, updates, state, params)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def save(
+    path: str | Path, lopt: common.NetOptimizer | MLPNet, meta_params: MetaParams | None = None
+) -> Path:
+    """Save meta-parameters and the architecture with orbax (atomic; the directory is new).
+
+    ``save(path, lopt, meta_params)`` for either kind, or ``save(path, net)`` for an
+    :class:`~l2l_jax.learned.MLPNet`. The checkpoint holds two items: ``meta_params`` (a
+    pytree) and ``config`` (JSON, with the ``kind`` of a non-MLP optimizer), written by
+    :func:`l2l_jax.learned.common.save_checkpoint`.
+    """
+    if isinstance(lopt, MLPNet):
+        if meta_params is not None:
+            raise ValueError("save(path, net) takes the weights from the module.")
+        lopt, meta_params = MLPLOpt(lopt.config), nnx.to_pure_dict(nnx.split(lopt)[1])
+    if not isinstance(lopt, common.NetOptimizer) or meta_params is None:
+        raise TypeError(
+            "call save(path, lopt, meta_params) with a learned optimizer (MLPLOpt, "
+            f"NominalLOpt), or save(path, net); got {type(lopt).__name__}."
+        )
+    return common.save_checkpoint(path, meta_params, lopt.config.to_dict(), lopt.meta_params_shapes)
+
+
+def load(path: str | Path) -> tuple[common.NetOptimizer, MetaParams]:
+    """``(lopt, meta_params)`` from a checkpoint of either kind of learned optimizer.
+
+    The stored config's ``"kind"`` picks the class (:data:`KINDS`): none or ``"mlp"`` is
+    an :class:`~l2l_jax.learned.MLPLOpt`, ``"nominal"`` a
+    :class:`~l2l_jax.learned.NominalLOpt`; any other kind is a ``ValueError``.
+    """
+    values = common.load_config(path)
+    kind = values.pop("kind", MLPLOpt.kind)
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(
+            f"{path} holds a learned optimizer of unknown kind {kind!r} (the config's "
+            f"'kind'); learned.load reads the kinds {sorted(KINDS)}."
+        )
+    lopt_class, config_class = KINDS[kind]
+    lopt = lopt_class(config_class.from_dict(values))
+    return lopt, common.load_meta_params(path, lopt.meta_params_shapes)
