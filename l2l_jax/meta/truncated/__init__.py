@@ -56,7 +56,8 @@ from l2l_jax.meta.truncated.sharding import (
     shard_state,
     state_sharding,
 )
-from l2l_jax.meta.truncated.step import TruncatedState, init_state, make_meta_step, meta_step
+from l2l_jax.meta.truncated.state import TruncatedState
+from l2l_jax.meta.truncated.step import init_state, make_meta_step, meta_step
 from l2l_jax.meta.truncated.tasks import (
     check_task,
     init_task_params,

@@ -1,6 +1,6 @@
 """Orbax checkpoints of the whole meta-training state, restored bit-exactly.
 
-Every leaf of the :class:`~.step.TruncatedState` (meta-parameters, meta-optimizer state,
+Every leaf of the :class:`~.state.TruncatedState` (meta-parameters, meta-optimizer state,
 the estimator's runs and, for PES, accumulators, the key and counters) is saved as a whole
 host array next to the JSON config; a resume with another config is refused.
 """

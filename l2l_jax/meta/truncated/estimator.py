@@ -4,7 +4,7 @@ An estimator turns the ``B`` runs of the meta-batch and the meta-parameters into
 estimate of the gradient of the segment's meta-loss, and advances the runs. It may keep
 state of its own across meta-steps (PES keeps each pair's perturbed runs and its
 accumulated perturbation); that state is the ``inner`` field of
-:class:`~l2l_jax.meta.truncated.step.TruncatedState`, has the meta-batch as the leading
+:class:`~l2l_jax.meta.truncated.state.TruncatedState`, has the meta-batch as the leading
 axis of every array, and is checkpointed, resumed and sharded with the rest.
 """
 

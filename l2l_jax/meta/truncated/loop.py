@@ -20,7 +20,8 @@ from l2l_jax import validation
 from l2l_jax.meta.truncated.checkpoints import host_value, restore_checkpoint, save_checkpoint
 from l2l_jax.meta.truncated.config import TruncatedConfig
 from l2l_jax.meta.truncated.sharding import check_mesh, replicate, shard_state
-from l2l_jax.meta.truncated.step import TruncatedState, init_state, make_meta_step
+from l2l_jax.meta.truncated.state import TruncatedState
+from l2l_jax.meta.truncated.step import init_state, make_meta_step
 
 Array = jax.Array
 MetaParams = chex.ArrayTree

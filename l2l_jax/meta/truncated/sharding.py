@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from l2l_jax.meta.truncated.config import TruncatedConfig
+from l2l_jax.meta.truncated.state import TruncatedState
 
 
 def meta_batch_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "batch") -> Mesh:
@@ -58,15 +59,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def state_sharding(mesh: Mesh):
-    """The layout of a :class:`~.step.TruncatedState` on a 1-d ``mesh``, as a pytree prefix.
+    """The layout of a :class:`~.state.TruncatedState` on a 1-d ``mesh``, as a pytree prefix.
 
     Every array of ``inner`` (the estimator's state) is split along its leading
     meta-batch axis over the mesh axis; the meta-parameters, the meta-optimizer state,
     the ES key and the counters are replicated. Usable as ``in_shardings`` /
     ``out_shardings`` of :func:`jax.jit` and with :func:`jax.device_put`.
     """
-    from l2l_jax.meta.truncated.step import TruncatedState
-
     rep = replicated(mesh)
     return TruncatedState(
         meta_params=rep,

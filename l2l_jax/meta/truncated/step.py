@@ -1,4 +1,4 @@
-"""The meta-training state and one meta-step: estimate, skip if non-finite, update.
+"""One meta-step: estimate, skip if non-finite, update (state: :class:`~.state.TruncatedState`).
 
 :func:`meta_step` is the jitted unit of work (:func:`make_meta_step`); the estimator named
 by :attr:`TruncatedConfig.estimator` (:func:`~.estimator.get`) supplies the gradient.
@@ -21,6 +21,7 @@ from l2l_jax.learned.adapters import as_inner_optimizer
 from l2l_jax.meta.truncated import estimator, sharding, tasks
 from l2l_jax.meta.truncated.config import TruncatedConfig, default_meta_optimizer
 from l2l_jax.meta.truncated.runs import make_init_runs
+from l2l_jax.meta.truncated.state import TruncatedState
 from l2l_jax.tasks.family import as_family, example_task
 
 Array = jax.Array
@@ -28,31 +29,6 @@ MetaParams = chex.ArrayTree
 
 # apply_if_finite gives up after this many consecutive bad steps; we never want it to.
 _NEVER = np.iinfo(np.int32).max
-
-
-@chex.dataclass(frozen=True)
-class TruncatedState:
-    """Everything meta-training needs to continue exactly (what checkpoints hold).
-
-    Attributes:
-      meta_params: the learned optimizer's weights (or an inner optimizer's hparams).
-      opt_state: the meta-optimizer's state (wrapped in ``optax.apply_if_finite``).
-      inner: the estimator's state, every array with the meta-batch ``B`` as leading
-        axis: the ``B`` runs (an :class:`~.runs.InnerState`) for TBPTT and ES, a
-        :class:`~.pes.PESState` (each pair's perturbed runs and accumulated
-        perturbation) for PES.
-      key: raw ``uint32[2]`` key data for the ES/PES perturbations of the next meta-step.
-      step: meta-steps done so far (int32).
-      nonfinite_count: meta-steps skipped because the meta-loss or meta-gradient was
-        NaN/inf (int32).
-    """
-
-    meta_params: MetaParams
-    opt_state: chex.ArrayTree
-    inner: Any
-    key: Array
-    step: Array
-    nonfinite_count: Array
 
 
 def _wrap(meta_optimizer: optax.GradientTransformation) -> optax.GradientTransformation:

@@ -1,0 +1,152 @@
+"""The package's import graph: no circle, and no import from a lower layer to a higher one.
+
+Layers, lowest first (a module may import its own layer and the ones below):
+
+0. ``validation``, ``numerics``, ``reference``, ``xla``, ``reporting``, ``data``: plain
+   helpers and data sources;
+1. ``spectral``, ``spectral_ls`` (closed forms), ``inner``, ``tasks``, ``objectives``:
+   the pieces a pipeline is composed of;
+2. ``hyper``, ``learned``: optimizers built from those pieces;
+3. ``meta``: meta-gradients and meta-training;
+4. ``evaluation``, ``stability``: analyses of trained optimizers;
+5. ``experiments``, ``cli``, ``__main__`` and the package's ``__init__``.
+
+Every ``import`` statement counts, including those inside functions (a lazy import is
+still a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "l2l_jax"
+LAYERS = {
+    "validation": 0,
+    "numerics": 0,
+    "reference": 0,
+    "xla": 0,
+    "reporting": 0,
+    "data": 0,
+    "spectral": 1,
+    "spectral_ls": 1,
+    "inner": 1,
+    "tasks": 1,
+    "objectives": 1,
+    "hyper": 2,
+    "learned": 2,
+    "meta": 3,
+    "evaluation": 4,
+    "stability": 4,
+    "experiments": 5,
+    "cli": 5,
+    "__main__": 5,
+    "": 5,  # l2l_jax/__init__.py
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("l2l_jax", *path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules that ``name`` imports (the longest known prefix of each)."""
+    found = set()
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                prefix = package[: len(package) - node.level + 1]
+                base = ".".join([*prefix, base] if base else prefix)
+            targets = [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target.startswith("l2l_jax") and target != name:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    assert top in LAYERS, f"{module}: add its top-level name to LAYERS"
+    return LAYERS[top]
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_is_read():
+    g = graph()
+    assert "l2l_jax.learned.adapters" in g["l2l_jax.learned"]
+    assert "l2l_jax.inner.optimizers" in g["l2l_jax.meta.truncated.runs"]
+    # a relative import and an import inside a function are both seen
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_no_import_circle():
+    """Submodules of one package importing each other count too (a package's
+    ``__init__`` importing its own submodules is the only exception: it re-exports)."""
+    edges = {
+        m: {t for t in targets if not m.startswith(t + ".")}  # a module -> its own package
+        for m, targets in graph().items()
+    }
+    assert cycles(edges) == []
+
+
+def test_no_import_runs_up_a_layer():
+    upward = [
+        f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})"
+        for m, targets in graph().items()
+        for t in targets
+        if layer(t) > layer(m)
+    ]
+    assert upward == []
+
+
+def test_no_module_is_over_600_lines():
+    long = {n: len(p.read_text().splitlines()) for n, p in modules().items()}
+    assert {n: k for n, k in long.items() if k > 600} == {}
