@@ -260,7 +260,7 @@ def test_mnist_validation_minibatches():
     params = task.init_params()
     idx = jnp.arange(20)
     np.testing.assert_allclose(
-        truncated.valid_batch_loss(task, params, idx), task.valid_loss(params), rtol=1e-6
+        task.valid_batch_loss(params, idx), task.valid_loss(params), rtol=1e-6
     )
     cfg = meta.TruncatedConfig(objective="tbv", batch_size=32, eval_batch_size=16)
     truncated.check_task(task, learned.inner_optimizer(TINY_LOPT), cfg)

@@ -1,14 +1,29 @@
 """Tasks: what the inner optimizer minimizes.
 
-A task provides ``init_params()``, ``loss(params)`` and, for stochastic optimizers,
-``num_examples`` and ``batch_loss(params, indices)``. ``LeastSquares`` also has a
-validation set (``valid_loss``) and the ground truth (``test_error``). ``NQM`` is the noisy
-quadratic model (minibatch gradient noise with covariance following the curvature).
+The contracts are the protocols of :mod:`l2l_jax.tasks.base`: a :class:`Task` has
+``init_params(key)`` and ``loss(params)``; a :class:`MinibatchTask` adds ``num_examples``
+and ``batch_loss(params, indices)``; a :class:`ValidationTask` adds ``num_valid``,
+``valid_loss`` and ``valid_batch_loss``. ``LeastSquares`` also has the ground truth
+(``test_error``); ``NQM`` is the noisy quadratic model (minibatch gradient noise with
+covariance following the curvature); :func:`nnx_task` makes any Flax NNX model, loss and
+arrays a task.
 """
 
+from l2l_jax.tasks.base import MinibatchTask, Task, ValidationTask
 from l2l_jax.tasks.least_squares import LeastSquares
 from l2l_jax.tasks.mnist import MnistMLP
+from l2l_jax.tasks.nnx_task import NNXTask, nnx_task
 from l2l_jax.tasks.nqm import NQM
 from l2l_jax.tasks.quadratic import Quadratic
 
-__all__ = ["NQM", "LeastSquares", "MnistMLP", "Quadratic"]
+__all__ = [
+    "NQM",
+    "LeastSquares",
+    "MinibatchTask",
+    "MnistMLP",
+    "NNXTask",
+    "Quadratic",
+    "Task",
+    "ValidationTask",
+    "nnx_task",
+]

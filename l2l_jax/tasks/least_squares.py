@@ -156,8 +156,9 @@ class LeastSquares:
         return self.x_valid.shape[-2]
 
     # -- the task protocol (one task) ---------------------------------------------------
-    def init_params(self) -> Array:
-        """``w0 = 0`` (Sec. 4)."""
+    def init_params(self, key: jax.Array | None = None) -> Array:
+        """``w0 = 0`` (Sec. 4; every run starts there, ``key`` is ignored)."""
+        del key
         return jnp.zeros(self.w_star.shape, self.dtype)
 
     def loss(self, params: Array) -> Array:
@@ -176,6 +177,10 @@ class LeastSquares:
     def batch_loss(self, params: Array, indices: Array) -> Array:
         """Unbiased estimate of :meth:`loss` from the training rows ``indices`` (SGD)."""
         return _half_mse(self.x_train[indices], self.y_train[indices], params)
+
+    def valid_batch_loss(self, params: Array, indices: Array) -> Array:
+        """Unbiased estimate of :meth:`valid_loss` from the validation rows ``indices``."""
+        return _half_mse(self.x_valid[indices], self.y_valid[indices], params)
 
     def test_error(self, params: Array) -> Array:
         """``||w - w*||^2``; the population loss is ``(||w - w*||^2 + sigma^2) / 2``."""

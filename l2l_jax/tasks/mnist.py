@@ -237,6 +237,10 @@ class MnistMLP:
             )
         return cross_entropy(params, self.valid_images, self.valid_labels)
 
+    def valid_batch_loss(self, params: Params, indices: Array) -> Array:
+        """Mean cross-entropy on the validation rows ``indices``."""
+        return cross_entropy(params, self.valid_images[indices], self.valid_labels[indices])
+
     def accuracy(self, params: Params, images: Array, labels: Array) -> Array:
         """Fraction of ``images`` whose arg-max class is ``labels``."""
         return accuracy(params, images, labels)

@@ -134,7 +134,9 @@ class Quadratic:
         """Number of summands SGD can sample from (the columns of ``factor``)."""
         return None if self.factor is None else self.factor.shape[1]
 
-    def init_params(self) -> Array:
+    def init_params(self, key: jax.Array | None = None) -> Array:
+        """``w0`` (every run starts there; ``key`` is ignored)."""
+        del key
         return self.w0
 
     def loss(self, params: Array) -> Array:

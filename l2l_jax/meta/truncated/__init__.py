@@ -60,8 +60,6 @@ from l2l_jax.meta.truncated.state import TruncatedState
 from l2l_jax.meta.truncated.step import init_state, make_meta_step, meta_step
 from l2l_jax.meta.truncated.tasks import (
     check_task,
-    init_task_params,
-    valid_batch_loss,
 )
 from l2l_jax.meta.truncated.tbptt import tbptt_gradient
 
@@ -83,7 +81,6 @@ __all__ = [
     "get_estimator",
     "host_value",
     "init_state",
-    "init_task_params",
     "inner_step",
     "make_meta_step",
     "meta_batch_mesh",
@@ -99,5 +96,4 @@ __all__ = [
     "state_sharding",
     "tbptt_gradient",
     "to_host",
-    "valid_batch_loss",
 ]

@@ -8,10 +8,10 @@ from typing import Any
 
 import optax
 
-from l2l_jax import validation
+from l2l_jax import objectives, validation
 from l2l_jax.inner.unroll import remat_segment
 
-OBJECTIVES = ("tbt", "tbv")
+OBJECTIVES = ("tbt", "tbv")  # the built-in names; any objectives.IterateObjective works
 ESTIMATORS = ("tbptt", "es", "pes")
 
 
@@ -26,8 +26,12 @@ class TruncatedConfig:
         initialization and data order.
       batch_size: inner minibatch size; ``None`` takes the optimizer's ``batch_size``, and
         full-batch gradients (``task.loss``) when that is ``None`` too.
-      objective: ``"tbt"`` (train-by-train: training loss of the iterates) or ``"tbv"``
-        (train-by-validation: validation loss of the iterates).
+      objective: the meta-loss of each iterate, averaged over the segment: ``"tbt"``
+        (train-by-train: training loss of the iterates), ``"tbv"`` (train-by-validation:
+        validation loss of the iterates), or any
+        :class:`~l2l_jax.objectives.IterateObjective`, e.g. ``objectives.tbv()`` or a
+        user's ``objectives.iterate_objective(fn, name)`` (then ``eval_batch_size=None``).
+        Checkpoints record its ``name``.
       eval_batch_size: the meta-loss of each iterate is the loss on a fresh minibatch of
         this size (training rows for tbt, validation rows for tbv), drawn independently of
         the minibatch the inner step used; ``None`` uses the full training
@@ -57,7 +61,7 @@ class TruncatedConfig:
     segment: int = 20
     meta_batch: int = 8
     batch_size: int | None = None
-    objective: str = "tbt"
+    objective: str | objectives.IterateObjective = "tbt"
     eval_batch_size: int | None = 32
     estimator: str = "tbptt"
     es_sigma: float = 0.01
@@ -76,8 +80,13 @@ class TruncatedConfig:
                 validation.positive_int(name, getattr(self, name))
         for name in ("es_sigma", "meta_lr", "clip"):
             validation.positive(name, getattr(self, name))
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if isinstance(self.objective, str) and self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {OBJECTIVES} or an objectives.IterateObjective, "
+                f"got {self.objective!r}."
+            )
+        objectives.resolve_iterate(self.objective)  # TypeError for anything else
+        hash(self.objective)  # a static argument of the compiled meta-step
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}.")
         if self.segment > self.horizon:
@@ -88,9 +97,17 @@ class TruncatedConfig:
             )
         remat_segment(self.remat, self.segment)
 
+    @property
+    def meta_objective(self) -> objectives.IterateObjective:
+        """:attr:`objective` as an :class:`~l2l_jax.objectives.IterateObjective`."""
+        return objectives.resolve_iterate(self.objective)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (stored in checkpoints and compared on resume)."""
-        return dataclasses.asdict(self)
+        """JSON-friendly form (stored in checkpoints and compared on resume); the
+        objective is recorded by its ``name``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["objective"] = self.meta_objective.name
+        return out
 
 
 def default_meta_optimizer(config: TruncatedConfig) -> optax.GradientTransformation:

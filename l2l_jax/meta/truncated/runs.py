@@ -72,7 +72,7 @@ def fresh_run(
     family = as_family(family)
     k_init = run_keys(key)[0]
     draw = family.sample(jax.random.fold_in(k_init, 1))
-    params = tasks.init_task_params(family.task(draw), k_init)
+    params = family.task(draw).init_params(k_init)
     opt_state = optimizer.init(params, meta_params)
     fresh = InnerState(
         params=params,
