@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ("README.md", "docs/quickstart.md", "docs/hyper.md", "docs/mnist.md")
+DOCUMENTS = (
+    "README.md",
+    "docs/quickstart.md",
+    "docs/hyper.md",
+    "docs/mnist.md",
+    "docs/extending.md",
+)
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
@@ -35,3 +41,12 @@ def test_examples_run(document):
     for i, block in enumerate(blocks):
         code = compile(block, f"{document} [python block {i + 1}]", "exec")
         exec(code, namespace)
+
+
+def test_extending_examples_are_short_and_state_their_claims():
+    """Each example of "Extending l2l_jax" is at most 20 lines and asserts what it shows."""
+    blocks = python_blocks((ROOT / "docs/extending.md").read_text())
+    assert len(blocks) == 4
+    for block in blocks:
+        assert len(block.splitlines()) <= 20
+        assert "assert " in block

@@ -5,9 +5,11 @@ eigenvalues/coefficients. The reference is evaluated on exactly those floats. Th
 tolerance is the acceptance bar (1e-4 in float32, 1e-9 in float64) wherever the
 reference itself moves by less than that when eta is perturbed by one rounding
 (eta -> eta*(1 +- u)); elsewhere (near the crossing |1-eta*alpha| = |1-eta*L| at huge t,
-or near eta*) the problem is ill-conditioned and we require the error to be within 10x
-of that rounding sensitivity. Only eta is perturbed for the sensitivity (the
-eigenvalues/coefficients are taken as exact inputs).
+or near eta*) the problem is ill-conditioned and we require the error to be within 2x
+of that rounding sensitivity (two roundings of eta). Only eta is perturbed for the
+sensitivity (the eigenvalues/coefficients are taken as exact inputs). Measured on 65
+float32 cases (the corners and random draws): the largest error was 1.4e-5, and no case
+needed the sensitivity clause.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _check(got, ref_fn, eta, dtype, what):
     if ref != 0:
         sens = max(float(abs(ref_fn(eta * (1 + s * u)) - ref) / abs(ref)) for s in (-1, 1))
     err = _rel(got, ref)
-    bound = TOL[dtype] if sens < TOL[dtype] else 10 * sens
+    bound = max(TOL[dtype], 2 * sens)
     assert np.isfinite(float(got)), (what, got, float(ref))
     assert err <= bound, (what, dtype, eta, float(got), float(ref), err, sens)
 
