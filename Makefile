@@ -59,6 +59,7 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax fig3 --out docs/results/fig3
 	$(PY) -m l2l_jax thm5 --out docs/results/thm5
 	$(PY) -m l2l_jax thm6 --out docs/results/thm6
+	$(PY) -m l2l_jax meta_tune --out docs/results/meta_tune
 	$(PY) -m l2l_jax fig4a --out docs/results/fig4a
 	$(PY) -m l2l_jax fig4b --out docs/results/fig4b
 	$(PY) -m l2l_jax fig4c --out docs/results/fig4c
