@@ -39,7 +39,8 @@ import numpy as np
 
 from benchmarks import timing
 from configs import fig2
-from l2l_jax import inner, objectives, spectral_ls
+from l2l_jax import inner, objectives
+from l2l_jax.closed_forms import spectral_ls
 from l2l_jax.experiments.generalization import eta_grid
 from l2l_jax.tasks import LeastSquares
 

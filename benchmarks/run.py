@@ -15,7 +15,7 @@ size ``eta``:
   argument + output + temp - alias bytes) and, on GPU/TPU, the device's process-wide
   ``peak_bytes_in_use``;
 * accuracy: relative error of the value and the meta-gradient against the mpmath
-  reference (:mod:`l2l_jax.reference`), in float32 and, under a scoped
+  reference (:mod:`l2l_jax.closed_forms.reference`), in float32 and, under a scoped
   ``jax.enable_x64(True)``, float64.
 
 The group "least-squares grid search" (:mod:`benchmarks.least_squares`, under the key
@@ -59,7 +59,8 @@ from benchmarks import (
     timing,
     towers,
 )
-from l2l_jax import inner, meta, objectives, reference, tasks
+from l2l_jax import inner, meta, objectives, tasks
+from l2l_jax.closed_forms import reference
 from l2l_jax.experiments import common
 
 # Extra groups: key in the JSON -> module with PRESETS, measure, render_markdown, claim.

@@ -7,7 +7,8 @@ meta-training). ``hyper`` tunes an optax optimizer's hyperparameters online by
 hypergradient descent, in towers of any height.
 """
 
-from l2l_jax import hyper, inner, meta, objectives, spectral, tasks
+from l2l_jax import hyper, inner, meta, objectives, tasks
+from l2l_jax.closed_forms import spectral
 
 __version__ = "0.1.0"
 __all__ = ["hyper", "inner", "meta", "objectives", "spectral", "tasks"]

@@ -7,6 +7,8 @@ names defined by earlier ones), so an API change that breaks an example fails he
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,15 @@ def test_examples_run(document):
     path = ROOT / document
     blocks = python_blocks(path.read_text())
     assert blocks, f"{document} has no ```python examples"
-    namespace: dict = {"__name__": f"docs_example_{path.stem}"}
-    for i, block in enumerate(blocks):
-        code = compile(block, f"{document} [python block {i + 1}]", "exec")
-        exec(code, namespace)
+    # a real module, so that classes defined by the examples (dataclasses) find it
+    module = types.ModuleType(f"docs_example_{path.stem}")
+    sys.modules[module.__name__] = module
+    try:
+        for i, block in enumerate(blocks):
+            code = compile(block, f"{document} [python block {i + 1}]", "exec")
+            exec(code, module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
 
 
 def test_extending_examples_are_short_and_state_their_claims():

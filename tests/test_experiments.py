@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import cli, inner, meta, objectives, reference
+from l2l_jax import cli, inner, meta, objectives
+from l2l_jax.closed_forms import reference
 from l2l_jax.experiments import common, sweep, thm3
 
 

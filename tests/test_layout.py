@@ -2,13 +2,12 @@
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-0. ``validation``, ``numerics``, ``reference``, ``xla``, ``reporting``, ``data``: plain
-   helpers and data sources;
-1. ``spectral``, ``spectral_ls`` (closed forms), ``inner``, ``tasks``, ``objectives``:
-   the pieces a pipeline is composed of;
+0. ``validation``, ``xla``, ``reporting``, ``data``: plain helpers and data sources;
+1. ``closed_forms`` (log-space numerics, closed forms, mpmath references), ``inner``,
+   ``tasks``, ``objectives``: the pieces a pipeline is composed of;
 2. ``hyper``, ``learned``: optimizers built from those pieces;
 3. ``meta``: meta-gradients and meta-training;
-4. ``evaluation``, ``stability``: analyses of trained optimizers;
+4. ``evaluation``, ``analysis``: evaluations and analyses of trained optimizers;
 5. ``experiments``, ``cli``, ``__main__`` and the package's ``__init__``.
 
 Every ``import`` statement counts, including those inside functions (a lazy import is
@@ -23,13 +22,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "l2l_jax"
 LAYERS = {
     "validation": 0,
-    "numerics": 0,
-    "reference": 0,
     "xla": 0,
     "reporting": 0,
     "data": 0,
-    "spectral": 1,
-    "spectral_ls": 1,
+    "closed_forms": 1,
     "inner": 1,
     "tasks": 1,
     "objectives": 1,
@@ -37,7 +33,7 @@ LAYERS = {
     "learned": 2,
     "meta": 3,
     "evaluation": 4,
-    "stability": 4,
+    "analysis": 4,
     "experiments": 5,
     "cli": 5,
     "__main__": 5,

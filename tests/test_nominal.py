@@ -499,7 +499,7 @@ def test_docs_example_meta_trains_with_truncated_unrolls_then_runs_in_optax():
 def test_stability_analysis_at_init_is_heavy_ball():
     """At initialization the training dynamics are heavy-ball momentum's: eigenvalues the
     roots of z^2 - (1 + b - lr lam) z + b per curvature lam, plus b2 for each v."""
-    from l2l_jax import stability
+    from l2l_jax.analysis import stability
 
     with jax.enable_x64(True):
         task = tasks.Quadratic.random(jax.random.key(0), dim=5, scale=0.5).astype(jnp.float64)

@@ -8,7 +8,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from l2l_jax.numerics import log_abs_one_minus
+from l2l_jax.closed_forms.numerics import log_abs_one_minus
 
 
 def _cases(dtype):

@@ -13,7 +13,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from l2l_jax import spectral_ls as sl
+from l2l_jax.closed_forms import spectral_ls as sl
 
 D, N2, T = 8, 6, 20
 

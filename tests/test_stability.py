@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import inner, learned, stability, tasks
+from l2l_jax import inner, learned, tasks
+from l2l_jax.analysis import stability
 
 STEP_SIZES = (0.01, 0.05, 0.2)  # below and above 2/L of the task (L ~ 10)
 

@@ -21,7 +21,8 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from l2l_jax import inner, meta, objectives, reference, spectral, tasks
+from l2l_jax import inner, meta, objectives, tasks
+from l2l_jax.closed_forms import reference, spectral
 
 TOL = {"float32": 1e-4, "float64": 1e-9}
 U = {"float32": 2.0**-24, "float64": 2.0**-53}

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2l_jax import inner, meta, objectives, reference, tasks
+from l2l_jax import inner, meta, objectives, tasks
+from l2l_jax.closed_forms import reference
 
 T = 80
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from l2l_jax import inner, meta, objectives, reference, tasks
+from l2l_jax import inner, meta, objectives, tasks
+from l2l_jax.closed_forms import reference
 
 # results I/O lives below the experiments (evaluation uses it too); re-exported for them
 from l2l_jax.reporting import jsonable, pyplot, save_figure, write_json  # noqa: F401

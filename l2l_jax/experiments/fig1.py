@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from l2l_jax import inner, meta, objectives, reference
+from l2l_jax import inner, meta, objectives
+from l2l_jax.closed_forms import reference
 from l2l_jax.experiments import common
 
 

@@ -5,7 +5,8 @@ One *setting* (sigma, sample sizes, t) is evaluated the same way in every experi
 1. sample ``m`` meta-training tasks for each objective: TbT with ``n`` training samples,
    TbV with ``n1 + n2 = n`` split into training and validation (Eq. 3-4);
 2. find ``eta*`` of each objective by a grid search over the mean meta-objective, on the
-   spectral fast path (:mod:`l2l_jax.spectral_ls`: one eigendecomposition per task, then
+   spectral fast path (:mod:`~l2l_jax.closed_forms.spectral_ls`: one eigendecomposition per task,
+   then
    any (eta, t) without unrolling; the truncation of footnote 3 included), then refine it
    by meta-gradient descent (``meta.train``) from the grid's best point;
 3. run GD with each ``eta*`` on ``n_test`` fresh tasks with ``n`` training samples and
@@ -27,7 +28,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from l2l_jax import meta, spectral_ls
+from l2l_jax import meta
+from l2l_jax.closed_forms import spectral_ls
 from l2l_jax.experiments import common
 from l2l_jax.tasks import LeastSquares
 

@@ -7,11 +7,11 @@ Jacobian say whether small perturbations shrink (spectral radius ``rho <= 1``) o
 1. Meta-train the plain ``learned.MLPLOpt`` on an NQM (``tasks.NQM``) with
    ``meta.truncated.meta_train``; compare its mean loss over the horizon with SGD and
    Adam at their best step sizes.
-2. Linearize its dynamics (:func:`l2l_jax.stability.jacobian`, float64) at the initial
+2. Linearize its dynamics (:func:`l2l_jax.analysis.stability.jacobian`, float64) at the initial
    point and along a run; eigenvalues and ``rho`` per point.
 3. Where it is stable: ``rho`` on NQMs with scaled curvature ``c h`` (the run's empirical
    loss beside it), and over a grid of global step-size multipliers ``s``
-   (:func:`l2l_jax.stability.scaled_step`) x curvature scales at the initial point.
+   (:func:`l2l_jax.analysis.stability.scaled_step`) x curvature scales at the initial point.
 4. The GD and heavy-ball stability regions over step size x curvature, with the analytic
    boundaries ``eta lambda = 2`` and ``eta lambda = 2 (1 + beta)``.
 """
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from l2l_jax import inner, learned, stability, tasks
+from l2l_jax import inner, learned, tasks
+from l2l_jax.analysis import stability
 from l2l_jax.experiments import common
 from l2l_jax.experiments.stability_report import (
     plot_classic,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2l_jax import stability
+from l2l_jax.analysis import stability
 from l2l_jax.experiments import common
 
 LABELS = {"sgd": "SGD", "adam": "Adam"}  # tuned baselines

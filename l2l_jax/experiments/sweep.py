@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from l2l_jax import inner, meta, objectives, reference
+from l2l_jax import inner, meta, objectives
+from l2l_jax.closed_forms import reference
 from l2l_jax.experiments import common
 
 

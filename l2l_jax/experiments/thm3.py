@@ -18,7 +18,8 @@ import mpmath
 import numpy as np
 from tqdm.auto import tqdm
 
-from l2l_jax import inner, meta, reference
+from l2l_jax import inner, meta
+from l2l_jax.closed_forms import reference
 from l2l_jax.experiments import common
 
 

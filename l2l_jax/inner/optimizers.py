@@ -42,7 +42,7 @@ class InnerOptimizer(Protocol):
 
     Implementations: :class:`OptaxInner` (any optax optimizer, :func:`from_optax`),
     :class:`l2l_jax.learned.LearnedInnerOptimizer` (hyperparameters = meta-parameters) and
-    :class:`l2l_jax.stability.ScaledStep`. A frozen dataclass keeps an implementation
+    :class:`l2l_jax.analysis.stability.ScaledStep`. A frozen dataclass keeps an implementation
     hashable, which ``jit`` needs of a static argument.
     """
 

@@ -1,8 +1,8 @@
 """Closed-form, log-space meta-objectives for the combinations where they exist.
 
 ``grad="stable"`` evaluates ``log f(w_t)`` without unrolling, through
-:func:`l2l_jax.spectral.log_gd_loss` (a ``jax.custom_vjp`` implementing the ratio formula
-of Wang et al. 2021, Eq. 1-2, in log space). A rule is registered per task type; each
+:func:`~l2l_jax.closed_forms.spectral.log_gd_loss` (a ``jax.custom_vjp`` implementing the ratio
+formula of Wang et al. 2021, Eq. 1-2, in log space). A rule is registered per task type; each
 returns a function ``eta -> log f(w_t)`` for full-batch gradient descent.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from l2l_jax import spectral, spectral_ls
+from l2l_jax.closed_forms import spectral, spectral_ls
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.tasks.least_squares import LeastSquares
 from l2l_jax.tasks.quadratic import Quadratic

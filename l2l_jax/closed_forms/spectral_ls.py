@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from l2l_jax.spectral import log_gd_loss
+from l2l_jax.closed_forms.spectral import log_gd_loss
 
 Array = jnp.ndarray
 
@@ -504,8 +504,8 @@ def log_tbt_loss(spec: LSSpectrum, eta: Array, t: int | Array) -> Array:
         L_train(w_t) = 1/2 sum_i lambda_i beta_i^2 (1 - eta lambda_i)^(2t) + residual,
 
     a quadratic-type sum (Sec. 3.1 of the paper) plus the ERM residual. The sum goes
-    through :func:`l2l_jax.spectral.log_gd_loss` (weights ``lambda_i beta_i^2 / 2``, Eq. 2
-    in log space) and the residual is added with ``logaddexp``, so neither term is formed
+    through :func:`~l2l_jax.closed_forms.spectral.log_gd_loss` (weights ``lambda_i beta_i^2 / 2``,
+    Eq. 2 in log space) and the residual is added with ``logaddexp``, so neither term is formed
     outside log space: value and gradient stay finite for huge ``t`` where the loss itself
     underflows (``residual = 0``, ``n1 <= d``) or overflows (``eta > 2 / lambda_max``).
     No truncation is applied here: use :func:`tbt_loss` for the paper's truncated

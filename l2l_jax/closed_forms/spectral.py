@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from l2l_jax.numerics import log_abs_one_minus
+from l2l_jax.closed_forms.numerics import log_abs_one_minus
 
 Array = jnp.ndarray
 
