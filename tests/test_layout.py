@@ -17,6 +17,8 @@ still a dependency).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "l2l_jax"
@@ -146,3 +148,30 @@ def test_no_import_runs_up_a_layer():
 def test_no_module_is_over_600_lines():
     long = {n: len(p.read_text().splitlines()) for n, p in modules().items()}
     assert {n: k for n, k in long.items() if k > 600} == {}
+
+
+EXTRAS = ("mpmath", "matplotlib", "tensorflow_datasets", "mlxtend", "scipy")
+_WITHOUT_EXTRAS = f"""
+import sys
+for name in {EXTRAS!r}:
+    sys.modules[name] = None  # importing it now raises ImportError
+import jax, jax.numpy as jnp
+from l2l_jax import inner, learned, meta, tasks
+task = tasks.Quadratic.random(jax.random.key(0), dim=4)
+f = meta.meta_objective(task, inner.gd(), "log_loss", steps=20, grad="stable")
+assert jnp.isfinite(jax.grad(f)(0.05))
+cfg = meta.TruncatedConfig(horizon=8, segment=4, meta_batch=2, eval_batch_size=None)
+lopt = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(2,), decays=(0.9,), time_scales=(1.0,)))
+run = meta.meta_train(task, lopt, cfg, 2, key=jax.random.key(1), progress=False)
+assert len(run.metrics) == 2
+print("core ok")
+"""
+
+
+def test_the_core_runs_without_the_experiment_extras():
+    """pyproject's ``experiments`` extra (mpmath, matplotlib, scipy, TFDS, mlxtend) is
+    not needed to meta-train: the library imports none of them at import or in use."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "core ok" in out.stdout, out.stderr[-2000:]
