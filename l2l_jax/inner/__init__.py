@@ -8,6 +8,7 @@ from l2l_jax.inner.optimizers import (
     from_optax,
     gd,
     momentum,
+    nesterov,
     sgd,
 )
 from l2l_jax.inner.unroll import UnrollResult, unroll
@@ -21,6 +22,7 @@ __all__ = [
     "from_optax",
     "gd",
     "momentum",
+    "nesterov",
     "sgd",
     "unroll",
 ]

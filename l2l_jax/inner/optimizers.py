@@ -204,6 +204,18 @@ def momentum(learning_rate: float = 0.1, beta: float = 0.9) -> OptaxInner:
     )
 
 
+def nesterov(learning_rate: float = 0.1, beta: float = 0.9) -> OptaxInner:
+    """Nesterov momentum (optax's ``sgd(nesterov=True)``): ``v <- g + beta v; w <- w -
+    eta (g + beta v)``; hyperparameters eta, beta."""
+    return from_optax(
+        optax.sgd,
+        ("learning_rate", "momentum"),
+        name="nesterov",
+        defaults={"learning_rate": learning_rate, "momentum": beta},
+        nesterov=True,
+    )
+
+
 def adam(
     learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> OptaxInner:

@@ -18,8 +18,6 @@ truncates diverging inner runs (footnote 3; see :func:`l2l_jax.inner.unroll`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,8 +146,6 @@ class MetaObjective:
 
     def _stable(self, hparams, task, key):
         del key
-        if isinstance(hparams, Mapping):  # gd's {"learning_rate": eta} form, as autodiff takes
-            hparams = hparams["learning_rate"]
         return stable.log_loss_fn(task, self.optimizer, self.objective, self.steps)(hparams)
 
     def __call__(self, hparams: HParams) -> jnp.ndarray:

@@ -1,20 +1,28 @@
-"""Closed-form, log-space meta-objectives for the combinations where they exist.
+"""Log-space meta-objectives with stable meta-gradients, for the combinations where
+they exist.
 
-``grad="stable"`` evaluates ``log f(w_t)`` without unrolling, through
-:func:`~l2l_jax.closed_forms.spectral.log_gd_loss` (a ``jax.custom_vjp`` implementing the ratio
-formula of Wang et al. 2021, Eq. 1-2, in log space). A rule is registered per task type; each
-returns a function ``eta -> log f(w_t)`` for full-batch gradient descent.
+* GD on :class:`~l2l_jax.tasks.Quadratic` and :class:`~l2l_jax.tasks.LeastSquares`
+  (TbT): no unroll, through :func:`~l2l_jax.closed_forms.spectral.log_gd_loss` (a
+  ``jax.custom_vjp`` implementing the ratio formula of Wang et al. 2021, Eq. 1-2, in log
+  space). A rule is registered per task type; each returns ``eta -> log f(w_t)``.
+* Linear inner dynamics (GD, heavy-ball momentum ``inner.momentum()``, Nesterov
+  ``inner.nesterov()``) on a quadratic (:class:`~l2l_jax.tasks.Quadratic` in its
+  eigenbasis, or the mean dynamics of :class:`~l2l_jax.tasks.NQM`): the projective
+  forward mode of :mod:`l2l_jax.meta.projective`, ``hparams -> log f(w_t)`` with the
+  meta-gradient in every hyperparameter (learning rate and momentum).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
 
 from l2l_jax.closed_forms import spectral, spectral_ls
 from l2l_jax.inner.optimizers import InnerOptimizer
+from l2l_jax.meta import projective
 from l2l_jax.tasks.least_squares import LeastSquares
+from l2l_jax.tasks.nqm import NQM
 from l2l_jax.tasks.quadratic import Quadratic
 
 Array = jnp.ndarray
@@ -30,20 +38,43 @@ def register(task_type: type, rule: Callable[[object, int], LogLossFn]) -> None:
 
 def supported() -> str:
     names = ", ".join(f"tasks.{t.__name__}" for t in _RULES)
+    linear = ", ".join(f"tasks.{t.__name__}" for t in _LINEAR_TASKS)
     return (
-        f"grad='stable' supports inner.gd() on {names}, with the objectives last_loss, "
+        f"grad='stable' supports inner.gd() on {names}, and inner.gd(), inner.momentum() and "
+        f"inner.nesterov() on {linear} (full batch), with the objectives last_loss, "
         "log_loss and tbt (or any objective with a from_log_loss(log_f, steps) method)"
     )
 
 
+def _spectrum(task) -> tuple[Array, Array]:
+    """``(lambda, w0)`` of a quadratic in its eigenbasis (NQM: already diagonal)."""
+    if isinstance(task, NQM):
+        return task.curvature, task.init_params()
+    return task.eigenvalues, task.coefficients
+
+
+_LINEAR_TASKS = (Quadratic, NQM)
+
+
 def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLossFn:
-    """``eta -> objective`` evaluated in log space, or a ``ValueError`` saying what works."""
-    rule = _RULES.get(type(task))
+    """``hparams -> objective`` evaluated in log space (``eta`` or ``{"learning_rate":
+    eta}`` for GD, the optimizer's dict otherwise), or a ``ValueError`` saying what works."""
+    full_batch = optimizer.batch_size is None
+    rule = _RULES.get(type(task)) if optimizer.name == "gd" else None
+    linear = (
+        full_batch
+        and optimizer.name in projective.STEPS
+        and isinstance(task, _LINEAR_TASKS)
+        and not getattr(task, "batch_shape", ())
+    )
     problems = []
-    if optimizer.name != "gd" or optimizer.batch_size is not None:
-        problems.append(f"optimizer {optimizer.name!r}")
-    if rule is None:
-        problems.append(f"task {type(task).__name__}")
+    if rule is None and not linear:
+        if not full_batch or optimizer.name not in projective.STEPS:
+            problems.append(f"optimizer {optimizer.name!r}")
+        if type(task) not in _RULES and not isinstance(task, _LINEAR_TASKS):
+            problems.append(f"task {type(task).__name__}")
+        if not problems:
+            problems.append(f"optimizer {optimizer.name!r} on task {type(task).__name__}")
     if not hasattr(objective, "from_log_loss"):
         problems.append(f"objective {getattr(objective, 'name', objective)!r}")
     if problems:
@@ -51,9 +82,21 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
             f"{supported()}; got {', '.join(problems)}. "
             "Use grad='autodiff' or grad='forward' for this combination."
         )
-    log_f = rule(task, steps)
     t = jnp.asarray(steps, task.dtype)
-    return lambda eta: objective.from_log_loss(log_f(eta), t)
+    if rule is not None and full_batch:
+        log_f = rule(task, steps)
+        eta_of = lambda h: h["learning_rate"] if isinstance(h, Mapping) else h
+        return lambda hparams: objective.from_log_loss(log_f(eta_of(hparams)), t)
+    lam, w0 = _spectrum(task)
+    log_f = projective.log_loss_fn(projective.STEPS[optimizer.name], lam, w0, steps)
+    dtype = task.dtype
+
+    def fn(hparams):
+        values = optimizer.as_dict(hparams)
+        theta = {n: jnp.asarray(values[n], dtype) for n in values}
+        return objective.from_log_loss(log_f(theta), t)
+
+    return fn
 
 
 def _quadratic_rule(task: Quadratic, steps: int) -> LogLossFn:
