@@ -66,3 +66,49 @@ def eta_star(eigenvalues, coefficients, steps: int, dps: int = 50, tol: float = 
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+# -- heavy-ball momentum and Nesterov (two-dimensional linear dynamics per eigenvalue) ---
+
+
+def _momentum_matrix(kind: str, e, b, li):
+    """The 2x2 step of ``(w, v)`` along one eigenvector of curvature ``li`` (optax's
+    conventions): heavy ball ``v' = l w + b v, w' = w - e v'``; Nesterov ``w' = w - e (l w
+    + b v')``."""
+    if kind == "momentum":
+        return mpmath.matrix([[1 - e * li, -e * b], [li, b]])
+    if kind == "nesterov":
+        return mpmath.matrix([[1 - e * li * (1 + b), -e * b * b], [li, b]])
+    raise ValueError(f"kind must be 'momentum' or 'nesterov', got {kind!r}.")
+
+
+def momentum_log_f(
+    kind: str, eta, beta, eigenvalues, coefficients, steps: int, dps: int = 60
+) -> mpmath.mpf:
+    """``log f(w_t)`` of heavy ball (``kind="momentum"``) or Nesterov from ``(w0, v0 = 0)``
+    on ``f = 1/2 sum_i l_i w_i^2``: each eigen-direction's 2x2 step raised to the power
+    ``t`` exactly (binary powering in ``dps`` digits), no unrolling and no rounding of the
+    inputs."""
+    with mpmath.workdps(dps):
+        e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
+        return _momentum_log_f(kind, e, b, _mp(eigenvalues), _mp(coefficients), int(steps))
+
+
+def _momentum_log_f(kind, e, b, lam, c, steps):
+    total = mpmath.mpf(0)
+    for li, ci in zip(lam, c, strict=True):
+        w = (_momentum_matrix(kind, e, b, li) ** steps)[0, 0] * ci
+        total += li * w * w / 2
+    return mpmath.log(total)
+
+
+def momentum_log_f_grad(
+    kind: str, eta, beta, eigenvalues, coefficients, steps: int, dps: int = 60
+) -> tuple[mpmath.mpf, mpmath.mpf]:
+    """``(d/d eta, d/d beta) log f(w_t)`` by mpmath's numerical differentiation at
+    ``dps`` digits (the error is far below float64's rounding)."""
+    with mpmath.workdps(dps):
+        e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
+        lam, c = _mp(eigenvalues), _mp(coefficients)
+        f = lambda x, y: _momentum_log_f(kind, x, y, lam, c, int(steps))
+        return mpmath.diff(lambda x: f(x, b), e), mpmath.diff(lambda y: f(e, y), b)

@@ -1,0 +1,157 @@
+"""grad="stable" for heavy-ball momentum and Nesterov (projective forward mode), against
+an mpmath reference that is not the implementation: each eigen-direction's 2x2 step
+raised to the power t exactly, at 60 digits, and differentiated numerically.
+
+As for GD (tests/test_stable_accuracy.py), the reference is evaluated at exactly the
+working-precision inputs; the bar is 1e-4 relative in float32 and 1e-9 in float64, or
+twice the problem's own rounding sensitivity (the reference's relative change when eta
+or beta moves by one rounding unit) where that is larger.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mpmath
+import numpy as np
+import pytest
+
+from l2l_jax import inner, meta, tasks
+from l2l_jax.closed_forms import reference
+
+TOL = {"float32": 1e-4, "float64": 1e-9}
+U = {"float32": 2.0**-24, "float64": 2.0**-53}
+LAM = np.geomspace(0.05, 2.0, 12)  # L = 2, kappa = 40
+COEF = np.cos(np.arange(12.0)) + 0.3
+
+
+def regime_eta(kind: str, regime: str, beta: float) -> float:
+    """Step sizes in the three regimes of the stiffest mode (curvature L = 2): real roots,
+    complex roots (the mode rotates), and 1.2x past the stability boundary. Heavy ball's
+    roots are complex for ``(1 - sqrt(b))^2 < eta L < (1 + sqrt(b))^2``, its boundary is
+    ``2 (1 + b) / L``; Nesterov's for ``1 - 4 b / (1 + b)^2 < eta L < 1`` and ``2 (1 + b)
+    / (L (1 + 2 b))``."""
+    big_l = float(LAM[-1])
+    if kind == "momentum":
+        lo, hi = (1 - np.sqrt(beta)) ** 2, (1 + np.sqrt(beta)) ** 2
+        boundary = 2 * (1 + beta)
+    else:
+        lo, hi = 1 - 4 * beta / (1 + beta) ** 2, 1.0
+        boundary = 2 * (1 + beta) / (1 + 2 * beta)
+    x = {"real": 0.5 * lo, "complex": 0.5 * (lo + hi), "past_boundary": 1.2 * boundary}[regime]
+    return x / big_l
+
+
+def _sensitivity(fn, x, u):
+    ref = fn(x)
+    return max(abs(fn(x * (1 + s * u)) - ref) / abs(ref) for s in (-1, 1)) if ref else 0.0
+
+
+def _check(got, ref, sens, dtype, what):
+    err = abs(mpmath.mpf(float(got)) - ref) / abs(ref)
+    assert np.isfinite(float(got)), (what, got)
+    assert err <= max(TOL[dtype], 2 * sens), (what, dtype, float(got), float(ref), float(err))
+
+
+CASES = [
+    (kind, regime, beta)
+    for kind in ("momentum", "nesterov")
+    for regime in ("real", "complex", "past_boundary")
+    for beta in (0.5, 0.99)
+]
+
+
+def _check_case(task, dtype: str, steps: int, kind: str, regime: str, beta: float) -> None:
+    lam, c = np.asarray(task.eigenvalues), np.asarray(task.coefficients)
+    opt = {"momentum": inner.momentum(), "nesterov": inner.nesterov()}[kind]
+    f = meta.meta_objective(task, opt, "log_loss", steps=steps, grad="stable")
+    hp = {
+        "learning_rate": jnp.asarray(regime_eta(kind, regime, beta), dtype),
+        "momentum": jnp.asarray(beta, dtype),
+    }
+    value, grads = jax.value_and_grad(f)(hp)
+    e, b = float(hp["learning_rate"]), float(hp["momentum"])
+
+    def log_loss(x, y):
+        return reference.momentum_log_f(kind, x, y, lam, c, steps) / steps
+
+    def grad(x, y):
+        return [g / steps for g in reference.momentum_log_f_grad(kind, x, y, lam, c, steps)]
+
+    u, what = U[dtype], (kind, regime, beta, steps)
+    sens = max(
+        _sensitivity(lambda x: log_loss(x, b), e, u), _sensitivity(lambda y: log_loss(e, y), b, u)
+    )
+    _check(value, log_loss(e, b), sens, dtype, (*what, "value"))
+    ref = grad(e, b)
+    for i, name in enumerate(("learning_rate", "momentum")):
+        sens = max(
+            _sensitivity(lambda x, i=i: grad(x, b)[i], e, u),
+            _sensitivity(lambda y, i=i: grad(e, y)[i], b, u),
+        )
+        _check(grads[name], ref[i], sens, dtype, (*what, name))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("steps", [80, 1000, 100_000])
+def test_log_loss_and_gradients_match_mpmath(dtype, steps):
+    with jax.enable_x64(dtype == "float64"):
+        task = tasks.Quadratic.from_spectrum(LAM, COEF, dtype=jnp.dtype(dtype))
+        for kind, regime, beta in CASES:
+            _check_case(task, dtype, steps, kind, regime, beta)
+
+
+def test_float32_autodiff_fails_past_the_boundary_where_stable_does_not():
+    """Heavy ball at 1.2x its stability boundary, t = 80: f(w_t) ~ 1e54 overflows float32,
+    so autodiff's value is inf and its meta-gradient silently 0 (meta-descent would never
+    move); the stable value and meta-gradient are finite and match mpmath."""
+    task = tasks.Quadratic.from_spectrum(LAM, COEF, dtype=jnp.float32)
+    hp = {"learning_rate": jnp.float32(regime_eta("momentum", "past_boundary", 0.9))}
+    hp["momentum"] = jnp.float32(0.9)
+    grads = {}
+    for method in ("autodiff", "stable"):
+        f = meta.meta_objective(task, inner.momentum(), "log_loss", steps=80, grad=method)
+        grads[method] = jax.grad(f)(hp)
+    f = meta.meta_objective(task, inner.momentum(), "log_loss", steps=80, grad="autodiff")
+    assert not np.isfinite(float(f(hp)))
+    assert all(float(g) == 0.0 or not np.isfinite(float(g)) for g in grads["autodiff"].values())
+    lam, c = np.asarray(task.eigenvalues), np.asarray(task.coefficients)
+    ref = reference.momentum_log_f_grad("momentum", hp["learning_rate"], hp["momentum"], lam, c, 80)
+    np.testing.assert_allclose(
+        float(grads["stable"]["learning_rate"]), float(ref[0]) / 80, rtol=1e-4
+    )
+    np.testing.assert_allclose(float(grads["stable"]["momentum"]), float(ref[1]) / 80, rtol=1e-4)
+
+
+def test_nqm_mean_dynamics_agree_with_autodiff_in_float64():
+    with jax.enable_x64(True):
+        nqm = tasks.NQM(
+            curvature=jnp.asarray(LAM),
+            noise_scale=0.0,
+            init_scale=1.0,
+            init_key=jax.random.key(0),
+            noise_key=jax.random.key(1),
+        )
+        hp = {"learning_rate": jnp.float64(0.3), "momentum": jnp.float64(0.8)}
+        out = {
+            m: jax.value_and_grad(
+                meta.meta_objective(nqm, inner.momentum(), "last_loss", steps=60, grad=m)
+            )(hp)
+            for m in ("autodiff", "stable")
+        }
+        np.testing.assert_allclose(out["stable"][0], out["autodiff"][0], rtol=1e-12)
+        for name in hp:
+            np.testing.assert_allclose(out["stable"][1][name], out["autodiff"][1][name], rtol=1e-10)
+
+
+def test_unsupported_combinations_say_what_is_supported():
+    task = tasks.Quadratic.from_spectrum(LAM, COEF)
+    for opt in (
+        inner.adam(),
+        inner.from_optax(__import__("optax").sgd, ("learning_rate",), name="sgd", batch_size=2),
+    ):
+        with pytest.raises(ValueError, match=r"inner\.momentum\(\) and inner\.nesterov\(\)"):
+            meta.meta_objective(task, opt, "log_loss", steps=5, grad="stable")
+    ls = tasks.LeastSquares.sample(jax.random.key(0), 4, 3, 2, 1.0)
+    with pytest.raises(ValueError, match="task LeastSquares"):
+        meta.meta_objective(ls, inner.momentum(), "log_loss", steps=5, grad="stable")
