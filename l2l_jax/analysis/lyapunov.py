@@ -6,11 +6,12 @@ Reverse mode multiplies the Jacobians ``J_k = d z_{k+1} / d z_k`` of the inner s
 (``z = (params, optimizer state)``); so do the tangents ``d z_t / d theta``. Their growth
 per step tends to the top Lyapunov exponent ``lambda_1`` of the products ``J_t ... J_1``
 (Wang et al. 2021, Thm 3, is this growth for GD on a quadratic: ``lambda_1 = log max_i |1
-- eta lambda_i|``). It is estimated by the Benettin method: a tangent ``u`` follows
-``u <- J_k u`` by forward mode (one ``jax.jvp`` per step, inside the unroll's
-``lax.scan``) and is renormalized every step; the mean of the logs of the
-renormalization factors over the second half of the unroll (after the tangent has
-aligned with the top direction) is the exponent.
+- eta lambda_i|``). It is estimated by the adjoint Benettin method, the way reverse mode
+sees it: the states of the unroll are stored, a cotangent ``u`` is pulled back through
+every step (``u <- J_k^T u``, one ``jax.vjp`` per step inside a reversed ``lax.scan``) and renormalized; the
+mean of the logs of the renormalization factors over the first half of the unroll
+(reached after the cotangent has aligned with the top direction on the second half) is
+the exponent. (The products and their transposes share the top exponent.)
 
 At that rate a meta-gradient of size ``~ exp(lambda_1 t)`` leaves the floating-point
 range after ``log(max float) / lambda_1`` steps (overflow, ``lambda_1 > 0``) or ``log(min
@@ -57,7 +58,7 @@ class Health:
       exponent: ``lambda_1``, the log growth per step of the tangents (mean over the
         averaging window).
       log_growth: ``(steps,)`` the log growth of each step (the renormalization factors).
-      window: the steps averaged (the last ``window``).
+      window: the steps averaged (the first ``window``).
       overflow_steps: per dtype, the unroll length at which ``exp(lambda_1 t)`` passes the
         largest finite number (``None`` when ``lambda_1 <= 0``).
       vanish_steps: per dtype, the length at which it passes below the smallest normal
@@ -133,29 +134,41 @@ def _normalized(tangent):
 
 
 def log_growth(task, optimizer, hparams, steps: int, key: chex.PRNGKey) -> Array:
-    """``(steps,)``: ``log ||J_k u_k||`` of the renormalized tangent ``u_k`` of the state
-    ``(params, optimizer state)`` along the unroll of :func:`~l2l_jax.inner.unroll` (same
-    step, same minibatch keys). Jit-able; ``steps`` is static."""
+    """``(steps,)``: entry ``k`` is ``log ||J_k^T u||`` for the renormalized cotangent ``u``
+    carried backward from step ``steps - 1`` to step ``k`` (the adjoint Benettin method:
+    what reverse mode does to a meta-gradient). The states ``z_k`` of the unroll (same
+    step and minibatch keys as :func:`~l2l_jax.inner.unroll`) are stored by a forward
+    ``lax.scan`` and the cotangent is pulled back through each step by ``jax.vjp`` (which
+    works for every optimizer, custom-VJP ones included). Jit-able; ``steps`` is static."""
     k_dir, k_data = jax.random.split(key)
     params = task.init_params()
     state = optimizer.init(params, hparams)
     grad_fn = gradient_fn(task, optimizer.batch_size, name=optimizer.name)
-    xs = None if optimizer.batch_size is None else jax.random.split(k_data, steps)
+    keys = jax.random.split(k_data, steps)
 
     def step(z, k):
         w, s = z
         _, g = grad_fn(w, k)
         return optimizer.update(g, s, w, hparams)
 
-    def body(carry, k):
-        z, u = carry
-        z, u = jax.jvp(lambda z: step(z, k), (z,), (u,))
-        u, growth = _normalized(u)
-        return (z, u), growth
+    def forward(z, k):
+        return step(z, k), z
 
     z0 = (params, state)
-    _, growth = jax.lax.scan(body, (z0, _tangent_like(z0, k_dir)), xs, length=steps)
+    z_last, zs = jax.lax.scan(forward, z0, keys)
+
+    def backward(u, inputs):
+        z, k = inputs
+        _, pullback = jax.vjp(lambda z: step(z, k), z)
+        (u,) = pullback(u)
+        return _normalized(u)
+
+    u0 = _tangent_like(z_last, k_dir)
+    _, growth = jax.lax.scan(backward, u0, (zs, keys), reverse=True)
     return growth
+
+
+_log_growth = jax.jit(log_growth, static_argnums=(1, 3))  # one compile per optimizer, length
 
 
 def meta_gradient_health(
@@ -172,19 +185,20 @@ def meta_gradient_health(
     vanish at that rate.
 
     ``optimizer``: any :class:`~l2l_jax.inner.InnerOptimizer` or learned optimizer (its
-    hyperparameters ``hparams`` are then the meta-parameters). ``window`` (default: the
-    second half) is how many of the last steps are averaged. ``key`` draws the initial
-    tangent and, for a stochastic optimizer, the minibatches.
+    hyperparameters ``hparams`` are then the meta-parameters). The cotangent runs
+    backward from the last step; ``window`` (default: half of ``steps``) is how many of
+    the *first* steps are averaged, after it has aligned with the top direction on the
+    others. ``key`` draws the initial cotangent and, for a stochastic optimizer, the
+    minibatches.
     """
     optimizer = as_inner_optimizer(optimizer)
     steps = positive_int("steps", steps)
-    window = steps - steps // 2 if window is None else positive_int("window", window)
+    window = max(1, steps // 2) if window is None else positive_int("window", window)
     if window > steps:
         raise ValueError(f"window = {window} must be at most steps = {steps}.")
     key = jax.random.key(0) if key is None else key
-    fn = jax.jit(lambda task, hparams, key: log_growth(task, optimizer, hparams, steps, key))
-    growth = np.asarray(fn(task, hparams, key), np.float64)
-    tail = growth[-window:]
+    growth = np.asarray(_log_growth(task, optimizer, hparams, steps, key), np.float64)
+    tail = growth[:window]
     exponent = float(np.mean(tail)) if np.all(np.isfinite(tail)) else float("nan")
     over, under = predicted_lengths(exponent)
     return Health(exponent, growth, window, over, under)

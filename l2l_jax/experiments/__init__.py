@@ -26,6 +26,7 @@ EXPERIMENTS = (
     "stability",
     "ood",
     "meta_tune",
+    "health",
 )
 
 

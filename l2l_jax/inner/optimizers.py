@@ -88,6 +88,11 @@ class OptaxInner:
     batch_size: int | None = None
     defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
+    def __hash__(self) -> int:
+        # hashable (a static argument of jax.jit) although ``defaults`` is a dict
+        items = tuple(sorted(self.defaults.items()))
+        return hash((self.name, self.hparam_names, id(self.transform), self.batch_size, items))
+
     @property
     def scalar_hparams(self) -> bool:
         """True when the hyperparameters are one scalar (the step size)."""
