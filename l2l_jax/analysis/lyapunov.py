@@ -8,8 +8,8 @@ per step tends to the top Lyapunov exponent ``lambda_1`` of the products ``J_t .
 (Wang et al. 2021, Thm 3, is this growth for GD on a quadratic: ``lambda_1 = log max_i |1
 - eta lambda_i|``). It is estimated by the adjoint Benettin method, the way reverse mode
 sees it: the states of the unroll are stored, a cotangent ``u`` is pulled back through
-every step (``u <- J_k^T u``, one ``jax.vjp`` per step inside a reversed ``lax.scan``) and renormalized; the
-mean of the logs of the renormalization factors over the first half of the unroll
+every step (``u <- J_k^T u``, one ``jax.vjp`` per step inside a reversed ``lax.scan``)
+and renormalized; the mean of the logs of the renormalization factors over the first half of the unroll
 (reached after the cotangent has aligned with the top direction on the second half) is
 the exponent. (The products and their transposes share the top exponent.)
 
