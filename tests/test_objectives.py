@@ -42,8 +42,8 @@ def test_a_user_objective_reaches_meta_training():
     builtin = train("tbv")
     copy = train(objectives.iterate_objective(lambda task, w: task.valid_loss(w), "my_tbv"))
     shifted = train(objectives.iterate_objective(lambda task, w: task.valid_loss(w) + 5.0))
-    penalty = lambda task, w: task.valid_loss(w) + 10.0 * sum(
-        jnp.sum(p**2) for p in jax.tree.leaves(w)
+    penalty = lambda task, w: (
+        task.valid_loss(w) + 10.0 * sum(jnp.sum(p**2) for p in jax.tree.leaves(w))
     )
     penalized = train(objectives.iterate_objective(penalty, "tbv+l2"))
     losses = lambda run: np.array([m["meta_loss"] for m in run.metrics])

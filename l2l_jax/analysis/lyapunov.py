@@ -9,9 +9,9 @@ per step tends to the top Lyapunov exponent ``lambda_1`` of the products ``J_t .
 - eta lambda_i|``). It is estimated by the adjoint Benettin method, the way reverse mode
 sees it: the states of the unroll are stored, a cotangent ``u`` is pulled back through
 every step (``u <- J_k^T u``, one ``jax.vjp`` per step inside a reversed ``lax.scan``)
-and renormalized; the mean of the logs of the renormalization factors over the first half of the unroll
-(reached after the cotangent has aligned with the top direction on the second half) is
-the exponent. (The products and their transposes share the top exponent.)
+and renormalized; the mean of the logs of the renormalization factors over the first
+half of the unroll (reached after the cotangent has aligned with the top direction on
+the second half) is the exponent. (The products and their transposes share the top exponent.)
 
 At that rate a meta-gradient of size ``~ exp(lambda_1 t)`` leaves the floating-point
 range after ``log(max float) / lambda_1`` steps (overflow, ``lambda_1 > 0``) or ``log(min
