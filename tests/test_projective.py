@@ -155,3 +155,28 @@ def test_unsupported_combinations_say_what_is_supported():
     ls = tasks.LeastSquares.sample(jax.random.key(0), 4, 3, 2, 1.0)
     with pytest.raises(ValueError, match="task LeastSquares"):
         meta.meta_objective(ls, inner.momentum(), "log_loss", steps=5, grad="stable")
+
+
+def test_fig1_momentum_experiment_small(tmp_path):
+    """The momentum Figure 1 (python -m l2l_jax fig1_momentum): from past the boundary,
+    float32 autodiff and forward mode never get a finite meta-gradient and stay at the
+    start; the stable run gets one at every step and lowers the log-loss."""
+    from l2l_jax import cli
+
+    res = cli.main(
+        [
+            "fig1_momentum",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--config.meta_steps=40",
+            "--config.grid=21",
+        ]
+    )
+    runs = res["runs"]
+    for method in ("autodiff", "forward"):
+        assert runs[method]["nonfinite_steps"] == 40
+        assert runs[method]["final"] == {"learning_rate": pytest.approx(0.1), "momentum": 0.5}
+    assert runs["stable"]["nonfinite_steps"] == 0
+    assert runs["stable"]["endpoint"]["value"] < runs["autodiff"]["endpoint"]["value"] - 1.0
+    assert (tmp_path / "fig1_momentum.png").stat().st_size > 0

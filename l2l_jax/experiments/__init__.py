@@ -12,6 +12,7 @@ from types import ModuleType
 
 EXPERIMENTS = (
     "fig1",
+    "fig1_momentum",
     "thm3",
     "sweep",
     "fig2",
