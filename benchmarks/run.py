@@ -54,6 +54,7 @@ from benchmarks import (
     learned,
     least_squares,
     memory,
+    momentum,
     nominal,
     scaling,
     timing,
@@ -66,6 +67,7 @@ from l2l_jax.experiments import common
 # Extra groups: key in the JSON -> module with PRESETS, measure, render_markdown, claim.
 GROUPS = {
     "least_squares": least_squares,
+    "momentum": momentum,
     "towers": towers,
     "learned_optimizer": learned,
     "learned_estimators": estimators,

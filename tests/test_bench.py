@@ -42,7 +42,7 @@ from benchmarks import estimators as estimators_bench
 from benchmarks import flops as flops_bench
 from benchmarks import learned as learned_bench
 from benchmarks import least_squares as ls_bench
-from benchmarks import memory, scaling
+from benchmarks import memory, momentum, scaling
 from benchmarks import run as bench
 from benchmarks import towers as towers_bench
 from l2l_jax import learned
@@ -220,6 +220,23 @@ def test_least_squares_sides_agree(smoke):
         assert row["argmin_agrees"] and row["argmin_spectral"] == row["argmin_unroll"], row
 
 
+def test_momentum_section(smoke):
+    """Heavy ball past its boundary: every (method, t) cell; stable finite and within 1e-4
+    of mpmath at every t; the unrolls' error at t = 100 is reported as non-finite or 1."""
+    section = smoke[2]["momentum"]
+    rows = section["rows"]
+    assert sorted((r["method"], r["t"]) for r in rows) == sorted(
+        (m, t) for m in momentum.METHODS for t in momentum.PRESETS["smoke"].steps
+    )
+    for r in rows:
+        if r["method"] == "stable":
+            assert r["grad_finite"] and r["grad_rel_err"] < 1e-4 and r["value_rel_err"] < 1e-4
+    worst = {r["method"]: r["grad_rel_err"] for r in rows if r["t"] == 100}
+    assert worst["forward"] is None or worst["forward"] > 0.01
+    assert worst["autodiff"] is None or worst["autodiff"] > 0.01
+    assert "t = 100" in momentum.claim(section)
+
+
 def test_towers_section(smoke):
     """Every (optimizer, height) of the smoke preset is timed; ratios are to height 0."""
     out, page, data = smoke
@@ -362,6 +379,7 @@ def test_groups_registered():
         ("learned_optimizer", learned_bench),
         ("learned_estimators", estimators_bench),
         ("flops", flops_bench),
+        ("momentum", momentum),
     ):
         assert bench.GROUPS[key] is module
         assert {"cpu-small", "accelerator", "smoke"} <= set(module.PRESETS)
