@@ -93,7 +93,10 @@ def _check_case(task, dtype: str, steps: int, kind: str, regime: str, beta: floa
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("steps", [80, 1000, 100_000])
+@pytest.mark.parametrize(
+    "steps",
+    [80, pytest.param(1000, marks=pytest.mark.slow), pytest.param(100_000, marks=pytest.mark.slow)],
+)
 def test_log_loss_and_gradients_match_mpmath(dtype, steps):
     with jax.enable_x64(dtype == "float64"):
         task = tasks.Quadratic.from_spectrum(LAM, COEF, dtype=jnp.dtype(dtype))

@@ -15,11 +15,10 @@ from l2l_jax import inner, meta, tasks
 from l2l_jax.experiments import common
 
 
-def grid_minimizer(task64, steps: int, n: int) -> dict:
+def grid_minimizer(task64, steps: int, n: int, eta_max: float) -> dict:
     """The log-loss on an ``n x n`` grid of ``(eta, beta)`` (float64, stable) and its
-    minimizer: ``eta`` in ``(0, 4 / L]``, ``beta`` in ``[0, 0.999]``."""
-    big_l = float(task64.smoothness)
-    etas = np.linspace(4 / big_l / n, 4 / big_l, n)
+    minimizer: ``eta`` in ``(0, eta_max]``, ``beta`` in ``[0, 0.999]``."""
+    etas = np.linspace(eta_max / n, eta_max, n)
     betas = np.linspace(0.0, 0.999, n)
     f = meta.meta_objective(task64, inner.momentum(), "log_loss", steps=steps, grad="stable")
     fn = jax.jit(
@@ -75,7 +74,8 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
         task64 = tasks.Quadratic(
             np.asarray(task.hessian, np.float64), np.asarray(task.w0, np.float64)
         )
-        best = grid_minimizer(task64, int(cfg.steps), int(cfg.grid))
+        eta_max = max(4 / float(task64.smoothness), 1.1 * cfg.eta0)
+        best = grid_minimizer(task64, int(cfg.steps), int(cfg.grid), eta_max)
     big_l = float(common.spectrum64(task)[0][-1])
     init = {
         "learning_rate": jnp.asarray(cfg.eta0, dtype),
@@ -120,7 +120,7 @@ def plot(results: dict, best: dict, path: Path) -> str:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.4))
     e, b, v = best["etas"], best["betas"], best["values"]
-    levels = np.quantile(v[np.isfinite(v)], np.linspace(0.0, 0.9, 15))
+    levels = np.quantile(v[np.isfinite(v)], np.linspace(0.0, 0.7, 24))
     cs = ax.contourf(e, b, np.clip(v, None, levels[-1]), levels=levels, cmap="viridis")
     fig.colorbar(cs, label=r"$(1/t)\,\log f(w_t)$ (float64 grid)")
     styles = {"stable": "w-", "autodiff": "r--", "forward": "m:"}
@@ -134,6 +134,8 @@ def plot(results: dict, best: dict, path: Path) -> str:
             label=f"{method} ({r['nonfinite_steps']} non-finite)",
         )
     ax.plot(best["eta"], best["beta"], "k*", ms=12, label="grid minimizer")
+    cfg = results["config"]
+    ax.plot(cfg["eta0"], cfg["beta0"], "ro", ms=6, label="start")
     big_l = results["smoothness"]
     bb = np.linspace(0, 0.999, 50)
     ax.plot(2 * (1 + bb) / big_l, bb, "k-", lw=0.8, label=r"boundary $2(1+\beta)/L$")
