@@ -160,6 +160,7 @@ def test_unsupported_combinations_say_what_is_supported():
         meta.meta_objective(ls, inner.momentum(), "log_loss", steps=5, grad="stable")
 
 
+@pytest.mark.slow
 def test_fig1_momentum_experiment_small(tmp_path):
     """The momentum Figure 1 (python -m l2l_jax fig1_momentum): from past the boundary,
     float32 autodiff and forward mode never get a finite meta-gradient and stay at the

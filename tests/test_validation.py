@@ -63,7 +63,7 @@ def test_unknown_objective():
     ("optimizer", "objective", "culprit"),
     [
         (inner.adam(), objectives.log_loss(), "optimizer 'adam'"),
-        (inner.momentum(), objectives.log_loss(), "optimizer 'momentum'"),
+        (inner.sgd(batch_size=2), objectives.log_loss(), "optimizer 'sgd'"),
         (inner.gd(), objectives.mean_loss(), "objective 'mean_loss'"),
     ],
 )
