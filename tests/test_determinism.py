@@ -17,7 +17,7 @@ from l2l_jax import cli
     ("name", "overrides"),
     [
         ("fig1", ["--config.meta_steps=60"]),
-        (
+        pytest.param(
             "fig2",
             [
                 "--config.d=40",
@@ -27,6 +27,7 @@ from l2l_jax import cli
                 "--config.refine_steps=10",
                 "--config.eta_count=20",
             ],
+            marks=pytest.mark.slow,  # an end-to-end experiment run (~40 s)
         ),
     ],
 )

@@ -414,7 +414,10 @@ def _assert_trees_close(actual, desired, rtol):
         assert float(jnp.max(jnp.abs(a - d))) <= rtol * scale, (a, d)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize(
+    "first_order",
+    [pytest.param(False, marks=pytest.mark.slow), True],  # second order: 60 s
+)
 def test_fused_update_and_meta_gradients_match_the_reference_form(first_order):
     cfg = dataclasses.replace(SMALL, first_order=first_order)
     lopt = learned.MLPLOpt(cfg)
