@@ -437,6 +437,7 @@ def test_fused_update_and_meta_gradients_match_the_reference_form(first_order):
             _assert_trees_close(grad(meta_params, params), grad_ref(meta_params, params), rtol)
 
 
+@pytest.mark.slow  # ~30 s of compiles
 def test_fused_update_under_vmap_with_batched_meta_params():
     lopt = learned.MLPLOpt(SMALL)
     stacked = jax.tree.map(
