@@ -50,7 +50,7 @@ bench-estimators: $(STAMP)
 accelerator-check:
 	PYTHON=$(PYTHON) scripts/accelerator_check.sh $(OUT)/accelerator-check
 
-## figures: regenerate the experiment results and the figures the docs show (about three and a half hours on 2 CPU cores: fig4a-c, 30-45 min each, and the two paper-preset ood runs, about an hour each, dominate)
+## figures: regenerate the experiment results and the figures the docs show (about four and a half hours on 2 CPU cores, not timed end to end: meta_tune ~40 min, fig4a-c ~40 min each, and the two paper-preset ood runs, about an hour each, dominate)
 figures: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out docs/results/fig1
 	$(PY) -m l2l_jax thm3 --out docs/results/thm3

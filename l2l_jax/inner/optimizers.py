@@ -91,7 +91,7 @@ class OptaxInner:
     def __hash__(self) -> int:
         # hashable (a static argument of jax.jit) although ``defaults`` is a dict
         items = tuple(sorted(self.defaults.items()))
-        return hash((self.name, self.hparam_names, id(self.transform), self.batch_size, items))
+        return hash((self.name, self.hparam_names, self.transform, self.batch_size, items))
 
     @property
     def scalar_hparams(self) -> bool:
