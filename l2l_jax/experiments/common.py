@@ -177,6 +177,16 @@ def environment() -> dict:
     }
 
 
+def save_results(out: Path, results: dict) -> dict:
+    """Write ``out/table.md`` (when ``results`` has a ``"table"``) and ``out/results.json``
+    (atomically), and return the JSON-safe form of ``results``."""
+    out = Path(out)
+    if "table" in results:
+        (out / "table.md").write_text(results["table"] + "\n")
+    write_json(out / "results.json", results)
+    return jsonable(results)
+
+
 CHECKPOINT_CONFIG = "experiment_config.json"
 
 

@@ -15,21 +15,25 @@ from l2l_jax import inner, meta, tasks
 from l2l_jax.experiments import common
 
 
+def log_loss(task64, steps: int):
+    """Heavy ball's stable log-loss ``F({"learning_rate", "momentum"})`` on ``task64``."""
+    return meta.meta_objective(task64, inner.momentum(), "log_loss", steps=steps, grad="stable")
+
+
+def grid_values(f, task64, etas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """``(len(betas), len(etas))``: ``f`` at every ``(eta, beta)`` of the grid, in one jitted
+    double ``vmap``."""
+    value = lambda e, b: f._fn({"learning_rate": e, "momentum": b}, task64, None)
+    grid = jax.jit(jax.vmap(jax.vmap(value, (0, None)), (None, 0)))
+    return np.asarray(grid(jnp.asarray(etas), jnp.asarray(betas)), np.float64)
+
+
 def grid_minimizer(task64, steps: int, n: int, eta_max: float) -> dict:
     """The log-loss on an ``n x n`` grid of ``(eta, beta)`` (float64, stable) and its
     minimizer: ``eta`` in ``(0, eta_max]``, ``beta`` in ``[0, 0.999]``."""
     etas = np.linspace(eta_max / n, eta_max, n)
     betas = np.linspace(0.0, 0.999, n)
-    f = meta.meta_objective(task64, inner.momentum(), "log_loss", steps=steps, grad="stable")
-    fn = jax.jit(
-        jax.vmap(
-            jax.vmap(
-                lambda e, b: f._fn({"learning_rate": e, "momentum": b}, task64, None), (0, None)
-            ),
-            (None, 0),
-        )
-    )
-    values = np.asarray(fn(jnp.asarray(etas), jnp.asarray(betas)), np.float64)  # (beta, eta)
+    values = grid_values(log_loss(task64, steps), task64, etas, betas)  # (beta, eta)
     i, j = np.unravel_index(np.nanargmin(values), values.shape)
     return {
         "etas": etas,
@@ -46,13 +50,11 @@ def grid_minimizer(task64, steps: int, n: int, eta_max: float) -> dict:
 def local_check(task64, steps: int, point: dict, n: int = 41, spread: float = 0.05) -> dict:
     """Whether ``point`` is a minimizer of the float64 log-loss on an ``n x n`` grid within
     ``+-spread`` (relative) of each coordinate, and the float64 gradient there."""
-    f = meta.meta_objective(task64, inner.momentum(), "log_loss", steps=steps, grad="stable")
+    f = log_loss(task64, steps)
     e0, b0 = point["learning_rate"], point["momentum"]
     etas = e0 * np.linspace(1 - spread, 1 + spread, n)
     betas = b0 * np.linspace(1 - spread, 1 + spread, n)
-    value = lambda e, b: f._fn({"learning_rate": e, "momentum": b}, task64, None)
-    grid = jax.jit(jax.vmap(jax.vmap(value, (0, None)), (None, 0)))
-    values = np.asarray(grid(jnp.asarray(etas), jnp.asarray(betas)), np.float64)
+    values = grid_values(f, task64, etas, betas)
     hp = {"learning_rate": jnp.float64(e0), "momentum": jnp.float64(b0)}
     at = float(f(hp))
     grad = {k: float(v) for k, v in jax.grad(f)(hp).items()}

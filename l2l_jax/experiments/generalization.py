@@ -215,10 +215,8 @@ def finish(name: str, cfg, out, settings: list[dict], x_key: str, checks: dict, 
     results = base_results(name, cfg, settings)
     results["checks"] = checks
     results["table"] = table(settings, x_key)
-    (out / "table.md").write_text(results["table"] + "\n")
     results["figures"] = [common.save_figure(fig, out / f"{name}.png")]
-    common.write_json(out / "results.json", results)
-    return common.jsonable(results)
+    return common.save_results(out, results)
 
 
 def summary(results: dict) -> str:

@@ -122,9 +122,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     }
     results["table"] = table(results)
     results["figures"] = [figure(results, out / "meta_tune.png")]
-    (out / "table.md").write_text(results["table"] + "\n")
-    common.write_json(out / "results.json", results)
-    return common.jsonable(results)
+    return common.save_results(out, results)
 
 
 def table(results: dict[str, Any]) -> str:

@@ -296,16 +296,14 @@ _BEST = "best_meta_params.npz"
 
 def _save_selection(run_dir: Path, scores: list[dict[str, Any]], best) -> None:
     """Write the held-out ``scores`` and the ``best`` meta-parameters to ``run_dir``,
-    each atomically (a temporary file, then ``os.replace``)."""
+    each atomically (a temporary file, then ``os.replace``; ``common.write_json``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     leaves = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(best[2]))}
     tmp = run_dir / (_BEST + ".tmp.npz")
     np.savez(tmp, **leaves)
     os.replace(tmp, run_dir / _BEST)
     payload = {"scores": scores, "best_score": best[0], "best_step": best[1]}
-    tmp = run_dir / (_SELECTION + ".tmp")
-    tmp.write_text(json.dumps(common.jsonable(payload)))
-    os.replace(tmp, run_dir / _SELECTION)
+    common.write_json(run_dir / _SELECTION, payload)
 
 
 def _load_selection(run_dir: Path, template) -> tuple[list[dict[str, Any]], Any]:
@@ -488,9 +486,7 @@ def run_setting(
     results["table"] = report.table(results)
     results["figures"] = report.figures(name, cfg, curves, details, out)
     results["timings"] = {"total_s": time.perf_counter() - start}
-    (out / "table.md").write_text(results["table"] + "\n")
-    common.write_json(out / "results.json", results)
-    return common.jsonable(results)
+    return common.save_results(out, results)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -521,6 +521,4 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
         "evaluation_s": t_done - t_eval,
         "total_s": time.perf_counter() - t_start,
     }
-    (out / "table.md").write_text(results["table"] + "\n")
-    common.write_json(out / "results.json", results)
-    return common.jsonable(results)
+    return common.save_results(out, results)
