@@ -5,9 +5,10 @@ meta-trained by train-by-train or train-by-validation) trains the MNIST MLP in `
 independent runs; we record training and test accuracy at evaluation points along the
 inner run and report their mean and spread over the runs.
 
-- :func:`evaluate`: the runs as one jitted ``vmap``; each run is a ``lax.scan`` over chunks
-  of ``eval_every`` steps with the metrics computed between chunks.
-- :func:`tune_sgd`: SGD's step size grid-searched against the validation loss.
+- :func:`evaluate`: the runs as one jitted ``vmap``; each run is a
+  :func:`~l2l_jax.inner.rollout.rollout` recording the metrics every ``eval_every`` steps.
+- :func:`tune_learning_rate` (and :func:`tune_sgd`): a step size grid-searched against the
+  validation loss with the library's one tuner (:mod:`l2l_jax.inner.tuning`).
 - :func:`plot_curves`: train and test accuracy curves (mean line, min-max band).
 
 Run ``i`` of ``evaluate(task, optimizer, hparams, steps, key=key)`` is reproducible with
@@ -21,7 +22,6 @@ Run ``i`` of ``evaluate(task, optimizer, hparams, steps, key=key)`` is reproduci
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax import inner, xla
+from l2l_jax.inner import tuning
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
-from l2l_jax.inner.unroll import gradient_fn
+from l2l_jax.inner.rollout import record_points, rollout
 
 Array = jax.Array
 METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc", "test_acc_noisy")
@@ -127,14 +128,6 @@ def run_keys(key: chex.PRNGKey, runs: int) -> Array:
     return jax.vmap(jax.random.split)(jax.random.split(key, runs))
 
 
-def eval_steps(steps: int, eval_every: int) -> np.ndarray:
-    """The evaluation points ``0, e, 2e, ..., steps`` (``steps`` included once)."""
-    points = list(range(0, steps + 1, eval_every))
-    if points[-1] != steps:
-        points.append(steps)
-    return np.asarray(points, np.int32)
-
-
 def evaluate(
     task,
     optimizer: InnerOptimizer,
@@ -188,85 +181,36 @@ def evaluate(
         if test_labels is None or np.shape(noisy_test_labels) != np.shape(test_labels):
             raise ValueError("noisy_test_labels needs test_labels of the same shape.")
         test_labels = jnp.stack([test_labels, jnp.asarray(noisy_test_labels, jnp.int32)])
-    fn = _evaluate_fn(_ById(optimizer), steps, eval_every, bool(batch))
+    fn = _evaluate_fn(optimizer, steps, eval_every, bool(batch))
     params, metrics = fn(task, hparams, run_keys(key, runs), test_images, test_labels)
     return EvalResult(
-        steps=jnp.asarray(eval_steps(steps, eval_every)),
+        steps=jnp.asarray(record_points(steps, eval_every)),
         params=params,
         **{name: metrics.get(name) for name in METRICS},
     )
 
 
-class _ById:
-    """Hashable-by-identity wrapper, so a (dict-holding) optimizer can key the jit cache."""
+def _evaluate_fn(optimizer, steps: int, eval_every: int, per_run_task: bool) -> Callable:
+    """The jitted ``(task, hparams, keys, test_x, test_y) -> (params, metrics)``
+    (:func:`l2l_jax.xla.cached` on the optimizer and the static arguments)."""
 
-    def __init__(self, value):
-        self.value = value
+    def one_run(task, hparams, keys, test_x, test_y):
+        task = task.with_init_key(keys[0])
+        (params, _), metrics = rollout(
+            task,
+            optimizer,
+            hparams,
+            task.init_params(),
+            steps,
+            key=keys[1],
+            every=eval_every,
+            record=lambda w, _: _metrics(task, w, test_x, test_y),
+        )
+        return params, metrics
 
-    def __hash__(self) -> int:
-        return id(self.value)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _ById) and other.value is self.value
-
-
-_JIT_CACHE: dict[tuple, Callable] = {}
-
-
-def _evaluate_fn(optimizer: _ById, steps: int, eval_every: int, per_run_task: bool) -> Callable:
-    """The jitted ``(task, hparams, keys, test_x, test_y) -> (params, metrics)`` (cached)."""
-    cache_key = (optimizer, steps, eval_every, per_run_task)
-    if cache_key not in _JIT_CACHE:
-
-        def one_run(task, hparams, keys, test_x, test_y):
-            return _run_with_metrics(
-                task, optimizer.value, hparams, keys, steps, eval_every, test_x, test_y
-            )
-
-        task_axis = 0 if per_run_task else None
-        _JIT_CACHE[cache_key] = xla.jit(jax.vmap(one_run, in_axes=(task_axis, None, 0, None, None)))
-    return _JIT_CACHE[cache_key]
-
-
-def _run_with_metrics(task, optimizer, hparams, keys, steps, eval_every, test_x, test_y):
-    """One run: ``(final params, {metric: (n_evals,)})`` with metrics between chunks."""
-    init_key, data_key = keys[0], keys[1]
-    task = task.with_init_key(init_key)
-    step = _train_step(task, optimizer, hparams)
-    measure = lambda w: _metrics(task, w, test_x, test_y)
-    params = task.init_params()
-    carry = (params, optimizer.init(params, hparams))
-    step_keys = jax.random.split(data_key, steps)  # as in inner.unroll: step k uses [k]
-    full = steps // eval_every
-    rest = steps - full * eval_every
-
-    def chunk(carry, keys):
-        carry, _ = jax.lax.scan(step, carry, keys)
-        return carry, measure(carry[0])
-
-    first = measure(params)
-    chunks = step_keys[: full * eval_every].reshape(full, eval_every, *step_keys.shape[1:])
-    carry, during = jax.lax.scan(chunk, carry, chunks)
-    pieces = [jax.tree.map(lambda x: x[None], first), during]
-    if rest:
-        carry, last = chunk(carry, step_keys[full * eval_every :])
-        pieces.append(jax.tree.map(lambda x: x[None], last))
-    metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
-    return carry[0], metrics
-
-
-def _train_step(task, optimizer: InnerOptimizer, hparams) -> Callable:
-    """The scan body of :func:`l2l_jax.inner.unroll` (without truncation): the same
-    :func:`~l2l_jax.inner.unroll.gradient_fn` and update, kept step by step here because
-    the evaluation needs the parameters and optimizer state between chunks."""
-    grad_fn = gradient_fn(task, optimizer.batch_size, name=optimizer.name)
-
-    def step(carry, k):
-        w, s = carry
-        loss, g = grad_fn(w, k)
-        return optimizer.update(g, s, w, hparams), loss
-
-    return step
+    task_axis = 0 if per_run_task else None
+    build = lambda: xla.jit(jax.vmap(one_run, in_axes=(task_axis, None, 0, None, None)))
+    return xla.cached(("evaluation.evaluate", optimizer, steps, eval_every, per_run_task), build)
 
 
 def _metrics(task, params, test_x, test_y) -> dict[str, Array]:
@@ -306,10 +250,10 @@ def tune_sgd(
     return tune_learning_rate(task, _sgd(batch_size), lrs, steps, key=key, runs=runs)
 
 
-@functools.lru_cache(maxsize=8)
 def _sgd(batch_size: int) -> InnerOptimizer:
-    """One ``inner.sgd`` per batch size, so its compiled tuning run is reused."""
-    return inner.sgd(batch_size=batch_size)
+    """One ``inner.sgd`` per batch size (:func:`l2l_jax.xla.cached`), so its compiled
+    tuning run is reused."""
+    return xla.cached(("inner.sgd", batch_size), lambda: inner.sgd(batch_size=batch_size))
 
 
 def tune_learning_rate(
@@ -329,7 +273,7 @@ def tune_learning_rate(
     steps, key=...)`` (the keys of :func:`run_keys`, as in :func:`evaluate`), all in one
     jitted ``vmap`` over ``lrs`` and runs. The score of ``lr`` is the mean over runs of
     ``task.valid_loss`` at the last step; a non-finite mean (a diverging run) scores
-    ``+inf``. Ties go to the first ``lr`` of the grid.
+    ``+inf``. Ties go to the first ``lr`` of the grid (:func:`l2l_jax.inner.tuning.choice`).
 
     Returns ``(best_lr, table)``; ``table`` holds ``lrs``, ``valid_loss`` (``(len(lrs),
     runs)``, raw), ``score`` (``(len(lrs),)``, the criterion), ``diverged``, ``best_lr``,
@@ -348,50 +292,32 @@ def tune_learning_rate(
             "tuning selects by validation loss, but the task has no validation rows: "
             "build it with MnistMLP.from_data(..., n_valid=N)."
         )
-    grid = np.asarray(lrs, np.float64)
-    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
-        raise ValueError(f"lrs must be a non-empty 1-d grid of step sizes >= 0, got {lrs!r}.")
-    fn = _tune_fn(_ById(optimizer), steps)
-    losses = np.asarray(fn(task, jnp.asarray(grid, task.dtype), run_keys(key, runs)), np.float64)
-    scores = sgd_scores(losses)
-    best = int(np.argmin(scores))
+
+    def score(lr, task, keys):  # (runs,) final validation losses at step size lr
+        def one(k):
+            run = inner.unroll(task.with_init_key(k[0]), optimizer, lr, steps, key=k[1])
+            return task.valid_loss(run.params)
+
+        return jax.vmap(one)(keys)
+
+    found = tuning.grid_search(
+        score,
+        lrs,
+        task,
+        run_keys(key, runs),
+        dtype=task.dtype,
+        key=("evaluation.tune", optimizer, steps),
+    )
+    valid_loss = found.pop("values")
     table = {
         "optimizer": optimizer.name,
-        "lrs": grid,
-        "valid_loss": losses,
-        "score": scores,
-        "diverged": ~np.isfinite(scores),
-        "best_lr": float(grid[best]),
-        "best_index": best,
+        **found,
+        "valid_loss": valid_loss,
         "steps": steps,
         "runs": runs,
         "batch_size": optimizer.batch_size,
     }
-    return float(grid[best]), table
-
-
-def sgd_scores(valid_losses) -> np.ndarray:
-    """``(n_lrs,)`` mean over runs (last axis) of the final validation losses; NaN/inf -> +inf."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        mean = np.asarray(valid_losses, np.float64).mean(axis=-1)
-    return np.where(np.isfinite(mean), mean, np.inf)
-
-
-_TUNE_CACHE: dict[tuple, Callable] = {}
-
-
-def _tune_fn(optimizer: _ById, steps: int) -> Callable:
-    """Jitted ``(task, lrs, keys) -> (n_lrs, runs)`` final validation losses (cached)."""
-    if (optimizer, steps) not in _TUNE_CACHE:
-        opt = optimizer.value
-
-        def one(task, lr, keys):
-            run = inner.unroll(task.with_init_key(keys[0]), opt, lr, steps, key=keys[1])
-            return task.valid_loss(run.params)
-
-        over_runs = jax.vmap(one, in_axes=(None, None, 0))
-        _TUNE_CACHE[optimizer, steps] = xla.jit(jax.vmap(over_runs, in_axes=(None, 0, None)))
-    return _TUNE_CACHE[optimizer, steps]
+    return table["best_lr"], table
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -441,10 +367,8 @@ __all__ = [
     "METRICS",
     "SPREAD",
     "EvalResult",
-    "eval_steps",
     "evaluate",
     "plot_curves",
     "run_keys",
-    "sgd_scores",
     "tune_sgd",
 ]

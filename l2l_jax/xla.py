@@ -8,6 +8,11 @@ vectors make it faster on an AVX-512 machine: the PES meta-step of
 measured side by side, ``L2L_JAX_XLA_DEFAULTS=1`` for the defaults). Where the CPU has
 no 512-bit vectors, LLVM keeps the widest it has.
 On GPU and TPU no option is added.
+
+:func:`cached` is the library's one policy for keeping compiled functions: a jitted unit
+of work is built by a function of its static arguments (optimizer, step counts, config)
+and memoized on them, so that a second call with equal arguments (a resume, the next
+seed) does not compile again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 import jax
 
 CPU_OPTIONS: dict[str, Any] = {"xla_cpu_prefer_vector_width": 512}
+CACHE_SIZE = 32
+_CACHE: dict[Any, Callable] = {}
 
 
 def options(backend: str | None = None) -> dict[str, Any] | None:
@@ -51,3 +58,23 @@ def jit(fn: Callable, **kwargs: Any) -> Callable:
 
     call.lower = tuned.lower
     return call
+
+
+def cached(key: Any, build: Callable[[], Callable]) -> Callable:
+    """``build()`` memoized on ``key``: the one jit-cache policy of the library.
+
+    ``key`` holds the static arguments the compiled function depends on (an optimizer, a
+    config, step counts, a tag naming the unit of work). Equal keys share one compiled
+    function; at most :data:`CACHE_SIZE` are kept (the oldest is dropped first). An
+    unhashable key (e.g. a config holding a list) is not cached: ``build()`` runs every
+    time, which costs a compilation but is never wrong.
+    """
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+    if key not in _CACHE:
+        if len(_CACHE) >= CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = build()
+    return _CACHE[key]

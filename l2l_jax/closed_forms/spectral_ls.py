@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from l2l_jax.closed_forms.spectral import log_gd_loss
+from l2l_jax.inner import tuning
 
 Array = jnp.ndarray
 
@@ -465,7 +466,7 @@ def _grid_search(specs, etas, t, max_norm, objective):
     # on the fig2 grid, which extends far past 2/L).
     per_eta = jax.lax.map(lambda eta: jax.vmap(one, in_axes=(0, None))(specs, eta), etas)
     values = jnp.mean(per_eta, axis=1)
-    best = jnp.argmin(jnp.where(jnp.isnan(values), jnp.inf, values))
+    best = tuning.best_index(values)  # non-finite values count as +inf
     return etas[best], values
 
 
@@ -488,7 +489,8 @@ def grid_search(
     Returns:
       ``(best_eta, values)``: ``values[j]`` is the mean over the ``m`` tasks of the
       meta-loss at ``etas[j]`` (tasks vmapped, step sizes in a ``lax.map``, jitted), and
-      ``best_eta`` the grid point with the smallest value (NaN values are ignored).
+      ``best_eta`` the grid point with the smallest value, chosen by the library's tuner
+      (:func:`l2l_jax.inner.tuning.best_index`: non-finite values never win, ties go first).
     """
     if objective not in _OBJECTIVES:
         raise ValueError(f"objective must be 'tbt' or 'tbv', got {objective!r}.")

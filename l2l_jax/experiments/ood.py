@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from l2l_jax import inner, learned, meta
+from l2l_jax import inner, learned, meta, xla
 from l2l_jax.data import mnist as mnist_data
 from l2l_jax.experiments import common
 from l2l_jax.experiments.ood_report import (
@@ -49,7 +49,7 @@ from l2l_jax.experiments.ood_report import (
     task_result,
     tune_adam,
 )
-from l2l_jax.inner.unroll import gradient_fn
+from l2l_jax.inner.rollout import record_points, rollout
 from l2l_jax.learned import nominal
 from l2l_jax.tasks import NQM, MnistMLP
 
@@ -351,41 +351,27 @@ def save_optimizers(out: Path, lopts: Mapping, trained: Mapping) -> dict[str, st
 # -- runs ----------------------------------------------------------------------------------------
 
 
-_CURVES: dict[tuple, Callable] = {}
-
-
 def eval_points(steps: int, points: int) -> np.ndarray:
     """Steps at which the loss is recorded: ``0, e, 2e, ..., steps``, ``e = ceil(steps/points)``."""
-    every = max(1, -(-steps // points))
-    out = list(range(0, steps + 1, every))
-    return np.asarray(out if out[-1] == steps else [*out, steps], np.int32)
+    return record_points(steps, max(1, -(-steps // points)))
 
 
 def _one_run(task, optimizer, hparams, keys, steps: int, every: int, batch_size: int):
-    """``(n_points,)`` full losses of one run (init ``keys[0]``, minibatches ``keys[1]``)."""
+    """``(n_points,)`` full losses of one run (init ``keys[0]``, minibatches ``keys[1]``):
+    a :func:`~l2l_jax.inner.rollout.rollout` recording ``task.loss``."""
     task = task.with_init_key(keys[0])
-    grad_fn = gradient_fn(task, batch_size)
-
-    def step(carry, k):
-        w, s = carry
-        _, g = grad_fn(w, k)
-        return optimizer.update(g, s, w, hparams), None
-
-    def chunk(carry, ks):
-        carry, _ = jax.lax.scan(step, carry, ks)
-        return carry, task.loss(carry[0])
-
-    w0 = task.init_params()
-    carry = (w0, optimizer.init(w0, hparams))
-    step_keys = jax.random.split(keys[1], steps)
-    full = steps // every
-    carry, during = jax.lax.scan(
-        chunk, carry, step_keys[: full * every].reshape(full, every, *step_keys.shape[1:])
+    _, losses = rollout(
+        task,
+        optimizer,
+        hparams,
+        task.init_params(),
+        steps,
+        key=keys[1],
+        every=every,
+        record=lambda w, _: task.loss(w),
+        batch_size=batch_size,
     )
-    pieces = [task.loss(w0)[None], during]
-    if steps - full * every:
-        pieces.append(chunk(carry, step_keys[full * every :])[1][None])
-    return jnp.concatenate(pieces)
+    return losses
 
 
 def loss_curves(
@@ -395,11 +381,10 @@ def loss_curves(
     ``vmap``); run ``i`` starts from ``task.with_init_key(keys[i, 0])`` and draws its
     minibatches of ``batch_size`` from ``keys[i, 1]``, whatever the optimizer."""
     every = int(eval_points(steps, points)[1]) if steps else 1
-    cache = (optimizer.name, getattr(optimizer, "lopt", None), steps, every, batch_size)
-    if cache not in _CURVES:
-        one = lambda t, hp, k: _one_run(t, optimizer, hp, k, steps, every, batch_size)
-        _CURVES[cache] = (optimizer, jax.jit(jax.vmap(one, in_axes=(None, None, 0))))
-    return np.asarray(_CURVES[cache][1](task, hparams, keys), np.float64)
+    one = lambda t, hp, k: _one_run(t, optimizer, hp, k, steps, every, batch_size)
+    build = lambda: jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+    fn = xla.cached(("ood.loss_curves", optimizer, steps, every, batch_size), build)
+    return np.asarray(fn(task, hparams, keys), np.float64)
 
 
 def adam_curves(
@@ -409,15 +394,14 @@ def adam_curves(
     ``lrs`` (defaults ``b1 = 0.9, b2 = 0.999, eps = 1e-8``), one jitted ``vmap``."""
     adam = _ADAM
     every = int(eval_points(steps, points)[1])
-    cache = ("adam", steps, every, batch_size)
-    if cache not in _CURVES:
 
-        def at(t, lr, k):
-            hp = {**adam.hparams(), "learning_rate": lr}
-            return jax.vmap(lambda kk: _one_run(t, adam, hp, kk, steps, every, batch_size))(k)
+    def at(t, lr, k):
+        hp = {**adam.hparams(), "learning_rate": lr}
+        return jax.vmap(lambda kk: _one_run(t, adam, hp, kk, steps, every, batch_size))(k)
 
-        _CURVES[cache] = (adam, jax.jit(jax.vmap(at, in_axes=(None, 0, None))))
-    return np.asarray(_CURVES[cache][1](task, jnp.asarray(lrs, task.dtype), keys), np.float64)
+    build = lambda: jax.jit(jax.vmap(at, in_axes=(None, 0, None)))
+    fn = xla.cached(("ood.adam_curves", steps, every, batch_size), build)
+    return np.asarray(fn(task, jnp.asarray(lrs, task.dtype), keys), np.float64)
 
 
 _ADAM = inner.adam()

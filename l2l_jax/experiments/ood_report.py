@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from l2l_jax.experiments import common
+from l2l_jax.inner import tuning
 
 LEARNED = ("plain", "nominal")
 LABELS = {"adam": "Adam (tuned)", "plain": "MLPLOpt (plain)", "nominal": "NominalLOpt"}
@@ -67,9 +68,7 @@ def median_ratio(ratios: Sequence[float]) -> float:
 def tune_adam(curves: np.ndarray, lrs: np.ndarray) -> dict[str, Any]:
     """The step size with the lowest mean final loss over the runs (non-finite: ``inf``;
     ties: the smallest step size); ``curves`` is ``(n_lrs, runs, n_points)``."""
-    scores = np.asarray([mean_final(c[:, -1]) for c in curves])
-    best = int(np.argmin(scores))
-    return {"lrs": lrs, "score": scores, "best_index": best, "best_lr": float(lrs[best])}
+    return tuning.choice(lrs, [mean_final(c[:, -1]) for c in curves])
 
 
 def task_result(curves: Mapping[str, np.ndarray], factor: float) -> dict[str, dict[str, Any]]:

@@ -36,7 +36,8 @@ from l2l_jax.experiments.stability_report import (
     plot_where_stable,
     summarize,  # noqa: F401 (the experiment's summary: cli calls stability.summarize)
 )
-from l2l_jax.inner.unroll import gradient_fn
+from l2l_jax.inner import tuning
+from l2l_jax.inner.rollout import rollout
 from l2l_jax.meta import truncated
 
 
@@ -117,21 +118,15 @@ def run_fn(optimizer: inner.InnerOptimizer, steps: int, batch_size: int):
 
     ``steps`` noisy inner steps (minibatch ``batch_size``); ``params``/``states`` are the
     points ``z_t = (w_t, s_t)`` before step ``t = 0..steps-1``, losses the noiseless
-    ``f(w_0..w_steps)``.
+    ``f(w_0..w_steps)``: a :func:`~l2l_jax.inner.rollout.rollout` recording every step.
     """
 
     def run(task, hparams, w0, key):
-        draw = gradient_fn(task, batch_size)
-
-        def step(carry, k):
-            w, s = carry
-            _, g = draw(w, k)
-            new = optimizer.update(g, s, w, hparams)
-            return new, (w, s, task.loss(w))
-
-        init = (w0, optimizer.init(w0, hparams))
-        (w, _), (ws, ss, losses) = jax.lax.scan(step, init, jax.random.split(key, steps))
-        return jnp.append(losses, task.loss(w)), ws, ss
+        record = lambda w, s: (w, s, task.loss(w))
+        _, (ws, ss, losses) = rollout(
+            task, optimizer, hparams, w0, steps, key=key, record=record, batch_size=batch_size
+        )
+        return losses, *jax.tree.map(lambda x: x[:-1], (ws, ss))
 
     return jax.jit(run)
 
@@ -151,26 +146,25 @@ def horizon_loss_fn(optimizer: inner.InnerOptimizer, horizon: int, batch_size: i
 def tuned_baseline(
     optimizer: inner.InnerOptimizer, task, lrs, w0s, keys, horizon: int, batch_size: int
 ) -> dict:
-    """Mean horizon loss of ``optimizer`` at each step size (one jitted ``vmap``), its best.
+    """Mean horizon loss of ``optimizer`` at each step size, its best: the library's tuner
+    (:func:`l2l_jax.inner.tuning.grid_search`, one jitted ``vmap`` over ``lrs``).
 
     Every other hyperparameter keeps its default (Adam: ``b1 = 0.9, b2 = 0.999``).
     """
     run = run_fn(optimizer, horizon, batch_size)
 
-    def at(lr):
+    def score(lr, w0s, keys):
         hp = optimizer.hparams(learning_rate=1.0)
         hp = lr if optimizer.hparam_names == ("learning_rate",) else {**hp, "learning_rate": lr}
         losses = jax.vmap(lambda w0, k: run(task, hp, w0, k)[0][1:])(w0s, keys)
         return jnp.mean(losses)
 
-    per_lr = np.asarray(jax.jit(jax.vmap(at))(jnp.asarray(lrs, task.dtype)), np.float64)
-    per_lr = np.where(np.isfinite(per_lr), per_lr, np.inf)
-    best = int(np.argmin(per_lr))
+    found = tuning.grid_search(score, lrs, w0s, keys, dtype=task.dtype)
     return {
         "lrs": lrs,
-        "mean_loss": per_lr,
-        "best_lr": float(lrs[best]),
-        "best": float(per_lr[best]),
+        "mean_loss": found["score"],
+        "best_lr": found["best_lr"],
+        "best": float(found["score"][found["best_index"]]),
     }
 
 

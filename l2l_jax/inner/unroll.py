@@ -26,6 +26,7 @@ from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 Array = jnp.ndarray
 MaxNorm = float | Array | Callable[[object], Array]
 Remat = int | bool | None
+OPTIMIZER = "optimizer"  # train_step's batch_size: the optimizer's own
 
 
 @chex.dataclass(frozen=True)
@@ -84,6 +85,26 @@ def gradient_fn(task, batch_size: int | None, *, name: str = "optimizer"):
         return jax.value_and_grad(task.batch_loss)(w, idx)
 
     return grad_fn
+
+
+def train_step(
+    task, optimizer: InnerOptimizer, hparams: HParams, batch_size: int | str | None = OPTIMIZER
+) -> Callable:
+    """The inner step ``((w, s), key) -> ((w', s'), loss)`` of every loop in the library.
+
+    ``loss`` is the (minibatch) training loss at ``w``, the one the gradient is taken of.
+    ``batch_size``: the optimizer's (default), ``None`` for full-batch gradients, or a
+    minibatch size whatever the optimizer says (the OOD study's tasks fix their own).
+    """
+    size = optimizer.batch_size if batch_size == OPTIMIZER else batch_size
+    grad_fn = gradient_fn(task, size, name=optimizer.name)
+
+    def step(carry, key):
+        w, s = carry
+        loss, g = grad_fn(w, key)
+        return optimizer.update(g, s, w, hparams), loss
+
+    return step
 
 
 def remat_segment(remat: Remat, length: int) -> int | None:
@@ -180,14 +201,8 @@ def unroll(
     state = optimizer.init(params, hparams)
     if optimizer.batch_size is not None and key is None:
         raise ValueError(f"inner.{optimizer.name} is stochastic: pass key=jax.random.key(...).")
-    grad_fn = gradient_fn(task, optimizer.batch_size, name=optimizer.name)
+    step = train_step(task, optimizer, hparams)
     xs = None if optimizer.batch_size is None else jax.random.split(key, steps)
-
-    def step(carry, k):
-        w, s = carry
-        loss, g = grad_fn(w, k)
-        w, s = optimizer.update(g, s, w, hparams)
-        return (w, s), loss
 
     if radius is None:
         (params, _), losses = checkpointed_scan(step, (params, state), xs, steps, segment)

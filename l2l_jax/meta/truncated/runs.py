@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from l2l_jax.inner.optimizers import InnerOptimizer
-from l2l_jax.inner.unroll import checkpointed_scan, gradient_fn, remat_segment
+from l2l_jax.inner.unroll import checkpointed_scan, remat_segment, train_step
 from l2l_jax.meta.truncated import tasks
 from l2l_jax.meta.truncated.config import TruncatedConfig
 from l2l_jax.tasks.family import as_family
@@ -110,9 +110,9 @@ def advance(
     """
     _, k_data, k_eval, _ = run_keys(run.key)
     task = as_family(family).task(run.task)
-    grad_fn = gradient_fn(task, tasks.batch_size(config, optimizer))
-    loss, grads = grad_fn(run.params, jax.random.fold_in(k_data, run.step))
-    params, opt_state = optimizer.update(grads, run.opt_state, run.params, meta_params)
+    step = train_step(task, optimizer, meta_params, tasks.batch_size(config, optimizer))
+    carry = (run.params, run.opt_state)
+    (params, opt_state), loss = step(carry, jax.random.fold_in(k_data, run.step))
     term = tasks.eval_loss(task, params, jax.random.fold_in(k_eval, run.step), config)
     step = run.step + 1
     done = step >= config.horizon

@@ -35,25 +35,6 @@ def _wrap(meta_optimizer: optax.GradientTransformation) -> optax.GradientTransfo
     return optax.apply_if_finite(meta_optimizer, max_consecutive_errors=_NEVER)
 
 
-_CACHE: dict[Any, Callable] = {}
-_CACHE_SIZE = 32
-
-
-def cached(key: tuple, build: Callable[[], Callable]) -> Callable:
-    """``build()`` memoized on ``key`` when it is hashable (e.g. an :class:`MLPLOpt`, a
-    config and a meta-optimizer object), so repeated :func:`meta_train` calls (a resume)
-    reuse the compiled step; otherwise a new function each time."""
-    try:
-        hash(key)
-    except TypeError:
-        return build()
-    if key not in _CACHE:
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = build()
-    return _CACHE[key]
-
-
 def init_state(
     key: Array,
     task,
@@ -83,7 +64,7 @@ def init_state(
     b, horizon = config.meta_batch, config.horizon
     starts = (np.arange(b) * horizon) // b if config.stagger else np.zeros(b, np.int64)
     run_data = jax.random.key_data(jax.random.split(k_runs, b))
-    init_runs = cached(("init", optimizer, None, None), lambda: make_init_runs(inner))
+    init_runs = xla.cached(("truncated.init", optimizer), lambda: make_init_runs(inner))
     runs = init_runs(run_data, jnp.asarray(starts, jnp.int32), family, meta_params)
     return TruncatedState(
         meta_params=meta_params,
@@ -170,4 +151,4 @@ def make_meta_step(
 
         return sharded_step
 
-    return cached(("step", optimizer, config, meta_optimizer, mesh), build)
+    return xla.cached(("truncated.step", optimizer, config, meta_optimizer, mesh), build)
