@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from l2l_jax import validation
+from l2l_jax import validation, xla
 
 Projection = Callable[[chex.ArrayTree], chex.ArrayTree]
 
@@ -113,11 +113,10 @@ def _check_domains(init: chex.ArrayTree) -> None:
             raise ValueError(f"init{name} must be in [0, 1), got {x}.")
 
 
-@functools.lru_cache(maxsize=32)
 def _chunk_runner(meta_objective: Callable, optimizer: MetaGD) -> tuple[Callable, Callable]:
-    """``(tx.init, jitted run_chunk(carry, length))`` for one objective and optimizer:
-    cached, so calling :func:`train` again with the same two (the same objects) does not
-    compile again."""
+    """``(tx.init, jitted run_chunk(carry, length))`` for one objective and optimizer
+    (built once per pair by :func:`train` through :func:`l2l_jax.xla.cached`, so calling
+    it again with the same two objects does not compile again)."""
     tx = optax.apply_if_finite(optimizer.optimizer, max_consecutive_errors=_NEVER)
     user_projection = optimizer.projection or (lambda p: p)
 
@@ -172,12 +171,10 @@ def train(
     if optimizer.projection is not None:
         validation.non_negative_values("init", init)
     _check_domains(init)
-    try:
-        hash((meta_objective, optimizer))
-        build = _chunk_runner
-    except TypeError:  # an unhashable objective or optimizer: built (and compiled) anew
-        build = _chunk_runner.__wrapped__
-    tx_init, run_chunk = build(meta_objective, optimizer)
+    tx_init, run_chunk = xla.cached(
+        ("meta.train", meta_objective, optimizer),
+        lambda: _chunk_runner(meta_objective, optimizer),
+    )
     carry = (init, tx_init(init))
     outputs = []
     label = progress if isinstance(progress, str) else "meta-training"
