@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+
 PACKAGE = Path(__file__).resolve().parents[1] / "l2l_jax"
 LAYERS = {
     "validation": 0,
@@ -175,3 +177,40 @@ def test_the_core_runs_without_the_experiment_extras():
         [sys.executable, "-c", _WITHOUT_EXTRAS], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "core ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_one_state_style():
+    """Every ``*State`` class is a frozen ``chex.dataclass`` pytree, except the state of an
+    optax transformation (``hyper.HyperState``), which is a ``NamedTuple`` as in optax; the
+    optimizers, configs and estimators that key compiled functions are frozen (hashable)."""
+    import dataclasses
+    import importlib
+    import inspect
+    from typing import NamedTuple  # noqa: F401 (the rule's exception)
+
+    states, statics = [], []
+    for name in modules():
+        skip = "experiments" in name or name.endswith(("__main__", "cli"))
+        module = None if skip else importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass) if module else []:
+            if cls.__module__ != name or getattr(cls, "_is_protocol", False):
+                continue
+            if cls_name.endswith("State"):
+                states.append(cls)
+            if cls_name.endswith(("Config", "Inner", "InnerOptimizer")) or cls_name in (
+                "TBPTT",
+                "ES",
+                "PES",
+            ):
+                statics.append(cls)
+    assert len(states) >= 6, states
+    for cls in states:
+        if cls.__name__ == "HyperState":
+            assert issubclass(cls, tuple) and hasattr(cls, "_fields")
+            continue
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
+        leaves = jax.tree_util.tree_leaves(cls(**{f.name: 1.0 for f in dataclasses.fields(cls)}))
+        assert len(leaves) == len(dataclasses.fields(cls)), cls  # a pytree: fields are leaves
+    assert len(statics) >= 5, statics
+    for cls in statics:
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
