@@ -57,3 +57,13 @@ def test_extending_examples_are_short_and_state_their_claims():
     for block in blocks:
         assert len(block.splitlines()) <= 20
         assert "assert " in block
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_examples_check_their_output(document):
+    """Every example block that computes something states what it should be: it asserts,
+    or it only defines what a later block of the page asserts on."""
+    blocks = python_blocks((ROOT / document).read_text())
+    assert any("assert " in b for b in blocks), f"{document}: no example checks a result"
+    for block in [b for b in blocks if "print(" in b]:
+        assert "assert " in block, f"{document}: an example prints without asserting:\n{block}"
