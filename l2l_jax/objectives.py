@@ -94,6 +94,23 @@ class LogLoss:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogValidationLoss:
+    """``(1/t) log Delta_TbV(w_t)``: the log-loss of Theorem 4 on the validation loss, so
+    that train-by-validation keeps a bounded meta-gradient where the loss itself
+    over- or underflows (``grad="stable"`` on :class:`~l2l_jax.tasks.LeastSquares`)."""
+
+    name: str = "log_tbv"
+    loss_of: str = "valid"
+
+    def __call__(self, result: UnrollResult) -> Array:
+        require(result.task, ValidationTask, "objective 'log_tbv'")
+        return jnp.log(result.task.valid_loss(result.params)) / result.steps
+
+    def from_log_loss(self, log_f: Array, steps: Array) -> Array:
+        return log_f / steps
+
+
+@dataclasses.dataclass(frozen=True)
 class MeanLoss:
     """``(1/t) sum_{tau=1..t} f(w_tau)``, the mean loss over the trajectory."""
 
@@ -150,6 +167,7 @@ class TrainByValidation:
 
     name: str = "tbv"
     minibatched: bool = True
+    loss_of: str = "valid"  # grad="stable": from_log_loss takes log of the validation loss
 
     def __call__(self, result: UnrollResult) -> Array:
         require(result.task, ValidationTask, "objective 'tbv'")
@@ -170,6 +188,10 @@ class TrainByValidation:
                 "with validation rows (e.g. MnistMLP.from_data(..., n_valid=N))."
             )
         _check_rows("validation", batch_size, int(task.num_valid))
+
+    def from_log_loss(self, log_f: Array, steps: Array) -> Array:
+        """``exp(log f)`` with ``f`` the validation loss of ``w_t`` (``loss_of``)."""
+        return jnp.exp(log_f)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +242,11 @@ def log_loss() -> LogLoss:
     return LogLoss()
 
 
+def log_tbv() -> LogValidationLoss:
+    """The log-loss of the validation loss, ``(1/t) log Delta_TbV(w_t)``."""
+    return LogValidationLoss()
+
+
 def mean_loss() -> MeanLoss:
     """The mean loss over the trajectory."""
     return MeanLoss()
@@ -238,6 +265,7 @@ def tbv() -> TrainByValidation:
 BUILTIN = {
     "last_loss": last_loss,
     "log_loss": log_loss,
+    "log_tbv": log_tbv,
     "mean_loss": mean_loss,
     "tbt": tbt,
     "tbv": tbv,

@@ -25,13 +25,15 @@ LAM = np.geomspace(0.05, 2.0, 12)  # L = 2, kappa = 40
 COEF = np.cos(np.arange(12.0)) + 0.3
 
 
-def regime_eta(kind: str, regime: str, beta: float) -> float:
+def regime_eta(kind: str, regime: str, beta: float, big_l: float = float(LAM[-1])) -> float:
     """Step sizes in the three regimes of the stiffest mode (curvature L = 2): real roots,
     complex roots (the mode rotates), and 1.2x past the stability boundary. Heavy ball's
     roots are complex for ``(1 - sqrt(b))^2 < eta L < (1 + sqrt(b))^2``, its boundary is
     ``2 (1 + b) / L``; Nesterov's for ``1 - 4 b / (1 + b)^2 < eta L < 1`` and ``2 (1 + b)
-    / (L (1 + 2 b))``."""
-    big_l = float(LAM[-1])
+    / (L (1 + 2 b))``; GD has real roots only (``complex`` is ``1 / L``) and its boundary
+    at ``2 / L``."""
+    if kind == "gd":
+        return {"real": 0.5, "complex": 1.0, "past_boundary": 2.4}[regime] / big_l
     if kind == "momentum":
         lo, hi = (1 - np.sqrt(beta)) ** 2, (1 + np.sqrt(beta)) ** 2
         boundary = 2 * (1 + beta)
@@ -147,6 +149,81 @@ def test_nqm_mean_dynamics_agree_with_autodiff_in_float64():
             np.testing.assert_allclose(out["stable"][1][name], out["autodiff"][1][name], rtol=1e-10)
 
 
+def _ls_task(dtype: str):
+    """A least-squares task with n1 > d (a positive ERM residual) and validation rows."""
+    return tasks.LeastSquares.sample(jax.random.key(0), 4, 6, 5, 0.5, jnp.dtype(dtype))
+
+
+def _check_ls_case(task, dtype: str, steps: int, kind: str, objective: str, regime: str):
+    """``grad="stable"`` of ``(1/t) log`` of the training (``log_loss``) or validation
+    (``log_tbv``) loss against the mpmath affine-step reference on the original data."""
+    x, y = np.asarray(task.x_train, np.float64), np.asarray(task.y_train, np.float64)
+    xv, yv = np.asarray(task.x_valid, np.float64), np.asarray(task.y_valid, np.float64)
+    big_l = float(np.linalg.eigvalsh(x.T @ x / x.shape[0]).max())
+    beta = 0.0 if kind == "gd" else 0.9
+    opt = {"gd": inner.gd(), "momentum": inner.momentum(), "nesterov": inner.nesterov()}[kind]
+    eta = jnp.asarray(regime_eta(kind, regime, beta, big_l), dtype)
+    hp = eta if kind == "gd" else {"learning_rate": eta, "momentum": jnp.asarray(beta, dtype)}
+    f = meta.meta_objective(task, opt, objective, steps=steps, grad="stable")
+    value, grads = jax.value_and_grad(f)(hp)
+    e, b, which = float(eta), float(beta), {"log_loss": 0, "log_tbv": 1}[objective]
+
+    def ref(u, v):
+        return reference.least_squares_log_losses(kind, u, v, x, y, xv, yv, steps)[which] / steps
+
+    u, what = U[dtype], (kind, objective, regime, steps)
+    _check(value, ref(e, b), _sensitivity(lambda z: ref(z, b), e, u), dtype, (*what, "value"))
+    name = ("train", "valid")[which]
+    grad = lambda u_, v_: reference.least_squares_log_loss_grads(kind, u_, v_, x, y, xv, yv, steps)
+    expected = grad(e, b)[name]
+    got = [grads] if kind == "gd" else [grads["learning_rate"], grads["momentum"]]
+    for i, g in enumerate(got):
+        sens = _sensitivity(lambda z, i=i: grad(z, b)[name][i] / steps, e, u)
+        _check(g, expected[i] / steps, sens, dtype, (*what, i))
+
+
+LS_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "kind, steps",
+    [
+        ("momentum", 80),
+        pytest.param("gd", 80, marks=LS_SLOW),
+        pytest.param("nesterov", 80, marks=LS_SLOW),
+        pytest.param("momentum", 1000, marks=LS_SLOW),
+        pytest.param("nesterov", 100_000, marks=LS_SLOW),
+        pytest.param("gd", 100_000, marks=LS_SLOW),
+    ],
+)
+def test_least_squares_train_and_validation_match_mpmath(dtype, kind, steps):
+    """Least squares (n1 > d: a positive ERM residual, so the training loss does not
+    vanish), train-by-train and train-by-validation as log-losses, in every regime."""
+    with jax.enable_x64(dtype == "float64"):
+        task = _ls_task(dtype)
+        for objective in ("log_loss", "log_tbv"):
+            for regime in ("real", "complex", "past_boundary"):
+                _check_ls_case(task, dtype, steps, kind, objective, regime)
+
+
+def test_least_squares_stable_tbv_is_the_validation_loss_of_the_unroll():
+    """objectives.tbv (the loss itself) with grad="stable" equals the float64 unroll's
+    validation loss and its autodiff meta-gradient, for heavy ball."""
+    with jax.enable_x64(True):
+        task = _ls_task("float64")
+        hp = {"learning_rate": jnp.float64(0.2), "momentum": jnp.float64(0.7)}
+        out = {
+            m: jax.value_and_grad(
+                meta.meta_objective(task, inner.momentum(), "tbv", steps=50, grad=m)
+            )(hp)
+            for m in ("autodiff", "stable")
+        }
+        np.testing.assert_allclose(out["stable"][0], out["autodiff"][0], rtol=1e-12)
+        for name in hp:
+            np.testing.assert_allclose(out["stable"][1][name], out["autodiff"][1][name], rtol=1e-9)
+
+
 def test_unsupported_combinations_say_what_is_supported():
     task = tasks.Quadratic.from_spectrum(LAM, COEF)
     for opt in (
@@ -155,32 +232,8 @@ def test_unsupported_combinations_say_what_is_supported():
     ):
         with pytest.raises(ValueError, match=r"inner\.momentum\(\) and inner\.nesterov\(\)"):
             meta.meta_objective(task, opt, "log_loss", steps=5, grad="stable")
+    with pytest.raises(ValueError, match="objective 'log_tbv' on task Quadratic"):
+        meta.meta_objective(task, inner.momentum(), "log_tbv", steps=5, grad="stable")
     ls = tasks.LeastSquares.sample(jax.random.key(0), 4, 3, 2, 1.0)
-    with pytest.raises(ValueError, match="task LeastSquares"):
-        meta.meta_objective(ls, inner.momentum(), "log_loss", steps=5, grad="stable")
-
-
-@pytest.mark.slow
-def test_fig1_momentum_experiment_small(tmp_path):
-    """The momentum Figure 1 (python -m l2l_jax fig1_momentum): from past the boundary,
-    float32 autodiff and forward mode never get a finite meta-gradient and stay at the
-    start; the stable run gets one at every step and lowers the log-loss."""
-    from l2l_jax import cli
-
-    res = cli.main(
-        [
-            "fig1_momentum",
-            "--out",
-            str(tmp_path),
-            "--no-progress",
-            "--config.meta_steps=40",
-            "--config.grid=21",
-        ]
-    )
-    runs = res["runs"]
-    for method in ("autodiff", "forward"):
-        assert runs[method]["nonfinite_steps"] == 40
-        assert runs[method]["final"] == {"learning_rate": pytest.approx(0.1), "momentum": 0.5}
-    assert runs["stable"]["nonfinite_steps"] == 0
-    assert runs["stable"]["endpoint"]["value"] < runs["autodiff"]["endpoint"]["value"] - 1.0
-    assert (tmp_path / "fig1_momentum.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="max_norm"):
+        meta.meta_objective(ls, inner.momentum(), "tbt", steps=5, grad="stable", max_norm=3.0)

@@ -112,3 +112,56 @@ def momentum_log_f_grad(
         lam, c = _mp(eigenvalues), _mp(coefficients)
         f = lambda x, y: _momentum_log_f(kind, x, y, lam, c, int(steps))
         return mpmath.diff(lambda x: f(x, b), e), mpmath.diff(lambda y: f(e, y), b)
+
+
+# -- least squares: the affine step on the original coordinates (no eigendecomposition) ---
+def least_squares_log_losses(
+    kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60
+) -> tuple[mpmath.mpf, mpmath.mpf]:
+    """``(log training loss, log validation loss)`` of ``w_t`` for GD (``kind="gd"``),
+    heavy ball or Nesterov from ``w0 = v0 = 0`` on ``1/(2n) ||X w - y||^2``: the affine
+    step of ``(w, v, 1)`` in the data's own coordinates (gradient ``H w - c``, ``H = X^T
+    X / n``, ``c = X^T y / n``) raised to the power ``t`` by binary powering in ``dps``
+    digits. Independent of the library's eigenbasis and renormalization."""
+    with mpmath.workdps(dps):
+        e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
+        return _least_squares_log_losses(kind, e, b, x, y, x_valid, y_valid, int(steps))
+
+
+def _least_squares_log_losses(kind, e, b, x, y, x_valid, y_valid, steps):
+    xm, ym = mpmath.matrix(np.asarray(x, np.float64)), mpmath.matrix(_mp(y))
+    n, d = xm.rows, xm.cols
+    h, c = xm.T * xm / n, xm.T * ym / n
+    step = mpmath.zeros(2 * d + 1, 2 * d + 1)
+    a, k, mv = {"gd": (1, 0, 0), "momentum": (1, 1, b), "nesterov": (1 + b, 1, b * b)}[kind]
+    for i in range(d):
+        for j in range(d):
+            step[i, j] = (1 if i == j else 0) - e * a * h[i, j]
+            step[d + i, j] = h[i, j] * k
+        step[i, d + i] = -e * mv
+        step[d + i, d + i] = b * k
+        step[i, 2 * d] = e * a * c[i]
+        step[d + i, 2 * d] = -c[i] * k
+    step[2 * d, 2 * d] = 1
+    state = (step**steps)[:, 2 * d]  # from (0, 0, 1)
+    w = mpmath.matrix([state[i] for i in range(d)])
+    xv, yv = mpmath.matrix(np.asarray(x_valid, np.float64)), mpmath.matrix(_mp(y_valid))
+    half_mse = lambda xs, ys: mpmath.fsum(r**2 for r in (xs * w - ys)) / (2 * xs.rows)
+    return mpmath.log(half_mse(xm, ym)), mpmath.log(half_mse(xv, yv))
+
+
+def least_squares_log_loss_grads(
+    kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60
+) -> dict[str, tuple[mpmath.mpf, mpmath.mpf]]:
+    """``{"train": (d/d eta, d/d beta), "valid": (...)}`` of the two log losses of
+    :func:`least_squares_log_losses`, by mpmath's numerical differentiation at ``dps``
+    digits (for ``kind="gd"`` the ``beta`` entry is 0: it does not enter)."""
+    with mpmath.workdps(dps):
+        e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
+        f = lambda u, v, i: _least_squares_log_losses(kind, u, v, x, y, x_valid, y_valid, steps)[i]
+        out = {}
+        for i, name in enumerate(("train", "valid")):
+            d_eta = mpmath.diff(lambda u, i=i: f(u, b, i), e)
+            d_beta = mpmath.diff(lambda v, i=i: f(e, v, i), b)
+            out[name] = (d_eta, d_beta)
+        return out

@@ -68,7 +68,8 @@ def median_ratio(ratios: Sequence[float]) -> float:
 def tune_adam(curves: np.ndarray, lrs: np.ndarray) -> dict[str, Any]:
     """The step size with the lowest mean final loss over the runs (non-finite: ``inf``;
     ties: the smallest step size); ``curves`` is ``(n_lrs, runs, n_points)``."""
-    return tuning.choice(lrs, [mean_final(c[:, -1]) for c in curves])
+    found = tuning.choice(lrs, [mean_final(c[:, -1]) for c in curves])
+    return {k: found[k] for k in ("lrs", "score", "best_index", "best_lr")}
 
 
 def task_result(curves: Mapping[str, np.ndarray], factor: float) -> dict[str, dict[str, Any]]:

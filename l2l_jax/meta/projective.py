@@ -68,8 +68,10 @@ STEPS: dict[str, LinearStep] = {
 }
 
 
-def _log_f_and_grad(step: LinearStep, theta: dict, lam: Array, w0: Array, steps: int):
-    """``(log f(w_t), d log f / d theta)`` by the renormalized recursion (module doc)."""
+def _renormalized(step: LinearStep, theta: dict, lam: Array, w0: Array, steps: int):
+    """``(s, w_hat, dw_hat)`` after ``steps`` steps: ``w_t = e^s w_hat`` and ``dw_t / d
+    theta_j = e^s dw_hat[j]`` (hyperparameters in sorted order), by the renormalized
+    recursion of the module doc."""
     names = sorted(theta)
     dtype = w0.dtype
     z0 = (w0, jnp.zeros_like(w0))
@@ -97,34 +99,95 @@ def _log_f_and_grad(step: LinearStep, theta: dict, lam: Array, w0: Array, steps:
     init = (z0, dz0, jnp.zeros((), jnp.int32))
     (z, dz, exponent), _ = jax.lax.scan(body, init, None, length=steps)
     s = exponent.astype(dtype) * jnp.log(jnp.asarray(2.0, dtype))
-    w, dw = z[0], dz[0]
-    f_hat = 0.5 * jnp.sum(lam * w * w)
-    log_f = 2.0 * s + jnp.log(f_hat)
-    grads = (dw @ (lam * w)) / f_hat  # (len(names),): <grad f(w_hat), dw_hat_j> / f(w_hat)
+    return s, z[0], dz[0]
+
+
+def log_polynomial(s: Array, terms) -> tuple[Array, Array]:
+    """``(log f, d log f)`` for ``f = sum_k c_k e^(m_k s) > 0`` and ``df = sum_k dc_k
+    e^(m_k s)``, given ``terms = [(m_k, c_k, dc_k), ...]`` (``c_k`` scalars of any sign,
+    ``dc_k`` one entry per hyperparameter).
+
+    Log space: every term is scaled by ``e^-M``, ``M`` the largest ``m_k s + log |c_k|``,
+    so the largest scaled term is 1 and nothing overflows; a term whose scale would
+    overflow (``c_k = 0`` while ``m_k s`` is huge) is capped, harmlessly: its ``c_k`` and
+    ``dc_k`` are then tiny against the dominant term's.
+    """
+    dtype = s.dtype
+    big = jnp.log(jnp.finfo(dtype).max) / 2
+    logs = []
+    for m, c, _ in terms:
+        nonzero = c != 0
+        logs.append(
+            jnp.where(nonzero, m * s + jnp.log(jnp.where(nonzero, jnp.abs(c), 1)), -jnp.inf)
+        )
+    top = jnp.max(jnp.stack(logs))
+    top = jnp.where(jnp.isfinite(top), top, 0)
+    value, slope = 0, 0
+    for m, c, dc in terms:
+        scale = jnp.exp(jnp.minimum(m * s - top, big))
+        value = value + c * scale
+        slope = slope + dc * scale
+    return top + jnp.log(value), slope / value
+
+
+def quadratic_terms(s, w, dw, lam, const=0.0):
+    """``f = 1/2 sum lam w^2 + const``: the quadratic's (``const = 0``) or least squares'
+    training loss (``const`` = the ERM residual, ``w`` the distance to the ERM solution)."""
+    q = 0.5 * jnp.sum(lam * w * w)
+    return [
+        (2, q, dw @ (lam * w)),
+        (0, jnp.asarray(const, s.dtype), jnp.zeros(dw.shape[0], s.dtype)),
+    ]
+
+
+def validation_terms(s, w, dw, features, residual0, n_valid):
+    """``f = ||r0 - F e||^2 / (2 n)`` with ``e = e^s w`` (least squares' validation loss:
+    ``F = X_valid U``, ``r0 = y_valid - F beta`` the residual of the ERM solution)."""
+    fw, fdw = features @ w, dw @ features.T  # (n,), (k, n)
+    a = 0.5 * jnp.sum(fw * fw) / n_valid
+    b = -jnp.sum(fw * residual0) / n_valid
+    c = 0.5 * jnp.sum(residual0 * residual0) / n_valid
+    zero = jnp.zeros(dw.shape[0], s.dtype)
+    return [(2, a, fdw @ fw / n_valid), (1, b, -(fdw @ residual0) / n_valid), (0, c, zero)]
+
+
+def _log_f_and_grad(step: LinearStep, theta: dict, lam: Array, w0: Array, steps: int, finish, data):
+    """``(log f(w_t), d log f / d theta)``: the renormalized recursion, then ``finish(s,
+    w_hat, dw_hat, *data)``'s terms through :func:`log_polynomial`."""
+    names = sorted(theta)
+    s, w, dw = _renormalized(step, theta, lam, w0, steps)
+    log_f, grads = log_polynomial(s, finish(s, w, dw, *data))
     return log_f, {n: grads[i] for i, n in enumerate(names)}
 
 
-def log_loss_fn(step: LinearStep, lam: Array, w0: Array, steps: int) -> Callable[[dict], Array]:
+def log_loss_fn(
+    step: LinearStep, lam: Array, w0: Array, steps: int, finish=None, data=()
+) -> Callable[[dict], Array]:
     """``theta -> log f(w_t)`` (a ``jax.custom_vjp``: its gradient in every
     hyperparameter is the scale-free one of the module doc, never a ratio of huge or tiny
-    numbers). ``lam``, ``w0``: the curvatures and the start in the eigenbasis (constants:
-    no gradient flows to them)."""
-    return lambda theta: _log_f(step, steps, theta, lam, w0)
+    numbers). ``lam``, ``w0``: the curvatures and the start in the eigenbasis; ``finish``
+    and ``data``: the loss of the final iterate as :func:`log_polynomial` terms (default
+    :func:`quadratic_terms` with ``data = (lam,)``). All are constants: no gradient flows
+    to them."""
+    if finish is None:
+        finish, data = quadratic_terms, (lam,)
+    return lambda theta: _log_f(step, steps, finish, theta, lam, w0, tuple(data))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _log_f(step, steps, theta, lam, w0):
-    return _log_f_and_grad(step, theta, lam, w0, steps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _log_f(step, steps, finish, theta, lam, w0, data):
+    return _log_f_and_grad(step, theta, lam, w0, steps, finish, data)[0]
 
 
-def _log_f_fwd(step, steps, theta, lam, w0):
-    value, grads = _log_f_and_grad(step, theta, lam, w0, steps)
-    return value, (grads, lam, w0)
+def _log_f_fwd(step, steps, finish, theta, lam, w0, data):
+    value, grads = _log_f_and_grad(step, theta, lam, w0, steps, finish, data)
+    return value, (grads, lam, w0, data)
 
 
-def _log_f_bwd(step, steps, residuals, g):
-    grads, lam, w0 = residuals
-    return {n: g * v for n, v in grads.items()}, jnp.zeros_like(lam), jnp.zeros_like(w0)
+def _log_f_bwd(step, steps, finish, residuals, g):
+    grads, lam, w0, data = residuals
+    zeros = jax.tree.map(jnp.zeros_like, (lam, w0, data))
+    return ({n: g * v for n, v in grads.items()}, *zeros)
 
 
 _log_f.defvjp(_log_f_fwd, _log_f_bwd)

@@ -7,9 +7,12 @@ they exist.
   space). A rule is registered per task type; each returns ``eta -> log f(w_t)``.
 * Linear inner dynamics (GD, heavy-ball momentum ``inner.momentum()``, Nesterov
   ``inner.nesterov()``) on a quadratic (:class:`~l2l_jax.tasks.Quadratic` in its
-  eigenbasis, or the mean dynamics of :class:`~l2l_jax.tasks.NQM`): the projective
-  forward mode of :mod:`l2l_jax.meta.projective`, ``hparams -> log f(w_t)`` with the
-  meta-gradient in every hyperparameter (learning rate and momentum).
+  eigenbasis, or the mean dynamics of :class:`~l2l_jax.tasks.NQM`) and on
+  :class:`~l2l_jax.tasks.LeastSquares` (the distance to the ERM solution in the
+  eigenbasis of ``X^T X / n``; training loss, or validation loss for ``tbv``): the
+  projective forward mode of :mod:`l2l_jax.meta.projective`, ``hparams -> log f(w_t)``
+  with the meta-gradient in every hyperparameter (learning rate and momentum). Least
+  squares here is untruncated (no ``max_norm``).
 """
 
 from __future__ import annotations
@@ -41,26 +44,41 @@ def supported() -> str:
     linear = ", ".join(f"tasks.{t.__name__}" for t in _LINEAR_TASKS)
     return (
         f"grad='stable' supports inner.gd() on {names}, and inner.gd(), inner.momentum() and "
-        f"inner.nesterov() on {linear} (full batch), with the objectives last_loss, "
-        "log_loss and tbt (or any objective with a from_log_loss(log_f, steps) method)"
+        f"inner.nesterov() on {linear} (full batch, one task), with the objectives "
+        "last_loss, log_loss and tbt, and tbv on tasks.LeastSquares (or any objective with "
+        "a from_log_loss(log_f, steps) method)"
     )
 
 
-def _spectrum(task) -> tuple[Array, Array]:
-    """``(lambda, w0)`` of a quadratic in its eigenbasis (NQM: already diagonal)."""
+_LINEAR_TASKS = (Quadratic, NQM, LeastSquares)
+
+
+def _linear_problem(task, validation: bool):
+    """``(lam, w0, finish, data)`` of the task's linear dynamics in its eigenbasis for
+    :func:`projective.log_loss_fn`: a quadratic's curvatures and start (NQM: already
+    diagonal); for least squares the distance to the min-norm ERM solution, ``-beta``
+    (``w0 = 0``), with the training loss (the ERM residual added) or, with
+    ``validation``, the validation loss."""
     if isinstance(task, NQM):
-        return task.curvature, task.init_params()
-    return task.eigenvalues, task.coefficients
-
-
-_LINEAR_TASKS = (Quadratic, NQM)
+        return task.curvature, task.init_params(), None, ()
+    if isinstance(task, Quadratic):
+        return task.eigenvalues, task.coefficients, None, ()
+    valid = (task.x_valid, task.y_valid) if validation else (None, None)
+    spec = spectral_ls.decompose(task.x_train, task.y_train, *valid)
+    lam, start = spec.eigenvalues, -spec.coords
+    if not validation:
+        return lam, start, projective.quadratic_terms, (lam, spec.residual)
+    residual0 = spec.y_valid - spec.valid_features @ spec.coords
+    n_valid = jnp.asarray(spec.y_valid.shape[0], lam.dtype)
+    return lam, start, projective.validation_terms, (spec.valid_features, residual0, n_valid)
 
 
 def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLossFn:
     """``hparams -> objective`` evaluated in log space (``eta`` or ``{"learning_rate":
     eta}`` for GD, the optimizer's dict otherwise), or a ``ValueError`` saying what works."""
     full_batch = optimizer.batch_size is None
-    rule = _RULES.get(type(task)) if optimizer.name == "gd" else None
+    validation = getattr(objective, "loss_of", "train") == "valid"
+    rule = _RULES.get(type(task)) if optimizer.name == "gd" and not validation else None
     linear = (
         full_batch
         and optimizer.name in projective.STEPS
@@ -77,6 +95,8 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
             problems.append(f"optimizer {optimizer.name!r} on task {type(task).__name__}")
     if not hasattr(objective, "from_log_loss"):
         problems.append(f"objective {getattr(objective, 'name', objective)!r}")
+    elif validation and not isinstance(task, LeastSquares):
+        problems.append(f"objective {objective.name!r} on task {type(task).__name__}")
     if problems:
         raise ValueError(
             f"{supported()}; got {', '.join(problems)}. "
@@ -87,8 +107,8 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
         log_f = rule(task, steps)
         eta_of = lambda h: h["learning_rate"] if isinstance(h, Mapping) else h
         return lambda hparams: objective.from_log_loss(log_f(eta_of(hparams)), t)
-    lam, w0 = _spectrum(task)
-    log_f = projective.log_loss_fn(projective.STEPS[optimizer.name], lam, w0, steps)
+    lam, w0, finish, data = _linear_problem(task, validation)
+    log_f = projective.log_loss_fn(projective.STEPS[optimizer.name], lam, w0, steps, finish, data)
     dtype = task.dtype
 
     def fn(hparams):
