@@ -218,6 +218,41 @@ class IterateLoss:
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class TrajectoryLoss:
+    """``reduce([fn(task, w_1), ..., fn(task, w_t)])``: a meta-objective over the whole
+    trajectory (:func:`trajectory_objective`). ``meta.meta_objective`` hands ``record`` to
+    :func:`~l2l_jax.inner.unroll`, which evaluates it on every iterate inside the scan."""
+
+    fn: Callable[[Any, Any], Array]
+    name: str
+    reduce: Callable[[Array], Array] = jnp.mean
+
+    @property
+    def record(self) -> Callable[[Any, Any], Array]:
+        return self.fn
+
+    def __call__(self, result: UnrollResult) -> Array:
+        if result.records is None:
+            raise ValueError(
+                f"objective {self.name!r} needs the unroll's records: unroll with "
+                "record=objective.record (meta.meta_objective does)."
+            )
+        return self.reduce(result.records)
+
+
+def trajectory_objective(
+    fn: Callable[[Any, Any], Array], name: str | None = None, reduce=jnp.mean
+) -> TrajectoryLoss:
+    """A meta-objective from the loss ``fn(task, params)`` of every iterate of the unroll,
+    reduced over the steps (default: the mean). Example, the mean validation loss over the
+    unroll: ``trajectory_objective(lambda task, w: task.valid_loss(w), name="mean_tbv")``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (task, params) -> scalar, got {type(fn).__name__}.")
+    return TrajectoryLoss(fn=fn, name=name or getattr(fn, "__name__", "objective"), reduce=reduce)
+
+
 def iterate_objective(fn: Callable[[Any, Any], Array], name: str | None = None) -> IterateLoss:
     """A meta-objective from the loss ``fn(task, params)`` of one iterate: usable in
     ``meta.meta_objective`` (the loss of ``w_t``) and in ``meta.meta_train`` (its mean

@@ -237,6 +237,20 @@ def test_momentum_section(smoke):
     assert "t = 100" in momentum.claim(section)
 
 
+def test_one_group_alone(tmp_path):
+    """``python -m benchmarks.group momentum --preset smoke``: the group's JSON and markdown,
+    the same rows as in ``make bench``, its claim printed."""
+    from benchmarks import group
+
+    section = group.main(["momentum", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"])
+    saved = json.loads((tmp_path / "momentum-smoke.json").read_text())
+    assert len(saved["rows"]) == len(momentum.METHODS) * len(momentum.PRESETS["smoke"].steps)
+    assert saved["rows"] == json.loads(json.dumps(section["rows"], default=str))
+    assert "stable" in (tmp_path / "momentum-smoke.md").read_text()
+    with pytest.raises(SystemExit):
+        group.main(["momentum", "--preset", "paper", "--out", str(tmp_path)])
+
+
 def test_towers_section(smoke):
     """Every (optimizer, height) of the smoke preset is timed; ratios are to height 0."""
     out, page, data = smoke

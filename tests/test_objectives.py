@@ -88,3 +88,39 @@ def test_objectives_truncated_training_cannot_use_are_refused():
     with pytest.raises(TypeError, match="needs a task with a validation set"):
         meta.init_state(jax.random.key(0), quad, LOPT, cfg)
     assert meta.TruncatedConfig(objective=user).to_dict()["objective"] == "mine"
+
+
+def test_a_trajectory_objective_sees_the_validation_loss_of_every_iterate():
+    """The mean validation loss over the unroll, as a meta-objective: its value is the mean
+    of valid_loss(w_k), k = 1..t, each w_k from its own k-step unroll (float64), and
+    autodiff and forward mode agree on its meta-gradient. Under truncation the records are
+    those of the frozen iterate."""
+    with jax.enable_x64(True):
+        task = tasks.LeastSquares.sample(jax.random.key(0), 4, 6, 5, 0.5, jnp.float64)
+        mean_tbv = objectives.trajectory_objective(lambda t, w: t.valid_loss(w), "mean_tbv")
+        eta, steps = jnp.float64(0.2), 7
+        expected = np.mean(
+            [
+                float(task.valid_loss(inner.unroll(task, inner.gd(), eta, k).params))
+                for k in range(1, 8)
+            ]
+        )
+        values = {
+            m: jax.value_and_grad(
+                meta.meta_objective(task, inner.gd(), mean_tbv, steps=steps, grad=m)
+            )(eta)
+            for m in ("autodiff", "forward")
+        }
+        np.testing.assert_allclose(values["autodiff"][0], expected, rtol=1e-12)
+        np.testing.assert_allclose(values["forward"][1], values["autodiff"][1], rtol=1e-10)
+        assert inner.unroll(task, inner.gd(), eta, steps).records is None  # nobody else pays
+        run = inner.unroll(
+            task, inner.gd(), jnp.float64(5.0), 6, max_norm=1.0, record=lambda t, w: w
+        )
+        frozen = int(run.truncated_at)
+        assert frozen >= 1
+        np.testing.assert_allclose(
+            np.linalg.norm(np.asarray(run.records[frozen - 1 :]), axis=1), 1.0
+        )
+    with pytest.raises(ValueError, match="records"):
+        mean_tbv(inner.unroll(task, inner.gd(), eta, steps))

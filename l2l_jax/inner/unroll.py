@@ -41,12 +41,17 @@ class UnrollResult:
       truncated_at: the step ``tau >= 1`` at which ``||w_tau|| >= max_norm`` first held
         and the run was frozen (footnote 3 of the paper), or ``-1`` if it never was
         (always ``-1`` without ``max_norm``).
+      records: ``record(task, w_k)`` at ``k = 1, ..., t`` stacked on a leading axis, when
+        :func:`unroll` was given ``record`` (e.g. the validation loss of every iterate,
+        for a meta-objective over the trajectory); ``None`` otherwise, so no other
+        objective pays for it.
     """
 
     params: chex.ArrayTree
     losses: Array
     task: object
     truncated_at: Array = -1
+    records: chex.ArrayTree = None
 
     @property
     def truncated(self) -> Array:
@@ -165,6 +170,7 @@ def unroll(
     *,
     max_norm: MaxNorm | None = None,
     remat: Remat = None,
+    record: Callable[[object, chex.ArrayTree], chex.ArrayTree] | None = None,
 ) -> UnrollResult:
     """Run ``steps`` iterations of ``optimizer`` on ``task`` inside one ``lax.scan``.
 
@@ -188,6 +194,9 @@ def unroll(
     ``s`` steps under :func:`jax.checkpoint` (memory ~ ``steps / s + s``, about one extra
     forward pass of time); ``True`` picks ``s = ceil(sqrt(steps))``. Values are unchanged;
     gradients agree up to float rounding. Forward mode needs none of this.
+
+    ``record(task, w)`` (optional) is evaluated on every new iterate ``w_1..w_t`` inside
+    the scan and returned stacked in ``UnrollResult.records``.
     """
     steps = validation.positive_int("steps", steps)
     segment = remat_segment(remat, steps)
@@ -201,8 +210,12 @@ def unroll(
     state = optimizer.init(params, hparams)
     if optimizer.batch_size is not None and key is None:
         raise ValueError(f"inner.{optimizer.name} is stochastic: pass key=jax.random.key(...).")
-    step = train_step(task, optimizer, hparams)
+    plain_step = train_step(task, optimizer, hparams)
     xs = None if optimizer.batch_size is None else jax.random.split(key, steps)
+
+    def step(carry, k):
+        carry, loss = plain_step(carry, k)
+        return carry, (loss if record is None else (loss, record(task, carry[0])))
 
     if radius is None:
         (params, _), losses = checkpointed_scan(step, (params, state), xs, steps, segment)
@@ -211,22 +224,28 @@ def unroll(
 
         def truncated_step(carry, inputs):
             (w, s, at), (tau, k) = carry, inputs
-            (w_new, s_new), loss = step((w, s), k)
+            (w_new, s_new), loss = plain_step((w, s), k)
             crossed, w_new = _truncate(w_new, radius)
             frozen = at >= 0
             w_new, s_new = jax.tree_util.tree_map(
                 lambda old, new: jnp.where(frozen, old, new), (w, s), (w_new, s_new)
             )
             at = jnp.where(frozen | ~crossed, at, tau)
-            return (w_new, s_new, at), loss
+            out = loss if record is None else (loss, record(task, w_new))
+            return (w_new, s_new, at), out
 
         taus = jnp.arange(1, steps + 1, dtype=jnp.int32)
         init = (params, state, jnp.asarray(-1, jnp.int32))
         (params, _, truncated_at), losses = checkpointed_scan(
             truncated_step, init, (taus, xs), steps, segment
         )
+    records = None
+    if record is not None:
+        losses, records = losses
     losses = jnp.concatenate([losses, task.loss(params)[None]])
-    return UnrollResult(params=params, losses=losses, task=task, truncated_at=truncated_at)
+    return UnrollResult(
+        params=params, losses=losses, task=task, truncated_at=truncated_at, records=records
+    )
 
 
 def _radius(task, max_norm: MaxNorm | None) -> Array | None:

@@ -131,6 +131,7 @@ class MetaObjective:
             key,
             max_norm=self.max_norm,
             remat=self.remat,
+            record=getattr(self.objective, "record", None),
         )
         return self.objective(result)
 
