@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= cpu-small
 OUT    ?= runs
 
-.PHONY: setup run test test-slow lint bench bench-estimators accelerator-check docs figures clean
+.PHONY: setup run test test-slow lint bench bench-estimators bench-group accelerator-check docs figures figures-check clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -n auto --dist loadfile -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check l2l_jax configs benchmarks tests
-	$(VENV)/bin/ruff format --check l2l_jax configs benchmarks tests
+	$(VENV)/bin/ruff check l2l_jax configs benchmarks scripts tests
+	$(VENV)/bin/ruff format --check l2l_jax configs benchmarks scripts tests
 
 ## bench: benchmarks as JSON + markdown under benchmarks/results/ (PRESET=cpu-small|accelerator);
 ## BENCH_ARGS=--no-peer skips the learned_optimization comparison (subprocesses, ~10 min on 2 cores)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 ## inner steps/s, memory roofline, TBPTT/forward ratio; BENCH_ARGS=--no-peer skips learned_optimization)
 bench-estimators: $(STAMP)
 	$(PY) -m benchmarks.estimators --preset $(PRESET) $(BENCH_ARGS)
+
+## bench-group: one group of `make bench` alone, GROUP=momentum|estimators|towers|... (JSON + markdown
+## under benchmarks/results/GROUP-PRESET.*)
+bench-group: $(STAMP)
+	$(PY) -m benchmarks.group $(GROUP) --preset $(PRESET) $(BENCH_ARGS)
 
 ## accelerator-check: on a GPU machine (no virtualenv: its python3 with jax[cuda]), at most 8 min:
 ## `bench PRESET=accelerator`, then 200 meta-steps of fig4b's paper preset, into OUT/accelerator-check
@@ -69,6 +74,14 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax ood --out docs/results/ood
 	$(PY) -m l2l_jax ood --out docs/results/ood_paper --preset paper
 	$(PY) -m l2l_jax ood --out docs/results/ood_paper_seed1 --preset paper --config.seed=1
+
+## figures-check: regenerate the experiments that take minutes (not the meta-training ones) under
+## OUT/figures-check and compare them with docs/results number by number; writes
+## docs/results/figures_check.{json,md} and fails if a number differs beyond float rounding
+QUICK_FIGURES = fig1 fig1_momentum thm3 sweep fig2 fig3 thm5 thm6 health stability
+figures-check: $(STAMP)
+	for e in $(QUICK_FIGURES); do $(PY) -m l2l_jax $$e --no-progress --out $(OUT)/figures-check/$$e || exit 1; done
+	$(PY) scripts/compare_results.py $(OUT)/figures-check docs/results $(QUICK_FIGURES) --out docs/results/figures_check.json
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)

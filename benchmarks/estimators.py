@@ -600,28 +600,10 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m benchmarks.estimators [--preset P] [--no-peer] [--out DIR]``: this group
-    alone (``make bench`` runs it with all the others), written to
-    ``DIR/estimators-<preset>.json`` and ``.md``."""
-    import argparse
-    import json
-    import sys
+    alone, :func:`benchmarks.group.main` of ``estimators``."""
+    from benchmarks import group
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.estimators", description=__doc__)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--no-peer", action="store_true", help="skip learned_optimization")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    preset = PRESETS[args.preset]
-    if args.no_peer and preset.peer:
-        preset = dataclasses.replace(preset, peer=False, peer_skip="--no-peer given")
-    section = measure(preset)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"estimators-{args.preset}"
-    stem.with_suffix(".json").write_text(json.dumps(section, indent=1, default=str) + "\n")
-    stem.with_suffix(".md").write_text(render_markdown(section) + "\n")
-    print(claim(section))
-    print(f"wrote {stem}.json, {stem}.md")
-    return section
+    return group.main(["estimators", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
