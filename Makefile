@@ -55,7 +55,7 @@ bench-group: $(STAMP)
 accelerator-check:
 	PYTHON=$(PYTHON) scripts/accelerator_check.sh $(OUT)/accelerator-check
 
-## figures: regenerate the experiment results and the figures the docs show (about four and a half hours on 2 CPU cores, not timed end to end: meta_tune ~40 min, fig4a-c ~40 min each, and the two paper-preset ood runs, about an hour each, dominate)
+## figures: regenerate the experiment results and the figures the docs show (about 5.2 hours on 2 CPU cores, the sum of each command's measured time: meta_tune 40 min, fig4a-c 39-45 min each and the two paper-preset ood runs, 52 and 55 min, dominate)
 figures: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out docs/results/fig1
 	$(PY) -m l2l_jax thm3 --out docs/results/thm3

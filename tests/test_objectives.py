@@ -122,5 +122,5 @@ def test_a_trajectory_objective_sees_the_validation_loss_of_every_iterate():
         np.testing.assert_allclose(
             np.linalg.norm(np.asarray(run.records[frozen - 1 :]), axis=1), 1.0
         )
-    with pytest.raises(ValueError, match="records"):
-        mean_tbv(inner.unroll(task, inner.gd(), eta, steps))
+        with pytest.raises(ValueError, match="records"):
+            mean_tbv(inner.unroll(task, inner.gd(), eta, steps))
