@@ -50,8 +50,14 @@ def _sensitivity(fn, x, u):
 
 
 def _check(got, ref, sens, dtype, what):
-    err = abs(mpmath.mpf(float(got)) - ref) / abs(ref)
+    """Relative error within the bar; a reference below the dtype's smallest normal
+    number (a derivative of ~1e-46 once least squares has converged to its residual) is
+    met by any value within that number of it: float32 cannot represent it."""
     assert np.isfinite(float(got)), (what, got)
+    if abs(ref) < np.finfo(dtype).tiny:
+        assert abs(mpmath.mpf(float(got)) - ref) <= np.finfo(dtype).tiny, (what, got, ref)
+        return
+    err = abs(mpmath.mpf(float(got)) - ref) / abs(ref)
     assert err <= max(TOL[dtype], 2 * sens), (what, dtype, float(got), float(ref), float(err))
 
 
@@ -174,30 +180,44 @@ def _check_ls_case(task, dtype: str, steps: int, kind: str, objective: str, regi
     u, what = U[dtype], (kind, objective, regime, steps)
     _check(value, ref(e, b), _sensitivity(lambda z: ref(z, b), e, u), dtype, (*what, "value"))
     name = ("train", "valid")[which]
-    grad = lambda u_, v_: reference.least_squares_log_loss_grads(kind, u_, v_, x, y, xv, yv, steps)
-    expected = grad(e, b)[name]
+    points = [(e, b)] + [(e * (1 + s * u), b) for s in (-1, 1)]
+    points += [] if kind == "gd" else [(e, b * (1 + s * u)) for s in (-1, 1)]
+    grads_at = [
+        reference.least_squares_log_loss_grads(kind, pe, pb, x, y, xv, yv, steps)[name]
+        for pe, pb in points
+    ]
     got = [grads] if kind == "gd" else [grads["learning_rate"], grads["momentum"]]
     for i, g in enumerate(got):
-        sens = _sensitivity(lambda z, i=i: grad(z, b)[name][i] / steps, e, u)
-        _check(g, expected[i] / steps, sens, dtype, (*what, i))
+        expected = grads_at[0][i]
+        sens = (
+            max(abs(other[i] - expected) / abs(expected) for other in grads_at[1:])
+            if expected
+            else 0
+        )
+        _check(g, expected / steps, sens, dtype, (*what, i))
 
 
 LS_SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
-    "kind, steps",
-    [
-        ("momentum", 80),
-        pytest.param("gd", 80, marks=LS_SLOW),
-        pytest.param("nesterov", 80, marks=LS_SLOW),
-        pytest.param("momentum", 1000, marks=LS_SLOW),
-        pytest.param("nesterov", 100_000, marks=LS_SLOW),
-        pytest.param("gd", 100_000, marks=LS_SLOW),
+    "kind, steps, dtype",
+    [("momentum", 80, "float32")]
+    + [
+        pytest.param(kind, steps, dtype, marks=LS_SLOW)
+        for kind, steps in [
+            ("momentum", 80),
+            ("gd", 80),
+            ("nesterov", 80),
+            ("momentum", 1000),
+            ("nesterov", 100_000),
+            ("gd", 100_000),
+        ]
+        for dtype in ("float32", "float64")
+        if (kind, steps, dtype) != ("momentum", 80, "float32")
     ],
 )
-def test_least_squares_train_and_validation_match_mpmath(dtype, kind, steps):
+def test_least_squares_train_and_validation_match_mpmath(kind, steps, dtype):
     """Least squares (n1 > d: a positive ERM residual, so the training loss does not
     vanish), train-by-train and train-by-validation as log-losses, in every regime."""
     with jax.enable_x64(dtype == "float64"):

@@ -114,54 +114,91 @@ def momentum_log_f_grad(
         return mpmath.diff(lambda x: f(x, b), e), mpmath.diff(lambda y: f(e, y), b)
 
 
-# -- least squares: the affine step on the original coordinates (no eigendecomposition) ---
+# -- least squares: the step on the original coordinates (no eigendecomposition) ----------
+def _ls_steps(kind: str, e, b, h, d: int):
+    """Heavy ball / Nesterov / GD on ``(e, v)``, ``e = w - w_erm`` (gradient ``H e``), as a
+    ``2d x 2d`` matrix, and its derivatives in ``eta`` and ``beta``."""
+    eye = mpmath.eye(d)
+    zero = mpmath.zeros(d, d)
+    a, k, mv = {"gd": (1, 0, 0), "momentum": (1, 1, b), "nesterov": (1 + b, 1, b * b)}[kind]
+    da_db, dmv_db = {"gd": (0, 0), "momentum": (0, 1), "nesterov": (1, 2 * b)}[kind]
+    blocks = lambda m11, m12, m21, m22: _blocks([[m11, m12], [m21, m22]])
+    step = blocks(eye - e * a * h, -e * mv * eye, k * h, b * k * eye)
+    d_eta = blocks(-a * h, -mv * eye, zero, zero)
+    d_beta = blocks(-e * da_db * h, -e * dmv_db * eye, zero, k * eye)
+    return step, d_eta, d_beta
+
+
+def _blocks(rows) -> mpmath.matrix:
+    n = rows[0][0].rows
+    out = mpmath.zeros(n * len(rows), n * len(rows[0]))
+    for bi, row in enumerate(rows):
+        for bj, block in enumerate(row):
+            for i in range(n):
+                for j in range(n):
+                    out[bi * n + i, bj * n + j] = block[i, j]
+    return out
+
+
+def _least_squares(kind, e, b, x, y, x_valid, y_valid, steps, derivatives=True):
+    """``({"train": log f, "valid": log f_v}, {"train": (d/d eta, d/d beta), ...})``.
+
+    ``w_erm`` from the normal equations (``n1 >= d``); the iterate's distance ``e_t`` and
+    its exact derivatives from one binary powering of the block matrix ``[[M, dM], [0,
+    M]]`` (its top-right block is ``d(M^t)``); ``d log f = grad f(w_t) . dw_t / f``, with
+    ``grad f`` of the training loss ``H e_t`` (no cancellation against the residual)."""
+    xm, ym = mpmath.matrix(np.asarray(x, np.float64)), mpmath.matrix(_mp(y))
+    xv, yv = mpmath.matrix(np.asarray(x_valid, np.float64)), mpmath.matrix(_mp(y_valid))
+    n, d = xm.rows, xm.cols
+    h, c = xm.T * xm / n, xm.T * ym / n
+    w_erm = mpmath.lu_solve(h, c)
+    z0 = mpmath.matrix([-w_erm[i] for i in range(d)] + [0] * d)
+    step, d_eta, d_beta = _ls_steps(kind, e, b, h, d)
+    big = 2 * d
+    z, dmt = step**steps * z0, []
+    for dm in (d_eta, d_beta) if derivatives else ():
+        power = _blocks([[step, dm], [mpmath.zeros(big, big), step]]) ** steps
+        block = mpmath.matrix(big, big)
+        for i in range(big):
+            for j in range(big):
+                block[i, j] = power[i, big + j]
+        dmt.append(block)
+    err = mpmath.matrix([z[i] for i in range(d)])
+    derr = [mpmath.matrix([(m * z0)[i] for i in range(d)]) for m in dmt]
+    w = w_erm + err
+    res_v = xv * w - yv
+    f = {
+        "train": (err.T * h * err)[0] / 2 + mpmath.fsum(r**2 for r in (xm * w_erm - ym)) / (2 * n),
+        "valid": mpmath.fsum(r**2 for r in res_v) / (2 * xv.rows),
+    }
+    grad_f = {"train": h * err, "valid": xv.T * res_v / xv.rows}
+    logs = {k: mpmath.log(v) for k, v in f.items()}
+    grads = {k: tuple((grad_f[k].T * de)[0] / f[k] for de in derr) for k in f}
+    return logs, grads
+
+
 def least_squares_log_losses(
     kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60
 ) -> tuple[mpmath.mpf, mpmath.mpf]:
     """``(log training loss, log validation loss)`` of ``w_t`` for GD (``kind="gd"``),
-    heavy ball or Nesterov from ``w0 = v0 = 0`` on ``1/(2n) ||X w - y||^2``: the affine
-    step of ``(w, v, 1)`` in the data's own coordinates (gradient ``H w - c``, ``H = X^T
-    X / n``, ``c = X^T y / n``) raised to the power ``t`` by binary powering in ``dps``
-    digits. Independent of the library's eigenbasis and renormalization."""
+    heavy ball or Nesterov from ``w0 = v0 = 0`` on ``1/(2n) ||X w - y||^2`` (``n1 >= d``):
+    the step of ``(w - w_erm, v)`` in the data's own coordinates raised to the power ``t``
+    by binary powering in ``dps`` digits. Independent of the library's eigenbasis and
+    renormalization."""
     with mpmath.workdps(dps):
         e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
-        return _least_squares_log_losses(kind, e, b, x, y, x_valid, y_valid, int(steps))
-
-
-def _least_squares_log_losses(kind, e, b, x, y, x_valid, y_valid, steps):
-    xm, ym = mpmath.matrix(np.asarray(x, np.float64)), mpmath.matrix(_mp(y))
-    n, d = xm.rows, xm.cols
-    h, c = xm.T * xm / n, xm.T * ym / n
-    step = mpmath.zeros(2 * d + 1, 2 * d + 1)
-    a, k, mv = {"gd": (1, 0, 0), "momentum": (1, 1, b), "nesterov": (1 + b, 1, b * b)}[kind]
-    for i in range(d):
-        for j in range(d):
-            step[i, j] = (1 if i == j else 0) - e * a * h[i, j]
-            step[d + i, j] = h[i, j] * k
-        step[i, d + i] = -e * mv
-        step[d + i, d + i] = b * k
-        step[i, 2 * d] = e * a * c[i]
-        step[d + i, 2 * d] = -c[i] * k
-    step[2 * d, 2 * d] = 1
-    state = (step**steps)[:, 2 * d]  # from (0, 0, 1)
-    w = mpmath.matrix([state[i] for i in range(d)])
-    xv, yv = mpmath.matrix(np.asarray(x_valid, np.float64)), mpmath.matrix(_mp(y_valid))
-    half_mse = lambda xs, ys: mpmath.fsum(r**2 for r in (xs * w - ys)) / (2 * xs.rows)
-    return mpmath.log(half_mse(xm, ym)), mpmath.log(half_mse(xv, yv))
+        logs, _ = _least_squares(kind, e, b, x, y, x_valid, y_valid, int(steps), False)
+        return logs["train"], logs["valid"]
 
 
 def least_squares_log_loss_grads(
     kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60
 ) -> dict[str, tuple[mpmath.mpf, mpmath.mpf]]:
     """``{"train": (d/d eta, d/d beta), "valid": (...)}`` of the two log losses of
-    :func:`least_squares_log_losses`, by mpmath's numerical differentiation at ``dps``
-    digits (for ``kind="gd"`` the ``beta`` entry is 0: it does not enter)."""
+    :func:`least_squares_log_losses`, exact: the derivative of ``M^t`` is the top-right
+    block of ``[[M, dM], [0, M]]^t`` (for ``kind="gd"`` the ``beta`` entry is 0). Exact
+    derivatives, unlike numerical ones, keep their digits when ``log f`` has converged to
+    the residual and its derivative is ``1e-70`` or smaller."""
     with mpmath.workdps(dps):
         e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
-        f = lambda u, v, i: _least_squares_log_losses(kind, u, v, x, y, x_valid, y_valid, steps)[i]
-        out = {}
-        for i, name in enumerate(("train", "valid")):
-            d_eta = mpmath.diff(lambda u, i=i: f(u, b, i), e)
-            d_beta = mpmath.diff(lambda v, i=i: f(e, v, i), b)
-            out[name] = (d_eta, d_beta)
-        return out
+        return _least_squares(kind, e, b, x, y, x_valid, y_valid, int(steps))[1]
