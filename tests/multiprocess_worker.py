@@ -27,7 +27,6 @@ test skips then.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -71,15 +70,6 @@ def setup(args: argparse.Namespace) -> None:
     )
 
 
-def _hashable_class():
-    from l2l_jax.inner import InnerOptimizer
-
-    class Hashable(InnerOptimizer):
-        __hash__ = object.__hash__
-
-    return Hashable
-
-
 def parts():
     """The tiny task, inner optimizer, initial meta-parameters and configs (one per
     estimator of ``meta.truncated.ESTIMATORS``).
@@ -116,10 +106,7 @@ def parts():
     configs = {
         name: meta.TruncatedConfig(**base, estimator=name) for name in meta.truncated.ESTIMATORS
     }
-    gd = inner.gd()
-    # Hashable, so meta_train's compiled-step cache serves the killed and the resumed run
-    # (an InnerOptimizer's defaults dict makes it unhashable: every call would recompile).
-    gd = _hashable_class()(**{f.name: getattr(gd, f.name) for f in dataclasses.fields(gd)})
+    gd = inner.gd()  # hashable: the compiled-step cache serves the killed and the resumed run
     return task, gd, jnp.float32(0.5), configs
 
 
