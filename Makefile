@@ -75,10 +75,10 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax ood --out docs/results/ood_paper --preset paper
 	$(PY) -m l2l_jax ood --out docs/results/ood_paper_seed1 --preset paper --config.seed=1
 
-## figures-check: regenerate the experiments that take minutes (not the meta-training ones) under
+## figures-check: regenerate the experiments that take minutes (not the MNIST meta-training ones) under
 ## OUT/figures-check and compare them with docs/results number by number; writes
 ## docs/results/figures_check.{json,md} and fails if a number differs beyond float rounding
-QUICK_FIGURES = fig1 fig1_momentum thm3 sweep fig2 fig3 thm5 thm6 health stability
+QUICK_FIGURES = fig1 fig1_momentum thm3 sweep fig2 fig3 thm5 thm6 health stability towers
 figures-check: $(STAMP)
 	for e in $(QUICK_FIGURES); do $(PY) -m l2l_jax $$e --no-progress --out $(OUT)/figures-check/$$e || exit 1; done
 	$(PY) scripts/compare_results.py $(OUT)/figures-check docs/results $(QUICK_FIGURES) --out docs/results/figures_check.json
