@@ -35,7 +35,7 @@ import numpy as np
 from l2l_jax import inner, xla
 from l2l_jax.inner import tuning
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
-from l2l_jax.inner.rollout import record_points, rollout
+from l2l_jax.inner.rollout import keyed_rollout, record_points
 
 Array = jax.Array
 METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc", "test_acc_noisy")
@@ -195,16 +195,9 @@ def _evaluate_fn(optimizer, steps: int, eval_every: int, per_run_task: bool) -> 
     (:func:`l2l_jax.xla.cached` on the optimizer and the static arguments)."""
 
     def one_run(task, hparams, keys, test_x, test_y):
-        task = task.with_init_key(keys[0])
-        (params, _), metrics = rollout(
-            task,
-            optimizer,
-            hparams,
-            task.init_params(),
-            steps,
-            key=keys[1],
-            every=eval_every,
-            record=lambda w, _: _metrics(task, w, test_x, test_y),
+        record = lambda run_task, w, _: _metrics(run_task, w, test_x, test_y)
+        (params, _), metrics = keyed_rollout(
+            task, optimizer, hparams, steps, keys, record=record, every=eval_every
         )
         return params, metrics
 

@@ -49,7 +49,7 @@ from l2l_jax.experiments.ood_report import (
     task_result,
     tune_adam,
 )
-from l2l_jax.inner.rollout import record_points, rollout
+from l2l_jax.inner.rollout import keyed_rollout, record_points
 from l2l_jax.learned import nominal
 from l2l_jax.tasks import NQM, MnistMLP
 
@@ -358,18 +358,10 @@ def eval_points(steps: int, points: int) -> np.ndarray:
 
 def _one_run(task, optimizer, hparams, keys, steps: int, every: int, batch_size: int):
     """``(n_points,)`` full losses of one run (init ``keys[0]``, minibatches ``keys[1]``):
-    a :func:`~l2l_jax.inner.rollout.rollout` recording ``task.loss``."""
-    task = task.with_init_key(keys[0])
-    _, losses = rollout(
-        task,
-        optimizer,
-        hparams,
-        task.init_params(),
-        steps,
-        key=keys[1],
-        every=every,
-        record=lambda w, _: task.loss(w),
-        batch_size=batch_size,
+    a :func:`~l2l_jax.inner.rollout.keyed_rollout` recording ``task.loss``."""
+    record = lambda run_task, w, _: run_task.loss(w)
+    _, losses = keyed_rollout(
+        task, optimizer, hparams, steps, keys, record=record, every=every, batch_size=batch_size
     )
     return losses
 

@@ -81,3 +81,31 @@ def rollout(
         carry, last = chunk(carry, step_keys[full * every :])
         pieces.append(jax.tree.map(lambda x: x[None], last))
     return carry, jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
+
+
+def keyed_rollout(
+    task,
+    optimizer: InnerOptimizer,
+    hparams: HParams,
+    steps: int,
+    keys: chex.Array,
+    *,
+    record: Callable[[Any, chex.ArrayTree, chex.ArrayTree], Any],
+    every: int = 1,
+    batch_size: int | str | None = OPTIMIZER,
+) -> tuple[tuple[chex.ArrayTree, chex.ArrayTree], Any]:
+    """One run of an evaluation from its pair of keys: :func:`rollout` of
+    ``task.with_init_key(keys[0])`` from its ``init_params()``, minibatches from
+    ``keys[1]``, recording ``record(task, w, s)`` (the re-keyed task)."""
+    task = task.with_init_key(keys[0])
+    return rollout(
+        task,
+        optimizer,
+        hparams,
+        task.init_params(),
+        steps,
+        key=keys[1],
+        record=lambda w, s: record(task, w, s),
+        every=every,
+        batch_size=batch_size,
+    )
