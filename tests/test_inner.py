@@ -43,6 +43,38 @@ def test_momentum_matches_heavy_ball():
         np.testing.assert_allclose(np.asarray(res.params), w, rtol=1e-10, atol=1e-14)
 
 
+def test_preconditioned_updates_match_numpy():
+    """``preconditioner=p``: GD ``w - eta p g``, heavy ball and Nesterov on ``p g``, on a
+    pytree of parameters (one update) and on a quadratic (an unroll); ``p`` keeps the
+    parameters' dtype."""
+    with jax.enable_x64(True):
+        params = {"a": jnp.asarray([1.0, -2.0]), "b": jnp.asarray([[0.5]])}
+        grads = {"a": jnp.asarray([0.3, 0.1]), "b": jnp.asarray([[-1.0]])}
+        p = {"a": jnp.asarray([2.0, 0.5]), "b": jnp.asarray([[4.0]], jnp.float32)}
+        for opt in (inner.gd(preconditioner=p), inner.nesterov(preconditioner=p)):
+            hp = (
+                opt.hparams(learning_rate=0.1)
+                if opt.name == "gd"
+                else opt.hparams(learning_rate=0.1, momentum=0.5)
+            )
+            new, _ = opt.update(grads, opt.init(params, hp), params, hp)
+            scale = 1.0 if opt.name == "gd" else 1.5  # Nesterov's first step: (1 + beta) g
+            for k in params:
+                expected = np.asarray(params[k]) - 0.1 * scale * np.asarray(p[k], np.float64) * grads[k]
+                np.testing.assert_allclose(np.asarray(new[k]), expected, rtol=1e-15)
+                assert new[k].dtype == jnp.float64
+        task = _task()
+        h, w0 = np.asarray(task.hessian), np.asarray(task.w0)
+        pv = np.linspace(0.5, 2.0, len(w0))
+        eta, beta, t = 0.05, 0.7, 30
+        opt = inner.momentum(preconditioner=jnp.asarray(pv))
+        res = inner.unroll(task, opt, opt.hparams(learning_rate=eta, momentum=beta), t)
+        prev, w = w0.copy(), w0.copy()
+        for _ in range(t):
+            prev, w = w, w - eta * pv * (h @ w) + beta * (w - prev)
+        np.testing.assert_allclose(np.asarray(res.params), w, rtol=1e-10, atol=1e-14)
+
+
 def test_adam_matches_numpy():
     with jax.enable_x64(True):
         task = _task()

@@ -114,18 +114,19 @@ def momentum_log_f_grad(
         return mpmath.diff(lambda x: f(x, b), e), mpmath.diff(lambda y: f(e, y), b)
 
 
-# -- least squares: the step on the original coordinates (no eigendecomposition) ----------
-def _ls_steps(kind: str, e, b, h, d: int):
-    """Heavy ball / Nesterov / GD on ``(e, v)``, ``e = w - w_erm`` (gradient ``H e``), as a
-    ``2d x 2d`` matrix, and its derivatives in ``eta`` and ``beta``."""
+# -- dense problems: the step on the original coordinates (no eigendecomposition) --------
+def _linear_steps(kind: str, e, b, g, d: int):
+    """GD / heavy ball / Nesterov on ``(e, v)`` whose gradient is ``g e`` (``g = P H``:
+    ``H`` the Hessian, ``P`` a diagonal preconditioner or the identity), as a ``2d x 2d``
+    matrix, and its derivatives in ``eta`` and ``beta``."""
     eye = mpmath.eye(d)
     zero = mpmath.zeros(d, d)
     a, k, mv = {"gd": (1, 0, 0), "momentum": (1, 1, b), "nesterov": (1 + b, 1, b * b)}[kind]
     da_db, dmv_db = {"gd": (0, 0), "momentum": (0, 1), "nesterov": (1, 2 * b)}[kind]
     blocks = lambda m11, m12, m21, m22: _blocks([[m11, m12], [m21, m22]])
-    step = blocks(eye - e * a * h, -e * mv * eye, k * h, b * k * eye)
-    d_eta = blocks(-a * h, -mv * eye, zero, zero)
-    d_beta = blocks(-e * da_db * h, -e * dmv_db * eye, zero, k * eye)
+    step = blocks(eye - e * a * g, -e * mv * eye, k * g, b * k * eye)
+    d_eta = blocks(-a * g, -mv * eye, zero, zero)
+    d_beta = blocks(-e * da_db * g, -e * dmv_db * eye, zero, k * eye)
     return step, d_eta, d_beta
 
 
@@ -140,31 +141,58 @@ def _blocks(rows) -> mpmath.matrix:
     return out
 
 
-def _least_squares(kind, e, b, x, y, x_valid, y_valid, steps, derivatives=True):
+def _powered(kind, e, b, h, preconditioner, start, steps, derivatives):
+    """``(e_t, [d e_t / d eta, d e_t / d beta])`` from ``(e_0, v_0) = (start, 0)``: one
+    binary powering of the step, and for the derivatives of the block matrix ``[[M, dM],
+    [0, M]]`` (its top-right block is ``d(M^t)``, exact)."""
+    d = h.rows
+    g = h if preconditioner is None else mpmath.diag(_mp(preconditioner)) * h
+    z0 = mpmath.matrix(list(start) + [0] * d)
+    step, d_eta, d_beta = _linear_steps(kind, e, b, g, d)
+    big = 2 * d
+    z, derr = step**steps * z0, []
+    for dm in (d_eta, d_beta) if derivatives else ():
+        power = _blocks([[step, dm], [mpmath.zeros(big, big), step]]) ** steps
+        dz = mpmath.matrix(
+            [mpmath.fsum(power[i, big + j] * z0[j] for j in range(big)) for i in range(d)]
+        )
+        derr.append(dz)
+    return mpmath.matrix([z[i] for i in range(d)]), derr
+
+
+def quadratic_log_f(
+    kind: str, eta, beta, hessian, w0, steps: int, preconditioner=None, dps: int = 60
+) -> tuple[mpmath.mpf, tuple[mpmath.mpf, mpmath.mpf]]:
+    """``(log f(w_t), (d/d eta, d/d beta) log f(w_t))`` for GD (``kind="gd"``, the
+    ``beta`` entry 0), heavy ball or Nesterov from ``(w0, v0 = 0)`` on ``f = 1/2 w^T H w``
+    with a dense ``H``, the gradient multiplied by the diagonal ``preconditioner`` (``None``:
+    the identity) before the step. The step in the problem's own coordinates, powered
+    exactly in ``dps`` digits: no eigendecomposition, no change of variables."""
+    with mpmath.workdps(dps):
+        e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
+        h = mpmath.matrix(np.asarray(hessian, np.float64))
+        w, dws = _powered(kind, e, b, h, preconditioner, _mp(w0), int(steps), True)
+        f = (w.T * h * w)[0] / 2
+        grads = tuple((w.T * h * dw)[0] / f for dw in dws)
+        return mpmath.log(f), grads
+
+
+# -- least squares -----------------------------------------------------------------------
+def _least_squares(
+    kind, e, b, x, y, x_valid, y_valid, steps, derivatives=True, preconditioner=None
+):
     """``({"train": log f, "valid": log f_v}, {"train": (d/d eta, d/d beta), ...})``.
 
     ``w_erm`` from the normal equations (``n1 >= d``); the iterate's distance ``e_t`` and
-    its exact derivatives from one binary powering of the block matrix ``[[M, dM], [0,
-    M]]`` (its top-right block is ``d(M^t)``); ``d log f = grad f(w_t) . dw_t / f``, with
+    its exact derivatives by :func:`_powered`; ``d log f = grad f(w_t) . dw_t / f``, with
     ``grad f`` of the training loss ``H e_t`` (no cancellation against the residual)."""
     xm, ym = mpmath.matrix(np.asarray(x, np.float64)), mpmath.matrix(_mp(y))
     xv, yv = mpmath.matrix(np.asarray(x_valid, np.float64)), mpmath.matrix(_mp(y_valid))
     n, d = xm.rows, xm.cols
     h, c = xm.T * xm / n, xm.T * ym / n
     w_erm = mpmath.lu_solve(h, c)
-    z0 = mpmath.matrix([-w_erm[i] for i in range(d)] + [0] * d)
-    step, d_eta, d_beta = _ls_steps(kind, e, b, h, d)
-    big = 2 * d
-    z, dmt = step**steps * z0, []
-    for dm in (d_eta, d_beta) if derivatives else ():
-        power = _blocks([[step, dm], [mpmath.zeros(big, big), step]]) ** steps
-        block = mpmath.matrix(big, big)
-        for i in range(big):
-            for j in range(big):
-                block[i, j] = power[i, big + j]
-        dmt.append(block)
-    err = mpmath.matrix([z[i] for i in range(d)])
-    derr = [mpmath.matrix([(m * z0)[i] for i in range(d)]) for m in dmt]
+    start = [-w_erm[i] for i in range(d)]
+    err, derr = _powered(kind, e, b, h, preconditioner, start, steps, derivatives)
     w = w_erm + err
     res_v = xv * w - yv
     f = {
@@ -178,21 +206,23 @@ def _least_squares(kind, e, b, x, y, x_valid, y_valid, steps, derivatives=True):
 
 
 def least_squares_log_losses(
-    kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60
+    kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60, preconditioner=None
 ) -> tuple[mpmath.mpf, mpmath.mpf]:
     """``(log training loss, log validation loss)`` of ``w_t`` for GD (``kind="gd"``),
-    heavy ball or Nesterov from ``w0 = v0 = 0`` on ``1/(2n) ||X w - y||^2`` (``n1 >= d``):
+    heavy ball or Nesterov from ``w0 = v0 = 0`` on ``1/(2n) ||X w - y||^2`` (``n1 >= d``),
+    the gradient multiplied by the diagonal ``preconditioner`` (``None``: the identity):
     the step of ``(w - w_erm, v)`` in the data's own coordinates raised to the power ``t``
     by binary powering in ``dps`` digits. Independent of the library's eigenbasis and
     renormalization."""
     with mpmath.workdps(dps):
         e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
-        logs, _ = _least_squares(kind, e, b, x, y, x_valid, y_valid, int(steps), False)
+        args = (kind, e, b, x, y, x_valid, y_valid, int(steps), False, preconditioner)
+        logs, _ = _least_squares(*args)
         return logs["train"], logs["valid"]
 
 
 def least_squares_log_loss_grads(
-    kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60
+    kind: str, eta, beta, x, y, x_valid, y_valid, steps: int, dps: int = 60, preconditioner=None
 ) -> dict[str, tuple[mpmath.mpf, mpmath.mpf]]:
     """``{"train": (d/d eta, d/d beta), "valid": (...)}`` of the two log losses of
     :func:`least_squares_log_losses`, exact: the derivative of ``M^t`` is the top-right
@@ -201,4 +231,5 @@ def least_squares_log_loss_grads(
     the residual and its derivative is ``1e-70`` or smaller."""
     with mpmath.workdps(dps):
         e, b = mpmath.mpf(float(eta)), mpmath.mpf(float(beta))
-        return _least_squares(kind, e, b, x, y, x_valid, y_valid, int(steps))[1]
+        args = (kind, e, b, x, y, x_valid, y_valid, int(steps), True, preconditioner)
+        return _least_squares(*args)[1]

@@ -80,6 +80,11 @@ class OptaxInner:
       batch_size: ``None`` for full-batch gradients, else the minibatch size the unroll
         samples (with replacement) from the task at each step.
       defaults: default hyperparameter values, used by :meth:`hparams`.
+      preconditioner: the fixed diagonal ``P`` (a pytree like the parameters, every entry
+        ``> 0``) that multiplies the gradient before the step, as built by ``gd``,
+        ``momentum`` and ``nesterov`` with ``preconditioner=``; ``None`` for none. Recorded
+        so that ``grad="stable"`` can change variables (``meta.stable``); ``transform``
+        already applies it, so it takes no part in equality or the hash.
     """
 
     name: str
@@ -87,6 +92,7 @@ class OptaxInner:
     transform: optax.GradientTransformation
     batch_size: int | None = None
     defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    preconditioner: Any = dataclasses.field(default=None, compare=False)
 
     def __hash__(self) -> int:
         # hashable (a static argument of jax.jit) although ``defaults`` is a dict
@@ -178,11 +184,51 @@ def from_optax(
     )
 
 
-def gd(learning_rate: float = 0.1) -> OptaxInner:
-    """Full-batch gradient descent ``w <- w - eta * grad f(w)``; hyperparameter: ``eta``."""
-    return from_optax(
-        optax.sgd, ("learning_rate",), name="gd", defaults={"learning_rate": learning_rate}
+def _check_preconditioner(preconditioner) -> Any:
+    """The diagonal preconditioner as a pytree of float arrays, every entry finite and
+    ``> 0`` (a ``ValueError`` naming the fix otherwise)."""
+    leaves = jax.tree_util.tree_leaves(preconditioner)
+    if not leaves:
+        raise ValueError("preconditioner must hold at least one array (the diagonal of P).")
+    tree = jax.tree.map(lambda x: validation.float_array("preconditioner", x), preconditioner)
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if validation.known_true(~jnp.all(jnp.isfinite(leaf) & (leaf > 0))):
+            raise ValueError(
+                "preconditioner must be a diagonal P > 0: every entry finite and positive "
+                "(it multiplies the gradient elementwise; use 1 to leave a coordinate as is)."
+            )
+    return tree
+
+
+def _sgd_family(
+    name: str, defaults: dict[str, float], preconditioner, nesterov: bool = False
+) -> OptaxInner:
+    """optax's ``sgd`` (GD, heavy ball or Nesterov: ``defaults`` names the
+    hyperparameters), on the gradient multiplied elementwise by a fixed diagonal
+    ``preconditioner`` when one is given."""
+    names = tuple(defaults)
+    static = {"nesterov": True} if nesterov else {}
+    if preconditioner is None:
+        return from_optax(optax.sgd, names, name=name, defaults=defaults, **static)
+    diag = _check_preconditioner(preconditioner)
+    scale = optax.stateless(
+        lambda g, _: jax.tree.map(lambda gi, pi: gi * pi.astype(gi.dtype), g, diag)
     )
+
+    def factory(learning_rate, momentum=None):
+        return optax.chain(scale, optax.sgd(learning_rate, momentum, **static))
+
+    opt = from_optax(factory, names, name=name, defaults=defaults)
+    return dataclasses.replace(opt, preconditioner=diag)
+
+
+def gd(learning_rate: float = 0.1, preconditioner=None) -> OptaxInner:
+    """Full-batch gradient descent ``w <- w - eta * grad f(w)``; hyperparameter: ``eta``.
+
+    With ``preconditioner`` (a fixed diagonal ``P > 0``, shaped like the parameters):
+    ``w <- w - eta P grad f(w)``.
+    """
+    return _sgd_family("gd", {"learning_rate": learning_rate}, preconditioner)
 
 
 def sgd(batch_size: int = 1, learning_rate: float = 0.1) -> OptaxInner:
@@ -196,29 +242,22 @@ def sgd(batch_size: int = 1, learning_rate: float = 0.1) -> OptaxInner:
     )
 
 
-def momentum(learning_rate: float = 0.1, beta: float = 0.9) -> OptaxInner:
+def momentum(learning_rate: float = 0.1, beta: float = 0.9, preconditioner=None) -> OptaxInner:
     """Heavy-ball momentum ``v <- g + beta v; w <- w - eta v``; hyperparameters eta, beta.
 
-    Equivalent to Polyak's ``w_{k+1} = w_k - eta g_k + beta (w_k - w_{k-1})``.
+    Equivalent to Polyak's ``w_{k+1} = w_k - eta g_k + beta (w_k - w_{k-1})``. With
+    ``preconditioner`` (a fixed diagonal ``P > 0``): ``g = P grad f(w)``.
     """
-    return from_optax(
-        optax.sgd,
-        ("learning_rate", "momentum"),
-        name="momentum",
-        defaults={"learning_rate": learning_rate, "momentum": beta},
-    )
+    defaults = {"learning_rate": learning_rate, "momentum": beta}
+    return _sgd_family("momentum", defaults, preconditioner)
 
 
-def nesterov(learning_rate: float = 0.1, beta: float = 0.9) -> OptaxInner:
+def nesterov(learning_rate: float = 0.1, beta: float = 0.9, preconditioner=None) -> OptaxInner:
     """Nesterov momentum (optax's ``sgd(nesterov=True)``): ``v <- g + beta v; w <- w -
-    eta (g + beta v)``; hyperparameters eta, beta."""
-    return from_optax(
-        optax.sgd,
-        ("learning_rate", "momentum"),
-        name="nesterov",
-        defaults={"learning_rate": learning_rate, "momentum": beta},
-        nesterov=True,
-    )
+    eta (g + beta v)``; hyperparameters eta, beta. With ``preconditioner`` (a fixed
+    diagonal ``P > 0``): ``g = P grad f(w)``."""
+    defaults = {"learning_rate": learning_rate, "momentum": beta}
+    return _sgd_family("nesterov", defaults, preconditioner, nesterov=True)
 
 
 def adam(

@@ -13,6 +13,11 @@ they exist.
   projective forward mode of :mod:`l2l_jax.meta.projective`, ``hparams -> log f(w_t)``
   with the meta-gradient in every hyperparameter (learning rate and momentum). Least
   squares here is untruncated (no ``max_norm``).
+* The same optimizers with a fixed diagonal preconditioner ``P > 0`` (``inner.gd(...,
+  preconditioner=p)``): the change of variables ``u = P^(-1/2) w`` (and ``P^(-1/2) v``)
+  turns them into the plain optimizer on ``H~ = P^(1/2) H P^(1/2)`` with the same loss
+  values (least squares: the features ``X P^(1/2)``), so the routes above apply to that
+  problem. ``P`` is a constant of the optimizer: no meta-gradient flows to it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
+import numpy as np
 
+from l2l_jax import validation as validation_mod
 from l2l_jax.closed_forms import spectral, spectral_ls
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.meta import projective
@@ -44,7 +51,8 @@ def supported() -> str:
     linear = ", ".join(f"tasks.{t.__name__}" for t in _LINEAR_TASKS)
     return (
         f"grad='stable' supports inner.gd() on {names}, and inner.gd(), inner.momentum() and "
-        f"inner.nesterov() on {linear} (full batch, one task), with the objectives "
+        f"inner.nesterov() on {linear} (full batch, one task, optionally with a diagonal "
+        "preconditioner=), with the objectives "
         "last_loss, log_loss and tbt, and tbv on tasks.LeastSquares (or any objective with "
         "a from_log_loss(log_f, steps) method)"
     )
@@ -71,6 +79,44 @@ def _linear_problem(task, validation: bool):
     residual0 = spec.y_valid - spec.valid_features @ spec.coords
     n_valid = jnp.asarray(spec.y_valid.shape[0], lam.dtype)
     return lam, start, projective.validation_terms, (spec.valid_features, residual0, n_valid)
+
+
+def _preconditioned(task, optimizer: InnerOptimizer):
+    """The task in ``u = P^(-1/2) w`` (module doc), on which the optimizer without ``P``
+    takes the same steps with the same losses; ``task`` itself when there is no ``P``.
+
+    Quadratic: the diagonal task of ``P^(1/2) H P^(1/2)``'s eigenvalues and ``P^(-1/2)
+    w0`` in its eigenbasis, decomposed in float64 on the host when concrete (float32 tasks
+    lose only the final rounding, as ``Quadratic``'s own decomposition does); NQM (mean
+    dynamics): curvature ``P h``; least squares: features ``X P^(1/2)``, ``w_star / P^(1/2)``.
+    """
+    p = getattr(optimizer, "preconditioner", None)
+    if p is None:
+        return task
+    dim = (task.curvature if isinstance(task, NQM) else task.init_params()).shape
+    if not isinstance(p, jnp.ndarray) or p.shape != dim:
+        shape = getattr(p, "shape", type(p).__name__)
+        raise ValueError(
+            f"grad='stable' needs the preconditioner as one array of the parameters' shape "
+            f"{dim}, got {shape}."
+        )
+    sqrt_p = jnp.sqrt(p.astype(task.dtype))
+    if isinstance(task, LeastSquares):
+        x, xv, ws = task.x_train * sqrt_p, task.x_valid * sqrt_p, task.w_star / sqrt_p
+        return LeastSquares(x, task.y_train, xv, task.y_valid, ws, task.sigma)
+    if isinstance(task, NQM):
+        return Quadratic.from_spectrum(
+            task.curvature * p.astype(task.dtype), task.init_params() / sqrt_p
+        )
+    if validation_mod.is_concrete(task.hessian) and validation_mod.is_concrete(sqrt_p):
+        s = np.asarray(sqrt_p, np.float64)
+        h = s[:, None] * np.asarray(task.hessian, np.float64) * s[None, :]
+        lam, vec = np.linalg.eigh(0.5 * (h + h.T))
+        coef = vec.T @ (np.asarray(task.w0, np.float64) / s)
+        return Quadratic.from_spectrum(lam.astype(task.dtype), coef.astype(task.dtype))
+    hessian = sqrt_p[:, None] * task.hessian * sqrt_p[None, :]
+    moved = Quadratic(hessian, task.w0 / sqrt_p)
+    return Quadratic.from_spectrum(moved.eigenvalues, moved.coefficients)
 
 
 def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLossFn:
@@ -102,6 +148,9 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
             f"{supported()}; got {', '.join(problems)}. "
             "Use grad='autodiff' or grad='forward' for this combination."
         )
+    if getattr(optimizer, "preconditioner", None) is not None:
+        task = _preconditioned(task, optimizer)
+        rule = _RULES.get(type(task)) if optimizer.name == "gd" and not validation else None
     t = jnp.asarray(steps, task.dtype)
     if rule is not None and full_batch:
         log_f = rule(task, steps)
