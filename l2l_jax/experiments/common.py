@@ -173,7 +173,29 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(affinity(0)) if affinity else os.cpu_count(),
+        **_host_cpu(),
         "git_commit": _git_commit(),
+    }
+
+
+_SIMD = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def _host_cpu() -> dict:
+    """The host CPU's model and vector extensions (Linux ``/proc/cpuinfo``; empty
+    elsewhere): XLA compiles for the host's instruction set, so float32 results are
+    bit-for-bit reproducible on the same kind of CPU, and may differ in the last digits on
+    another."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu_model": fields.get("model name", "unknown"),
+        "cpu_simd": [f for f in _SIMD if f in flags],
     }
 
 

@@ -47,6 +47,25 @@ def grid_minimizer(task64, steps: int, n: int, eta_max: float) -> dict:
     }
 
 
+def local_minima_2d(values: np.ndarray, within: float = 0.1) -> dict:
+    """Strict local minima of a grid (each interior point below its 8 neighbours), and
+    how many lie within ``within`` of the grid's best value."""
+    c = values[1:-1, 1:-1]
+    is_min = np.isfinite(c)
+    rows, cols = values.shape
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di or dj:
+                is_min &= c < values[1 + di : rows - 1 + di, 1 + dj : cols - 1 + dj]
+    found = c[is_min]
+    best = float(np.nanmin(values))
+    return {
+        "local_minima_2d": int(found.size),
+        f"within_{within}_of_best": int(np.sum(found <= best + within)),
+        "grid": list(values.shape),
+    }
+
+
 def refine(task64, steps: int, coarse: dict, n: int = 121, cells: int = 3) -> dict:
     """The minimizer on a fine ``n x n`` grid over ``+-cells`` coarse cells around the
     coarse grid's minimizer (the log-loss ripples on a finer scale than the coarse grid)."""
@@ -140,7 +159,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
         "stability_boundary_eta0": 2 * (1 + cfg.beta0) / big_l,
         "grid_minimizer": {k: v for k, v in best.items() if k not in ("etas", "betas", "values")},
         "fine_minimizer": fine,
-        "ripples": ripple,
+        "ripples": {**ripple, **local_minima_2d(best["values"])},
         "runs": runs,
     }
     results["figures"] = [plot(results, best, out / "fig1_momentum.png")]
@@ -195,7 +214,9 @@ def summarize(results: dict) -> str:
         f"  fine grid minimizer: eta = {fine['eta']:.5g}, beta = {fine['beta']:.4g}, log-loss "
         f"{fine['value']:.5g} (a local minimum at +-1%: {fine['endpoint']['is_local_minimum']})",
         f"  the landscape ripples: {rip['local_minima']} local minima along eta at beta = "
-        f"{rip['beta']:.4g} ({rip['points']} points)",
+        f"{rip['beta']:.4g} ({rip['points']} points); on the coarse grid "
+        f"{rip['local_minima_2d']} local minima in (eta, beta), {rip['within_0.1_of_best']} "
+        "of them within 0.1 of its best value",
         f"  {'method':<9} {'final eta':>10} {'final beta':>10} {'non-finite':>11} "
         f"{'log-loss':>9} {'gap':>7}  within 1% of the minimizer / a local minimum (+-1% grid)",
     ]
