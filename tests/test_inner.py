@@ -60,7 +60,9 @@ def test_preconditioned_updates_match_numpy():
             new, _ = opt.update(grads, opt.init(params, hp), params, hp)
             scale = 1.0 if opt.name == "gd" else 1.5  # Nesterov's first step: (1 + beta) g
             for k in params:
-                expected = np.asarray(params[k]) - 0.1 * scale * np.asarray(p[k], np.float64) * grads[k]
+                expected = (
+                    np.asarray(params[k]) - 0.1 * scale * np.asarray(p[k], np.float64) * grads[k]
+                )
                 np.testing.assert_allclose(np.asarray(new[k]), expected, rtol=1e-15)
                 assert new[k].dtype == jnp.float64
         task = _task()
