@@ -44,11 +44,6 @@ def regime_eta(kind: str, regime: str, beta: float, big_l: float = float(LAM[-1]
     return x / big_l
 
 
-def _sensitivity(fn, x, u):
-    ref = fn(x)
-    return max(abs(fn(x * (1 + s * u)) - ref) / abs(ref) for s in (-1, 1)) if ref else 0.0
-
-
 def _check(got, ref, sens, dtype, what):
     """Relative error within the bar; a reference below the dtype's smallest normal
     number (a derivative of ~1e-46 once least squares has converged to its residual) is
@@ -61,6 +56,32 @@ def _check(got, ref, sens, dtype, what):
     assert err <= max(TOL[dtype], 2 * sens), (what, dtype, float(got), float(ref), float(err))
 
 
+def _check_exact(ref_at, value, grads, e, b, kind, dtype, what, ulps: int = 1):
+    """Value and gradients against an exact reference ``ref_at(eta, beta) -> (value,
+    (d/d eta, d/d beta))``, within the bar or twice the reference's own change when
+    ``eta`` (for the value) or ``eta`` or ``beta`` (for the gradients) moves by ``ulps``
+    rounding units (1 unless a documented clause says otherwise)."""
+    u = U[dtype] * ulps
+    points = [(e, b)] + [(e * (1 + s * u), b) for s in (-1, 1)]
+    points += [] if kind == "gd" else [(e, b * (1 + s * u)) for s in (-1, 1)]
+    refs = [ref_at(pe, pb) for pe, pb in points]
+    rel = lambda x, y: abs(x - y) / abs(y) if y else 0
+    _check(value, refs[0][0], max(rel(r[0], refs[0][0]) for r in refs[1:3]), dtype, what)
+    got = [grads] if kind == "gd" else [grads["learning_rate"], grads["momentum"]]
+    for i, g in enumerate(got):
+        expected = refs[0][1][i]
+        sens = max(rel(r[1][i], expected) for r in refs[1:])
+        _check(g, expected, sens, dtype, (*what, i))
+
+
+def _hparams(kind: str, eta: float, beta: float, dtype: str):
+    eta = jnp.asarray(eta, dtype)
+    return eta if kind == "gd" else {"learning_rate": eta, "momentum": jnp.asarray(beta, dtype)}
+
+
+OPTIMIZERS = {"gd": inner.gd, "momentum": inner.momentum, "nesterov": inner.nesterov}
+
+
 CASES = [
     (kind, regime, beta)
     for kind in ("momentum", "nesterov")
@@ -71,33 +92,18 @@ CASES = [
 
 def _check_case(task, dtype: str, steps: int, kind: str, regime: str, beta: float) -> None:
     lam, c = np.asarray(task.eigenvalues), np.asarray(task.coefficients)
-    opt = {"momentum": inner.momentum(), "nesterov": inner.nesterov()}[kind]
-    f = meta.meta_objective(task, opt, "log_loss", steps=steps, grad="stable")
-    hp = {
-        "learning_rate": jnp.asarray(regime_eta(kind, regime, beta), dtype),
-        "momentum": jnp.asarray(beta, dtype),
-    }
-    value, grads = jax.value_and_grad(f)(hp)
-    e, b = float(hp["learning_rate"]), float(hp["momentum"])
+    f = meta.meta_objective(task, OPTIMIZERS[kind](), "log_loss", steps=steps, grad="stable")
+    e = float(jnp.asarray(regime_eta(kind, regime, beta), dtype))
+    b = float(jnp.asarray(beta, dtype))
+    value, grads = jax.value_and_grad(f)(_hparams(kind, e, b, dtype))
 
-    def log_loss(x, y):
-        return reference.momentum_log_f(kind, x, y, lam, c, steps) / steps
+    def ref_at(x, y):
+        log_f = reference.momentum_log_f(kind, x, y, lam, c, steps)
+        return log_f / steps, [
+            g / steps for g in reference.momentum_log_f_grad(kind, x, y, lam, c, steps)
+        ]
 
-    def grad(x, y):
-        return [g / steps for g in reference.momentum_log_f_grad(kind, x, y, lam, c, steps)]
-
-    u, what = U[dtype], (kind, regime, beta, steps)
-    sens = max(
-        _sensitivity(lambda x: log_loss(x, b), e, u), _sensitivity(lambda y: log_loss(e, y), b, u)
-    )
-    _check(value, log_loss(e, b), sens, dtype, (*what, "value"))
-    ref = grad(e, b)
-    for i, name in enumerate(("learning_rate", "momentum")):
-        sens = max(
-            _sensitivity(lambda x, i=i: grad(x, b)[i], e, u),
-            _sensitivity(lambda y, i=i: grad(e, y)[i], b, u),
-        )
-        _check(grads[name], ref[i], sens, dtype, (*what, name))
+    _check_exact(ref_at, value, grads, e, b, kind, dtype, (kind, regime, beta, steps))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -158,32 +164,6 @@ def test_nqm_mean_dynamics_agree_with_autodiff_in_float64():
 def _ls_task(dtype: str):
     """A least-squares task with n1 > d (a positive ERM residual) and validation rows."""
     return tasks.LeastSquares.sample(jax.random.key(0), 4, 6, 5, 0.5, jnp.dtype(dtype))
-
-
-def _check_exact(ref_at, value, grads, e, b, kind, dtype, what, ulps: int = 1):
-    """Value and gradients against an exact reference ``ref_at(eta, beta) -> (value,
-    (d/d eta, d/d beta))``, within the bar or twice the reference's own change when
-    ``eta`` or ``beta`` moves by ``ulps`` rounding units (1 unless a documented clause
-    says otherwise)."""
-    u = U[dtype] * ulps
-    points = [(e, b)] + [(e * (1 + s * u), b) for s in (-1, 1)]
-    points += [] if kind == "gd" else [(e, b * (1 + s * u)) for s in (-1, 1)]
-    refs = [ref_at(pe, pb) for pe, pb in points]
-    rel = lambda x, y: abs(x - y) / abs(y) if y else 0
-    _check(value, refs[0][0], max(rel(r[0], refs[0][0]) for r in refs[1:3]), dtype, what)
-    got = [grads] if kind == "gd" else [grads["learning_rate"], grads["momentum"]]
-    for i, g in enumerate(got):
-        expected = refs[0][1][i]
-        sens = max(rel(r[1][i], expected) for r in refs[1:])
-        _check(g, expected, sens, dtype, (*what, i))
-
-
-def _hparams(kind: str, eta: float, beta: float, dtype: str):
-    eta = jnp.asarray(eta, dtype)
-    return eta if kind == "gd" else {"learning_rate": eta, "momentum": jnp.asarray(beta, dtype)}
-
-
-OPTIMIZERS = {"gd": inner.gd, "momentum": inner.momentum, "nesterov": inner.nesterov}
 
 
 def _check_ls_case(task, dtype, steps, kind, objective, regime, preconditioner=None):

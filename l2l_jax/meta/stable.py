@@ -93,30 +93,33 @@ def _preconditioned(task, optimizer: InnerOptimizer):
     p = getattr(optimizer, "preconditioner", None)
     if p is None:
         return task
-    dim = (task.curvature if isinstance(task, NQM) else task.init_params()).shape
-    if not isinstance(p, jnp.ndarray) or p.shape != dim:
+    w0 = task.init_params()
+    if not isinstance(p, jnp.ndarray) or p.shape != w0.shape:
         shape = getattr(p, "shape", type(p).__name__)
         raise ValueError(
             f"grad='stable' needs the preconditioner as one array of the parameters' shape "
-            f"{dim}, got {shape}."
+            f"{w0.shape}, got {shape}."
         )
     sqrt_p = jnp.sqrt(p.astype(task.dtype))
     if isinstance(task, LeastSquares):
         x, xv, ws = task.x_train * sqrt_p, task.x_valid * sqrt_p, task.w_star / sqrt_p
         return LeastSquares(x, task.y_train, xv, task.y_valid, ws, task.sigma)
     if isinstance(task, NQM):
-        return Quadratic.from_spectrum(
-            task.curvature * p.astype(task.dtype), task.init_params() / sqrt_p
-        )
+        return Quadratic.from_spectrum(task.curvature * p.astype(task.dtype), w0 / sqrt_p)
     if validation_mod.is_concrete(task.hessian) and validation_mod.is_concrete(sqrt_p):
         s = np.asarray(sqrt_p, np.float64)
         h = s[:, None] * np.asarray(task.hessian, np.float64) * s[None, :]
         lam, vec = np.linalg.eigh(0.5 * (h + h.T))
-        coef = vec.T @ (np.asarray(task.w0, np.float64) / s)
+        coef = vec.T @ (np.asarray(w0, np.float64) / s)
         return Quadratic.from_spectrum(lam.astype(task.dtype), coef.astype(task.dtype))
     hessian = sqrt_p[:, None] * task.hessian * sqrt_p[None, :]
-    moved = Quadratic(hessian, task.w0 / sqrt_p)
+    moved = Quadratic(hessian, w0 / sqrt_p)
     return Quadratic.from_spectrum(moved.eigenvalues, moved.coefficients)
+
+
+def _gd_rule(task, optimizer: InnerOptimizer, validation: bool):
+    """The registered closed form for GD's training loss on ``task``'s type, or ``None``."""
+    return _RULES.get(type(task)) if optimizer.name == "gd" and not validation else None
 
 
 def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLossFn:
@@ -124,7 +127,7 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
     eta}`` for GD, the optimizer's dict otherwise), or a ``ValueError`` saying what works."""
     full_batch = optimizer.batch_size is None
     validation = getattr(objective, "loss_of", "train") == "valid"
-    rule = _RULES.get(type(task)) if optimizer.name == "gd" and not validation else None
+    rule = _gd_rule(task, optimizer, validation)
     linear = (
         full_batch
         and optimizer.name in projective.STEPS
@@ -150,7 +153,7 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
         )
     if getattr(optimizer, "preconditioner", None) is not None:
         task = _preconditioned(task, optimizer)
-        rule = _RULES.get(type(task)) if optimizer.name == "gd" and not validation else None
+        rule = _gd_rule(task, optimizer, validation)
     t = jnp.asarray(steps, task.dtype)
     if rule is not None and full_batch:
         log_f = rule(task, steps)
