@@ -17,10 +17,12 @@ _spec.loader.exec_module(compare_results)
 def test_equal_close_and_different_numbers():
     old = {"a": [1.0, 2.0, None], "b": {"c": 3.0, "seconds": 9.0}, "name": "x", "gone": 1}
     new = {"a": [1.0, 2.0 * (1 + 1e-7), None], "b": {"c": 3.1, "seconds": 1.0}, "name": "x"}
+    old |= {"table": "| 1.38 s |", "stable": 1.0}
+    new |= {"table": "| 1.16 s |", "stable": 2.0}
     res = compare_results.compare(new, old, rtol=1e-5)
-    assert res["equal"] == 3  # 1.0, None, "x"; the timing is skipped
+    assert res["equal"] == 3  # 1.0, None, "x"; the timing and the rendered table skipped
     assert res["close"] == 1 and 0 < res["max_rel"] < 1e-6
-    assert [d[0] for d in res["differ"]] == ["/b/c", "/gone"]
+    assert [d[0] for d in res["differ"]] == ["/b/c", "/gone", "/stable"]
     assert res["differ"][0][1:] == (3.1, 3.0)
 
 
