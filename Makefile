@@ -55,15 +55,20 @@ bench-group: $(STAMP)
 accelerator-check:
 	PYTHON=$(PYTHON) scripts/accelerator_check.sh $(OUT)/accelerator-check
 
-## figures: regenerate the experiment results and the figures the docs show (about 5.2 hours on 2 CPU cores, the sum of each command's measured time: meta_tune 40 min, fig4a-c 39-45 min each and the two paper-preset ood runs, 52 and 55 min, dominate)
+## figures: regenerate the experiment results and the figures the docs show (about 4.8 hours on 2 CPU
+## cores, the sum of each command's measured time: the eleven quick experiments 23 min, meta_tune and
+## fig4a-c 27-28 min each on idle cores, ood 21 min and the two paper-preset ood runs 70 and 63 min
+## with other work beside them)
 figures: $(STAMP)
 	$(PY) -m l2l_jax fig1 --out docs/results/fig1
+	$(PY) -m l2l_jax fig1_momentum --out docs/results/fig1_momentum
 	$(PY) -m l2l_jax thm3 --out docs/results/thm3
 	$(PY) -m l2l_jax sweep --out docs/results/sweep
 	$(PY) -m l2l_jax fig2 --out docs/results/fig2
 	$(PY) -m l2l_jax fig3 --out docs/results/fig3
 	$(PY) -m l2l_jax thm5 --out docs/results/thm5
 	$(PY) -m l2l_jax thm6 --out docs/results/thm6
+	$(PY) -m l2l_jax health --out docs/results/health
 	$(PY) -m l2l_jax meta_tune --out docs/results/meta_tune
 	$(PY) -m l2l_jax fig4a --out docs/results/fig4a
 	$(PY) -m l2l_jax fig4b --out docs/results/fig4b
