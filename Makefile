@@ -84,9 +84,14 @@ figures: $(STAMP)
 ## OUT/figures-check and compare them with docs/results number by number; writes
 ## docs/results/figures_check.{json,md} and fails if a number differs beyond float rounding
 QUICK_FIGURES = fig1 fig1_momentum thm3 sweep fig2 fig3 thm5 thm6 health stability towers
+# check_figures,TARGET,NAMES: rerun NAMES under OUT/TARGET, compare with docs/results, report in docs/results/TARGET.{json,md} (- as _)
+define check_figures
+	for e in $(2); do $(PY) -m l2l_jax $$e --no-progress --out $(OUT)/$(1)/$$e || exit 1; done
+	$(PY) scripts/compare_results.py $(OUT)/$(1) docs/results $(2) \
+		--out docs/results/$(subst -,_,$(1)).json --made-by "make $(1)"
+endef
 figures-check: $(STAMP)
-	for e in $(QUICK_FIGURES); do $(PY) -m l2l_jax $$e --no-progress --out $(OUT)/figures-check/$$e || exit 1; done
-	$(PY) scripts/compare_results.py $(OUT)/figures-check docs/results $(QUICK_FIGURES) --out docs/results/figures_check.json
+	$(call check_figures,figures-check,$(QUICK_FIGURES))
 
 ## figures-check-mnist: the same for the MNIST meta-training experiments and the default ood study
 ## (about 2 hours on 2 idle CPU cores; fig5 is a function of fig4a-c's results.json, so equal inputs
@@ -94,9 +99,7 @@ figures-check: $(STAMP)
 ## docs/results/figures_check_mnist.{json,md}
 MNIST_FIGURES = meta_tune fig4a fig4b fig4c ood
 figures-check-mnist: $(STAMP)
-	for e in $(MNIST_FIGURES); do $(PY) -m l2l_jax $$e --no-progress --out $(OUT)/figures-check-mnist/$$e || exit 1; done
-	$(PY) scripts/compare_results.py $(OUT)/figures-check-mnist docs/results $(MNIST_FIGURES) \
-		--out docs/results/figures_check_mnist.json --made-by "make figures-check-mnist"
+	$(call check_figures,figures-check-mnist,$(MNIST_FIGURES))
 
 ## docs: build the mkdocs site with --strict
 docs: $(STAMP)
