@@ -59,6 +59,7 @@ def test_sample_gradient_is_the_draw_the_core_makes():
     task = tasks.NQM.power_law(jax.random.key(0), 5)
     w, key = task.init_params(), jax.random.key(3)
     _, core = gradient_fn(task, 8)(w, key)
+    # both eager: the same draw and the same ops on it, same host: bitwise
     np.testing.assert_array_equal(core, task.sample_gradient(w, key, 8))
 
 

@@ -1,12 +1,15 @@
 """Bounded-memory reverse mode (issue 6): ``remat`` segments the unroll's scan under
 ``jax.checkpoint`` without changing what is computed.
 
-Forward values (the unroll and the objective, evaluated without differentiation) are
-asserted bit-identical. Under differentiation XLA compiles the recomputed segments on
-their own, and the gradients are summed per segment, so values and gradients there agree
-up to float rounding: relative 1e-6 in float32 where the unroll converges and
-1e-12 in float64 (including truncation by ``max_norm``, whose projection amplifies
-float32 rounding to ~1e-5).
+Remat and plain are different compiled programs (the scan is nested in segments, and
+under differentiation XLA compiles the recomputed segments on their own and sums the
+gradients per segment), so nothing here is compared bit for bit (docs/reliability.md):
+forward values (the unroll and the objective) and gradients agree up to float rounding,
+relative 1e-6 in float32 (~8 ulps) where the unroll converges and 1e-12 in float64
+(including truncation by ``max_norm``, whose projection amplifies float32 rounding to
+~1e-5). A remat bug (a step skipped or repeated at a segment boundary, another key)
+moves them by one step's change, far outside these bounds. Integers (``truncated_at``,
+steps, keys) are equal exactly.
 """
 
 from __future__ import annotations
@@ -39,20 +42,28 @@ def _unroll_fn(task, optimizer, steps, remat, max_norm=None):
 
 
 def _compare(task, optimizer, steps, remat, eta, rtol, max_norm=None):
-    """Forward values bit-identical, gradients to ``rtol``; returns the forward values."""
+    """Forward values and gradients to ``rtol``; returns the forward values."""
     run, grad = _unroll_fn(task, optimizer, steps, None, max_norm)
     run_r, grad_r = _unroll_fn(task, optimizer, steps, remat, max_norm)
     out, out_r = run(eta), run_r(eta)
-    assert _same(out_r, out)
+    _close(out_r, out, rtol)  # different programs: the gradients' bound (module docstring)
     g, g_r = grad(eta), grad_r(eta)
     assert np.isfinite(g) and g != 0
     np.testing.assert_allclose(g_r, g, rtol=rtol)
     return out
 
 
-def _same(a, b) -> bool:
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
+def _close(a, b, rtol) -> None:
+    """Float leaves within ``rtol`` of the leaf's largest entry (``atol = rtol max |b|``:
+    an entry near 0 carries the rounding of its neighbours' scale); other leaves (steps,
+    ``truncated_at``, keys) exactly."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        if np.issubdtype(y.dtype, np.floating):
+            scale = float(np.max(np.abs(y), initial=0.0))
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * scale)
+        else:
+            np.testing.assert_array_equal(x, y)
 
 
 # (optimizer, t, remat): t a multiple of the segment, not a multiple, shorter than it, sqrt.
@@ -88,7 +99,8 @@ def test_meta_objective_remat_and_forward():
         v_r, g_r = jax.value_and_grad(f)(eta)
         np.testing.assert_allclose(v_r, value, rtol=1e-6)
         np.testing.assert_allclose(g_r, g, rtol=1e-6)
-        assert f(eta) == plain(eta)
+        # forward-only value: a different program from the plain one, same bound
+        np.testing.assert_allclose(f(eta), plain(eta), rtol=1e-6)
     assert "remat=7" in repr(f)
 
 
@@ -100,9 +112,14 @@ def test_checkpointed_scan_matches_scan_with_pytrees():
     xs = {"u": jnp.linspace(0.9, 1.1, 23), "v": jnp.arange(23)}
     init = (jnp.asarray(1.0), jnp.asarray(0.5))
     ref = jax.lax.scan(f, init, xs)
+    # A nested scan is another program: each of the 23 steps may round a * u + b once
+    # differently (a fused multiply-add, say), so a is held to 23 float32 ulps.
+    rtol = 23 * np.finfo(np.float32).eps
     for segment in (1, 4, 5, 23, 50):
-        assert _same(checkpointed_scan(f, init, xs, 23, segment), ref)
-    assert _same(checkpointed_scan(f, init, xs, 23, None), ref)
+        _close(checkpointed_scan(f, init, xs, 23, segment), ref, rtol)
+    # segment=None is jax.lax.scan itself: the same program, same host: bitwise
+    none = checkpointed_scan(f, init, xs, 23, None)
+    jax.tree.map(np.testing.assert_array_equal, none, ref)
 
 
 def _temp_bytes(steps: int, remat) -> int:
@@ -153,7 +170,9 @@ def test_truncated_segment_remat():
 
     loss, g, runs, _ = gradient(None)
     loss_r, g_r, runs_r, _ = gradient(3)
-    assert loss_r == loss and _same(runs_r, runs)
+    # different programs (remat recomputes the segment): float32 rounding, ~8 ulps
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+    _close(runs_r, runs, 1e-6)
     for a, b in zip(jax.tree.leaves(g_r), jax.tree.leaves(g), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5)
 

@@ -160,6 +160,7 @@ def test_default_point_is_the_tasks_own_initialization():
     meta_params = lopt.init_meta_params(jax.random.key(1))
     default = stability.linearize(task, lopt, meta_params)
     explicit = stability.linearize(task, lopt, meta_params, task.init_params(), None)
+    # the default is task.init_params() handed to the same jitted linearization: bitwise
     np.testing.assert_array_equal(default.jacobian, explicit.jacobian)
 
 

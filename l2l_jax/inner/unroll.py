@@ -138,8 +138,9 @@ def checkpointed_scan(f, init, xs, length: int, segment: int | None):
     an inner scan of ``s`` steps under :func:`jax.checkpoint` (plus one checkpointed
     scan over the last ``length % s`` steps): reverse mode stores only each segment's
     input carry and recomputes the segment's steps when it reaches it. The forward values
-    are those of the plain scan; gradients agree up to float rounding (the cotangents of
-    closed-over values are summed per segment). The program size does not depend on
+    compute the plain scan's steps in another program, so they agree with it up to float
+    rounding (bitwise on some CPUs, not all); gradients too (the cotangents of
+    closed-over values are also summed per segment). The program size does not depend on
     ``length``. ``segment=None`` is exactly ``jax.lax.scan``.
     """
     if segment is None:
@@ -210,6 +211,8 @@ def unroll(
     state = optimizer.init(params, hparams)
     if optimizer.batch_size is not None and key is None:
         raise ValueError(f"inner.{optimizer.name} is stochastic: pass key=jax.random.key(...).")
+    if key is not None:
+        validation.prng_key("key", key)
     plain_step = train_step(task, optimizer, hparams)
     xs = None if optimizer.batch_size is None else jax.random.split(key, steps)
 
