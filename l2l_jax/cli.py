@@ -98,6 +98,47 @@ def check_out(out: Path) -> None:
         raise ValueError(f"--out {out} is not a writable folder: {err.strerror or err}.") from None
 
 
+def _check_mnist(cfg: ml_collections.ConfigDict) -> None:
+    from l2l_jax.experiments import mnist_lopt
+
+    mnist_lopt.check_config(cfg)
+    for objective in mnist_lopt.OBJECTIVES:
+        mnist_lopt.truncated_config(cfg, objective)  # TruncatedConfig's consistency checks
+
+
+def _check_ood(cfg: ml_collections.ConfigDict) -> None:
+    from l2l_jax.experiments import ood
+
+    ood.check_config(cfg)
+    for name in cfg.train_tasks:
+        ood.truncated_config(cfg, cfg.tasks[name])
+
+
+def _check_stability(cfg: ml_collections.ConfigDict) -> None:
+    from l2l_jax.experiments import stability
+
+    stability.truncated_config(cfg)
+
+
+# The experiments whose config the library checks before running: their own check_config
+# and the meta.TruncatedConfig they build. Only these checks' errors become usage errors.
+CONFIG_CHECKS = {
+    "fig4a": _check_mnist,
+    "fig4b": _check_mnist,
+    "fig4c": _check_mnist,
+    "ood": _check_ood,
+    "stability": _check_stability,
+}
+
+
+def check_config(name: str, cfg: ml_collections.ConfigDict) -> None:
+    """The library's consistency checks of experiment ``name``'s config (a ``ValueError``
+    or ``TypeError`` naming the field), run before anything expensive."""
+    check = CONFIG_CHECKS.get(name)
+    if check is not None:
+        check(cfg)
+
+
 def _first_line(module) -> str:
     return (module.__doc__ or "").strip().split("\n")[0]
 
@@ -183,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         apply_overrides(cfg, rest)
     except ValueError as err:
+        parser.error(str(err))
+    try:
+        check_config(args.experiment, cfg)
+    except (ValueError, TypeError) as err:  # config checks only; the run's errors propagate
         parser.error(str(err))
     try:
         check_out(args.out)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import inner, xla
+from l2l_jax import inner, validation, xla
 from l2l_jax.inner import tuning
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 from l2l_jax.inner.rollout import keyed_rollout, record_points
@@ -164,6 +164,7 @@ def evaluate(
     runs = _positive_int("runs", runs)
     eval_every = max(1, math.ceil(steps / 20)) if eval_every is None else eval_every
     eval_every = _positive_int("eval_every", eval_every)
+    validation.prng_key("key", key)
     if (test_images is None) != (test_labels is None):
         raise ValueError("pass both test_images and test_labels, or neither.")
     batch = tuple(getattr(task, "batch_shape", ()))
@@ -275,6 +276,7 @@ def tune_learning_rate(
     """
     steps = _positive_int("steps", steps)
     runs = _positive_int("runs", runs)
+    validation.prng_key("key", key)
     if optimizer.hparam_names != ("learning_rate",):
         raise ValueError(
             f"tune_learning_rate needs an optimizer whose only hyperparameter is the "

@@ -141,3 +141,81 @@ def hyperparameter(name: str, value) -> None:
         raise ValueError(
             f"hyperparameter {name!r} is a decay and must be in [0, 1), got {value!r}."
         )
+
+
+def _raw_key_size() -> int:
+    """Length of a legacy raw key (``jax.random.PRNGKey``) under the default PRNG impl."""
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape[-1]
+
+
+def prng_key(name: str, key, *, batched: bool = False) -> jax.Array:
+    """``key`` if it is one PRNG key (or, with ``batched``, an array of keys), else a
+    ``TypeError``/``ValueError`` naming ``name``.
+
+    Accepted: a typed key (``jax.random.key(seed)``, the library's convention) or a
+    legacy raw ``uint32`` key (``jax.random.PRNGKey(seed)``), returned unchanged. An int
+    seed is refused rather than converted: every entry point takes keys, so that one
+    seed is split explicitly (``jax.random.split``) and never reused by accident in two
+    places; the message gives the one-call fix. Works on tracers (only dtype and shape
+    are read).
+    """
+    if isinstance(key, (bool, numbers.Integral, np.integer)):
+        raise TypeError(
+            f"{name} must be a PRNG key, got the int {int(key)}; pass "
+            f"{name}=jax.random.key({int(key)})."
+        )
+    dtype = getattr(key, "dtype", None)
+    shape = tuple(getattr(key, "shape", ()))
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != () and not batched:
+            raise ValueError(
+                f"{name} must be one PRNG key, got a batch of keys of shape {shape}; "
+                f"pick one (e.g. {name}[0]) or build it with jax.random.key(seed)."
+            )
+        return key
+    if dtype == np.uint32 and (shape[-1:] if batched else shape) == (_raw_key_size(),):
+        return key
+    got = f"dtype {dtype} and shape {shape}" if dtype is not None else type(key).__name__
+    raise TypeError(f"{name} must be a PRNG key from jax.random.key(seed), got {got}.")
+
+
+def meta_params(name: str, params, optimizer) -> None:
+    """``ValueError`` naming ``name`` unless ``params`` has the tree structure and leaf
+    shapes of ``optimizer.meta_params_shapes`` (a learned optimizer's; nothing to check
+    for an optimizer without them). Catches meta-parameters made for another
+    architecture, e.g. ``LOptConfig(hidden_sizes=(8,))`` given to a ``(4,)`` optimizer.
+    """
+    expected = getattr(optimizer, "meta_params_shapes", None)
+    if expected is None:
+        return
+    fix = (
+        "they were made for another configuration of the learned optimizer (e.g. other "
+        "hidden_sizes or features); build them with this optimizer's init_meta_params(key) "
+        "or load them with the optimizer they were trained with (learned.load)."
+    )
+    want = jax.tree_util.tree_structure(expected)
+    got = jax.tree_util.tree_structure(params)
+    if want != got:
+        raise ValueError(
+            f"{name} does not have the structure of the optimizer's meta-parameters "
+            f"({got.num_leaves} arrays, expected {want.num_leaves}): {fix}"
+        )
+    for (path, leaf), spec in zip(
+        jax.tree_util.tree_leaves_with_path(params),
+        jax.tree_util.tree_leaves(expected),
+        strict=True,
+    ):
+        if tuple(np.shape(leaf)) != tuple(spec.shape):
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} has shape {tuple(np.shape(leaf))}, the "
+                f"optimizer expects {tuple(spec.shape)}: {fix}"
+            )
+
+
+def domain_of(path: tuple) -> str:
+    """The domain of the leaf at ``path`` (a ``jax.tree_util`` key path) of a pytree of
+    hyperparameters: :data:`HYPERPARAMETER_DOMAINS` of its last dict key (``"positive"``
+    or ``"unit"``), ``"none"`` for a leaf not named there or not under a dict key."""
+    key = path[-1] if path else None
+    name = key.key if isinstance(key, jax.tree_util.DictKey) else None
+    return HYPERPARAMETER_DOMAINS.get(name, "none")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from l2l_jax import inner, meta, objectives, tasks
 from l2l_jax.closed_forms import reference
+from l2l_jax.meta.train import NonFiniteWarning
 
 T = 80
 
@@ -41,7 +45,10 @@ def test_autodiff_float32_nonfinite_grads_are_never_applied():
     f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=T, grad="autodiff")
     big_l = float(task.smoothness)
     steps = 20
-    run = meta.train(f, jnp.asarray(0.1), meta.meta_gd(0.3 / big_l**2), steps=steps, progress=False)
+    with pytest.warns(NonFiniteWarning, match=f"skipped all {steps} meta-steps"):
+        run = meta.train(
+            f, jnp.asarray(0.1), meta.meta_gd(0.3 / big_l**2), steps=steps, progress=False
+        )
     assert not np.any(np.isfinite(np.asarray(run.grads)))
     assert run.nonfinite_count == steps
     assert np.all(np.asarray(run.nonfinite))
@@ -72,6 +79,7 @@ def test_projection_keeps_eta_non_negative():
             meta.meta_gd(c, project_non_negative=False),
             steps=1,
             progress=False,
+            domains="none",  # the bare scalar is gd's step size: free it explicitly
         )
         assert float(free.params) < 0  # without the projection eta would go negative
         run = meta.train(f, jnp.asarray(0.1), meta.meta_gd(c), steps=30, progress=False)
@@ -87,7 +95,9 @@ def test_nonfinite_value_with_finite_grad_is_skipped():
         f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=320)
         value, grad = jax.value_and_grad(f)(jnp.asarray(eta0))
         assert np.isinf(value) and np.isfinite(grad)  # the silent failure being guarded
-        run = meta.train(f, jnp.asarray(eta0), optax.sgd(1e-3), steps=3, progress=False)
+        run = meta.train(
+            f, jnp.asarray(eta0), optax.sgd(1e-3), steps=3, progress=False, on_nonfinite="ignore"
+        )
         assert run.nonfinite_count == 3
         assert np.all(np.asarray(run.trajectory) == eta0)
     finite = meta.train(
@@ -125,3 +135,75 @@ def test_initial_hyperparameters_out_of_domain_are_rejected():
         meta.train(f, {"learning_rate": 0.1, "b1": 1.0}, optax.sgd(0.1), 1, progress=False)
     with np.testing.assert_raises_regex(ValueError, r"init\['learning_rate'\] must be > 0"):
         meta.train(f, {"learning_rate": -0.1, "b1": 0.5}, optax.sgd(0.1), 1, progress=False)
+
+
+def _gd_objective(steps=10, objective="last_loss"):
+    task = tasks.Quadratic.from_spectrum(jnp.asarray([1.0, 2.0]), jnp.asarray([1.0, 1.0]))
+    return meta.meta_objective(task, inner.gd(), objective, steps=steps)
+
+
+def test_bare_scalar_step_size_is_checked_and_projected():
+    """inner.gd()'s hyperparameters are a bare scalar, the step size: a negative init is
+    refused and a step that would make it negative is projected, as for named ones."""
+    f = _gd_objective()
+    with pytest.raises(ValueError, match=r"init must be > 0, got -0\.1.*domains='none'"):
+        meta.train(f, jnp.asarray(-0.1), optax.adam(1e-2), 1, progress=False)
+    # from eta = 0.9 (gradient > 0) sgd(10) on the last loss overshoots far below 0
+    run = meta.train(f, jnp.asarray(0.9), optax.sgd(10.0), 1, progress=False)
+    assert float(run.params) > 0 and run.projected_count == 1
+    free = meta.train(f, jnp.asarray(0.9), optax.sgd(10.0), 1, progress=False, domains="none")
+    assert float(free.params) < 0 and free.projected_count == 0
+
+
+def test_bare_scalar_of_a_plain_function_is_unconstrained():
+    """A plain callable says nothing about its input (a log step size may be < 0)."""
+    run = meta.train(lambda u: (u + 1.0) ** 2, jnp.asarray(-0.5), optax.sgd(0.1), 2, progress=False)
+    assert float(run.params) < -0.5 and run.projected_count == 0
+    pos = meta.train(
+        lambda u: (u + 1.0) ** 2,
+        jnp.asarray(0.5),
+        optax.sgd(1.0),
+        1,
+        progress=False,
+        domains="positive",
+    )
+    assert float(pos.params) > 0 and pos.projected_count == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"domains": "posit"}, ValueError, "domains must be among"),
+        ({"domains": {"a": "none"}}, ValueError, "domains must be one of"),
+        ({"on_nonfinite": "loud"}, ValueError, "on_nonfinite must be one of"),
+        ({"init": jnp.asarray(jnp.nan)}, ValueError, "init must be finite"),
+        ({"meta_objective": 3.0}, TypeError, "meta_objective must be a callable"),
+    ],
+)
+def test_train_arguments_are_checked(kwargs, error, match):
+    args = {"meta_objective": lambda u: u**2, "init": jnp.asarray(0.5), **kwargs}
+    with pytest.raises(error, match=match):
+        meta.train(
+            args.pop("meta_objective"),
+            args.pop("init"),
+            optax.sgd(0.1),
+            1,
+            progress=False,
+            **args,
+        )
+
+
+def test_all_nonfinite_run_warns_or_raises():
+    """GD at eta = 1.9 on a quadratic with L = 2 diverges: the last loss at t = 2000
+    overflows, every meta-step is skipped and the start comes back unchanged."""
+    f = _gd_objective(steps=2000)
+    eta = jnp.asarray(1.9)
+    with pytest.warns(NonFiniteWarning, match="skipped all 3 meta-steps.*log_loss"):
+        run = meta.train(f, eta, optax.sgd(1e-3), 3, progress=False)
+    assert run.nonfinite_count == 3 and float(run.params) == np.float32(1.9)
+    with pytest.raises(FloatingPointError, match="skipped all 3 meta-steps"):
+        meta.train(f, eta, optax.sgd(1e-3), 3, progress=False, on_nonfinite="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        meta.train(f, eta, optax.sgd(1e-3), 3, progress=False, on_nonfinite="ignore")
+        meta.train(f, jnp.asarray(0.1), optax.sgd(1e-3), 3, progress=False)  # finite: silent

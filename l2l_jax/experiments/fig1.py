@@ -33,7 +33,12 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
         )
         label = f"fig1 {method}" if progress else False
         res = meta.train(
-            F, jnp.asarray(cfg.eta0, dtype), meta.meta_gd(c), cfg.meta_steps, progress=label
+            F,
+            jnp.asarray(cfg.eta0, dtype),
+            meta.meta_gd(c),
+            cfg.meta_steps,
+            progress=label,
+            on_nonfinite="ignore",  # autodiff and forward never get a finite step here
         )
         trajectories[method] = np.asarray(res.trajectory, np.float64)
         nonfinite[method] = res.nonfinite_count

@@ -25,7 +25,12 @@ from l2l_jax.experiments import common
 def _cell(task, steps, eta0, method, c, cfg) -> np.ndarray:
     F = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=steps, grad=method)
     res = meta.train(
-        F, jnp.asarray(eta0, task.dtype), meta.meta_gd(c), cfg.meta_steps, progress=False
+        F,
+        jnp.asarray(eta0, task.dtype),
+        meta.meta_gd(c),
+        cfg.meta_steps,
+        progress=False,
+        on_nonfinite="ignore",  # a cell where no step is finite is what the sweep maps
     )
     return np.asarray(res.trajectory, np.float64), res.nonfinite_count
 

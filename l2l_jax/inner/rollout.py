@@ -64,6 +64,7 @@ def rollout(
     """
     steps = validation.positive_int("steps", steps)
     every = validation.positive_int("every", every)
+    validation.prng_key("key", key)
     step = train_step(task, optimizer, hparams, batch_size)
     carry = (params, optimizer.init(params, hparams))
     step_keys = jax.random.split(key, steps)

@@ -1,7 +1,7 @@
 """Meta-objectives, their gradients, and meta-training."""
 
 from l2l_jax.meta.objective import METHODS, MetaObjective, meta_objective
-from l2l_jax.meta.train import MetaGD, TrainResult, meta_gd, train
+from l2l_jax.meta.train import MetaGD, NonFiniteWarning, TrainResult, meta_gd, train
 from l2l_jax.meta.truncated import (
     ESTIMATORS,
     InnerState,
@@ -29,6 +29,7 @@ __all__ = [
     "InnerState",
     "MetaGD",
     "MetaObjective",
+    "NonFiniteWarning",
     "PESState",
     "TrainResult",
     "TruncatedConfig",

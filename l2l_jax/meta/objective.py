@@ -93,7 +93,7 @@ class MetaObjective:
         self.objective = objectives_lib.resolve(objective)
         self.steps = validation.positive_int("steps", steps)
         self.grad = grad
-        self.key = key
+        self.key = None if key is None else validation.prng_key("key", key)
         if max_norm is not None and not callable(max_norm):
             validation.positive("max_norm", max_norm)
         validation.dtypes_match_x64("task", task)

@@ -12,12 +12,27 @@ would move a learning rate or ``eps`` to ``<= 0`` is projected to ``tiny`` (the
 smallest normal float of its dtype), one that would move ``b1``, ``b2``, ``momentum`` or
 ``decay`` outside ``[0, 1)`` to ``0`` or ``1 - eps`` (the float below 1). Projected steps
 are counted per step (``TrainResult.projected``), never silent.
+
+A bare scalar ``init`` has no name. When ``meta_objective`` is a
+:func:`~l2l_jax.meta.meta_objective` of an inner optimizer with one hyperparameter
+(``inner.gd()``, ``inner.sgd()``: their ``hparams`` are the bare step size), the scalar
+*is* that hyperparameter (``learning_rate``) and gets its domain. Any other callable
+says nothing about what its input means (e.g. a log step size, which may be negative),
+so its bare scalar is left unconstrained. ``domains=`` overrides the inference: one of
+``"positive"``, ``"unit"``, ``"none"`` for every leaf, or a tree of them shaped like
+``init`` (or a prefix of it).
+
+**Non-finite runs.** When *every* meta-step is non-finite, the result is the start,
+unchanged: ``on_nonfinite="warn"`` (default) says so with a :class:`NonFiniteWarning`,
+``"raise"`` raises a ``FloatingPointError``, ``"ignore"`` is silent. Some skipped steps
+among finite ones are normal and only counted (``TrainResult.nonfinite``).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 
 import chex
 import jax
@@ -32,6 +47,13 @@ Projection = Callable[[chex.ArrayTree], chex.ArrayTree]
 
 # apply_if_finite gives up after this many consecutive bad steps; we never want it to.
 _NEVER = np.iinfo(np.int32).max
+
+DOMAINS = ("positive", "unit", "none")
+ON_NONFINITE = ("warn", "raise", "ignore")
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """:func:`train` skipped every meta-step (each was non-finite): nothing was learned."""
 
 
 @chex.dataclass(frozen=True)
@@ -81,39 +103,91 @@ class TrainResult:
         return int(np.sum(np.asarray(self.projected)))
 
 
-def _domain(path: tuple) -> str:
-    """The constraint of a leaf of ``init``: by its last dict key, else ``"none"``."""
+def _named_domain(path: tuple) -> str:
+    """The domain of a leaf of ``init`` by its last dict key, else ``"none"``."""
     key = path[-1] if path else None
     name = key.key if isinstance(key, jax.tree_util.DictKey) else None
     return validation.HYPERPARAMETER_DOMAINS.get(name, "none")
 
 
-def _project_to_domains(params: chex.ArrayTree) -> chex.ArrayTree:
-    """Each named hyperparameter clipped into its domain (module docstring)."""
+def _bare_scalar_name(meta_objective: Callable, init: chex.ArrayTree) -> str | None:
+    """The name of a bare-scalar ``init``: the one hyperparameter of the inner optimizer
+    of a ``meta.meta_objective`` (``"learning_rate"`` for ``inner.gd()``), else None."""
+    if isinstance(init, Mapping) or len(jax.tree_util.tree_leaves(init)) != 1:
+        return None
+    if jax.tree_util.tree_leaves_with_path(init)[0][0]:
+        return None  # a leaf inside a container: not a bare scalar
+    names = tuple(getattr(getattr(meta_objective, "optimizer", None), "hparam_names", ()))
+    return names[0] if len(names) == 1 else None
 
-    def clip(path, x):
-        kind = _domain(path)
+
+def _leaf_domains(meta_objective: Callable, init: chex.ArrayTree, domains) -> tuple[str, ...]:
+    """The domain of each leaf of ``init``, in leaf order (module docstring)."""
+    if domains is None:
+        bare = _bare_scalar_name(meta_objective, init)
+        if bare is not None:
+            return (validation.HYPERPARAMETER_DOMAINS.get(bare, "none"),)
+        return tuple(_named_domain(p) for p, _ in jax.tree_util.tree_leaves_with_path(init))
+    try:
+        per_leaf = jax.tree.map(
+            lambda d, x: jax.tree.map(lambda _: d, x), domains, init, is_leaf=lambda d: d is None
+        )
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"domains must be one of {DOMAINS} or a tree of them shaped like init (or a "
+            f"prefix of it): {err}"
+        ) from None
+    out = tuple(jax.tree_util.tree_leaves(per_leaf))
+    bad = sorted({repr(d) for d in out if d not in DOMAINS})
+    if bad:
+        raise ValueError(f"domains must be among {DOMAINS}, got {', '.join(bad)}.")
+    return out
+
+
+def _project_to_domains(params: chex.ArrayTree, domains: tuple[str, ...]) -> chex.ArrayTree:
+    """Each leaf clipped into its domain (module docstring)."""
+
+    def clip(kind, x):
         if kind == "positive":
             return jnp.maximum(x, jnp.finfo(x.dtype).tiny)
         if kind == "unit":
             return jnp.clip(x, 0, 1 - jnp.finfo(x.dtype).epsneg)
         return x
 
-    return jax.tree_util.tree_map_with_path(clip, params)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return treedef.unflatten([clip(k, x) for k, x in zip(domains, leaves, strict=True)])
 
 
-def _check_domains(init: chex.ArrayTree) -> None:
-    """A ValueError naming the first hyperparameter of ``init`` outside its domain."""
-    for path, x in jax.tree_util.tree_leaves_with_path(init):
-        kind, x = _domain(path), np.asarray(x)
+def _check_domains(init: chex.ArrayTree, domains: tuple[str, ...]) -> None:
+    """A ValueError naming the first leaf of ``init`` outside its domain."""
+    for (path, x), kind in zip(jax.tree_util.tree_leaves_with_path(init), domains, strict=True):
+        x = np.asarray(x)
         name = jax.tree_util.keystr(path)
+        hint = "" if path else " (a bare scalar is the step size here; domains='none' frees it)"
         if kind == "positive" and not np.all(x > 0):
-            raise ValueError(f"init{name} must be > 0, got {x}.")
+            raise ValueError(f"init{name} must be > 0, got {x}{hint}.")
         if kind == "unit" and not np.all((x >= 0) & (x < 1)):
             raise ValueError(f"init{name} must be in [0, 1), got {x}.")
 
 
-def _chunk_runner(meta_objective: Callable, optimizer: MetaGD) -> tuple[Callable, Callable]:
+def _report_nonfinite(nonfinite: jax.Array, steps: int, on_nonfinite: str) -> None:
+    """Warn or raise (``on_nonfinite``) when every one of ``steps`` meta-steps was skipped."""
+    if on_nonfinite == "ignore" or not bool(np.all(np.asarray(nonfinite))):
+        return
+    message = (
+        f"meta.train skipped all {steps} meta-steps: the meta-objective or its gradient was "
+        "NaN/inf at the start every time, so the result is the start, unchanged. Use a "
+        "log-loss objective (objectives.log_loss()), grad='stable', or a smaller step size "
+        "or horizon; on_nonfinite='ignore' silences this."
+    )
+    if on_nonfinite == "raise":
+        raise FloatingPointError(message)
+    warnings.warn(message, NonFiniteWarning, stacklevel=3)
+
+
+def _chunk_runner(
+    meta_objective: Callable, optimizer: MetaGD, domains: tuple[str, ...]
+) -> tuple[Callable, Callable]:
     """``(tx.init, jitted run_chunk(carry, length))`` for one objective and optimizer
     (built once per pair by :func:`train` through :func:`l2l_jax.xla.cached`, so calling
     it again with the same two objects does not compile again)."""
@@ -122,7 +196,7 @@ def _chunk_runner(meta_objective: Callable, optimizer: MetaGD) -> tuple[Callable
 
     def project(p):
         p = user_projection(p)
-        q = _project_to_domains(p)
+        q = _project_to_domains(p, domains)
         changed = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.any(a != b), p, q))
         return q, jnp.any(jnp.stack(changed)) if changed else jnp.asarray(False)
 
@@ -153,14 +227,28 @@ def train(
     *,
     chunk: int = 100,
     progress: bool | str = True,
+    domains=None,
+    on_nonfinite: str = "warn",
 ) -> TrainResult:
     """Run ``steps`` meta-steps of ``optimizer`` on ``meta_objective`` from ``init``.
 
     The meta-steps run in jitted ``lax.scan`` chunks of ``chunk`` steps; a progress bar
-    advances per chunk (pass a string to label it, ``False`` to hide it).
+    advances per chunk (pass a string to label it, ``False`` to hide it). ``domains``
+    (default: inferred) and ``on_nonfinite`` (``"warn"``, ``"raise"``, ``"ignore"``) are
+    described in the module docstring.
     """
     steps = validation.positive_int("steps", steps)
     chunk = validation.positive_int("chunk", chunk)
+    if not callable(meta_objective):
+        raise TypeError(
+            f"meta_objective must be a callable F(hparams) -> scalar, e.g. "
+            f"meta.meta_objective(...), got {type(meta_objective).__name__}."
+        )
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(init):
+        name = f"init{jax.tree_util.keystr(path)}"
+        validation.finite(name, validation.float_array(name, leaf))
     if isinstance(optimizer, optax.GradientTransformation):
         optimizer = MetaGD(optimizer=optimizer)
     if not isinstance(optimizer, MetaGD):
@@ -170,10 +258,11 @@ def train(
         )
     if optimizer.projection is not None:
         validation.non_negative_values("init", init)
-    _check_domains(init)
+    leaf_domains = _leaf_domains(meta_objective, init, domains)
+    _check_domains(init, leaf_domains)
     tx_init, run_chunk = xla.cached(
-        ("meta.train", meta_objective, optimizer),
-        lambda: _chunk_runner(meta_objective, optimizer),
+        ("meta.train", meta_objective, optimizer, leaf_domains),
+        lambda: _chunk_runner(meta_objective, optimizer, leaf_domains),
     )
     carry = (init, tx_init(init))
     outputs = []
@@ -187,6 +276,7 @@ def train(
     trajectory, values, grads, nonfinite, projected = jax.tree.map(
         lambda *xs: jnp.concatenate(xs), *outputs
     )
+    _report_nonfinite(nonfinite, steps, on_nonfinite)
     final = carry[0]
     trajectory = jax.tree.map(lambda t, f: jnp.concatenate([t, f[None]]), trajectory, final)
     return TrainResult(

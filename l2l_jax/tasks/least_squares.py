@@ -92,6 +92,7 @@ class LeastSquares:
         n_train = validation.positive_int("n_train", n_train)
         n_valid = _non_negative_int("n_valid", n_valid)
         _check_sigma(sigma)
+        validation.prng_key("key", key)
         arrays = _sample_arrays(key, jnp.asarray(sigma, dtype), d, n_train, n_valid, dtype)
         return cls(*arrays)
 
@@ -116,6 +117,7 @@ class LeastSquares:
         n_train = validation.positive_int("n_train", n_train)
         n_valid = _non_negative_int("n_valid", n_valid)
         _check_sigma(sigma)
+        validation.prng_key("key", key)
         sigma = jnp.asarray(sigma, dtype)
         arrays = _sample_batch_arrays(key, sigma, m, d, n_train, n_valid, dtype)
         return cls(*arrays)

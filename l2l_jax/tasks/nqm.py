@@ -285,12 +285,10 @@ class NQM:
 
 def _typed_key(name: str, key) -> jax.Array:
     """A typed PRNG key from a typed key or raw ``uint32[..., 2]`` key data."""
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    key = validation.prng_key(name, key, batched=True)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
-    if dtype is not None and dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(f"{name} must be a JAX PRNG key, e.g. jax.random.key(0), got {key!r}.")
+    return jax.random.wrap_key_data(key)
 
 
 def _check_values(curvature: Array, noise_scale: Array, init_scale: Array) -> None:

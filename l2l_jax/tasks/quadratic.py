@@ -46,6 +46,10 @@ class Quadratic:
                     f"got shape {factor.shape}."
                 )
         self.hessian, self.w0, self.factor = hessian, w0, factor
+        # before the eigendecomposition, which would fail on NaN/inf without naming them
+        validation.finite("hessian", hessian)
+        if factor is not None:
+            validation.finite("factor", factor)
         self.eigenvalues, self.eigenvectors = _eigh(hessian)
         if validation.is_concrete(hessian):
             _check_spd(np.asarray(hessian, np.float64), np.asarray(self.eigenvalues))
@@ -89,6 +93,7 @@ class Quadratic:
         (``w0="sphere"``) or standard Gaussian (``w0="gaussian"``, as in the paper's
         code, where ``width = dim``). ``X`` is kept as the task's ``factor``.
         """
+        validation.prng_key("key", key)
         validation.positive_int("dim", dim)
         validation.positive("scale", scale)
         width = 2 * dim if width is None else validation.positive_int("width", width)

@@ -104,11 +104,18 @@ def meta_train(
     The meta-parameters agree with the unsharded run up to float rounding (the order of
     the mean's sums changes); checkpoints hold whole arrays and resume onto the mesh.
     ``mesh=None`` (default) is the single-device program.
+
+    ``key`` is a PRNG key (``jax.random.key(seed)``), not an int seed; ``meta_params``,
+    when given, must have the shapes of ``optimizer.meta_params_shapes`` (a learned
+    optimizer's): both are checked here, naming the argument.
     """
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
     validation.positive_int("checkpoint_every", checkpoint_every)
+    key = validation.prng_key("key", key)
+    if meta_params is not None:
+        validation.meta_params("meta_params", meta_params, optimizer)
     if mesh is not None:
         check_mesh(mesh, config)
     state = init_state(key, task, optimizer, config, meta_params, meta_optimizer)
