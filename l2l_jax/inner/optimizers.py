@@ -11,6 +11,11 @@ rather than state or closure constants. Any optax optimizer is wrapped with
 
 Hyperparameters are a scalar step size for :func:`gd`/:func:`sgd` and a dict keyed by
 ``hparam_names`` otherwise; :meth:`OptaxInner.hparams` builds them.
+
+An optimizer whose update is one of the linear steps of :data:`LINEAR_UPDATES` says so in
+its ``linear_update`` attribute (:func:`gd`, :func:`momentum`, :func:`nesterov`,
+:func:`sgd`, or :func:`from_optax` with ``linear_update=``); ``grad="stable"`` decides its
+closed form by that declaration (:func:`linear_update_of`), never by ``name``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ from l2l_jax import validation
 Array = jnp.ndarray
 HParams = Array | Mapping[str, Array]
 
+# The linear updates an optimizer can declare, with the hyperparameters each takes: GD
+# ``w <- w - eta g``; heavy ball (optax's ``sgd`` with momentum) ``v <- g + beta v, w <- w
+# - eta v``; Nesterov ``v <- g + beta v, w <- w - eta (g + beta v)`` (``g`` the gradient,
+# times the diagonal ``preconditioner`` when the optimizer records one). The steps
+# themselves are ``l2l_jax.meta.projective.STEPS``.
+LINEAR_UPDATES: dict[str, tuple[str, ...]] = {
+    "gd": ("learning_rate",),
+    "momentum": ("learning_rate", "momentum"),
+    "nesterov": ("learning_rate", "momentum"),
+}
+
 
 @runtime_checkable
 class InnerOptimizer(Protocol):
@@ -39,6 +55,11 @@ class InnerOptimizer(Protocol):
       hparam_names: names of the hyperparameters ``as_dict`` returns.
       batch_size: ``None`` for full-batch gradients (``task.loss``), else the minibatch
         size the unroll samples from the task at each step (``task.batch_loss``).
+
+    Optional attribute ``linear_update``: the key of :data:`LINEAR_UPDATES` whose step the
+    optimizer takes, or ``None`` (absent) for any other update. It is not part of the
+    protocol: a learned optimizer or :class:`~l2l_jax.analysis.stability.ScaledStep` has
+    none; read it with :func:`linear_update_of`.
 
     Implementations: :class:`OptaxInner` (any optax optimizer, :func:`from_optax`),
     :class:`l2l_jax.learned.LearnedInnerOptimizer` (hyperparameters = meta-parameters) and
@@ -85,6 +106,11 @@ class OptaxInner:
         ``momentum`` and ``nesterov`` with ``preconditioner=``; ``None`` for none. Recorded
         so that ``grad="stable"`` can change variables (``meta.stable``); ``transform``
         already applies it, so it takes no part in equality or the hash.
+      linear_update: the linear step ``transform`` takes (a key of
+        :data:`LINEAR_UPDATES`: ``"gd"``, ``"momentum"``, ``"nesterov"``), on the gradient
+        times ``preconditioner``; ``None`` when it takes no such step (Adam, weight decay,
+        any optax chain not declared). ``grad="stable"`` uses it to choose its closed form
+        and checks it on a probe before trusting it (``meta.stable``).
     """
 
     name: str
@@ -93,11 +119,13 @@ class OptaxInner:
     batch_size: int | None = None
     defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
     preconditioner: Any = dataclasses.field(default=None, compare=False)
+    linear_update: str | None = None
 
     def __hash__(self) -> int:
         # hashable (a static argument of jax.jit) although ``defaults`` is a dict
         items = tuple(sorted(self.defaults.items()))
-        return hash((self.name, self.hparam_names, self.transform, self.batch_size, items))
+        fields = (self.name, self.hparam_names, self.transform, self.batch_size, items)
+        return hash((*fields, self.linear_update))
 
     @property
     def scalar_hparams(self) -> bool:
@@ -162,15 +190,23 @@ def from_optax(
     name: str | None = None,
     batch_size: int | None = None,
     defaults: Mapping[str, float] | None = None,
+    linear_update: str | None = None,
     **static,
 ) -> OptaxInner:
     """Wrap an optax optimizer factory so ``hparam_names`` become differentiable inputs.
 
     Example: ``from_optax(optax.lion, ("learning_rate", "b1"), b2=0.99)``.
+
+    ``linear_update`` declares that the optimizer takes one of the linear steps of
+    :data:`LINEAR_UPDATES` (e.g. ``from_optax(optax.sgd, ("learning_rate",),
+    linear_update="gd")``), so that ``grad="stable"`` accepts it; ``hparam_names`` must then
+    be that step's. ``name`` never implies it. ``grad="stable"`` checks the declaration on a
+    probe and refuses an optimizer whose update differs.
     """
     hparam_names = tuple(hparam_names)
     if not hparam_names:
         raise ValueError("hparam_names must name at least one hyperparameter to meta-learn.")
+    _check_linear_update(linear_update, hparam_names)
     placeholder = {n: 0.0 for n in hparam_names}
     transform = optax.inject_hyperparams(factory)(**placeholder, **static)
     if batch_size is not None:
@@ -181,7 +217,32 @@ def from_optax(
         transform=transform,
         batch_size=batch_size,
         defaults=dict(defaults or {}),
+        linear_update=linear_update,
     )
+
+
+def linear_update_of(optimizer) -> str | None:
+    """The linear update ``optimizer`` declares (a key of :data:`LINEAR_UPDATES`), or
+    ``None`` for an optimizer that declares none (a learned optimizer, Adam, ...)."""
+    return getattr(optimizer, "linear_update", None)
+
+
+def _check_linear_update(linear_update: str | None, hparam_names: tuple[str, ...]) -> None:
+    """``linear_update`` is ``None`` or a key of :data:`LINEAR_UPDATES` whose
+    hyperparameters are ``hparam_names`` (a ``ValueError`` naming the fix otherwise)."""
+    if linear_update is None:
+        return
+    if linear_update not in LINEAR_UPDATES:
+        raise ValueError(
+            f"linear_update must be one of {sorted(LINEAR_UPDATES)} or None, got "
+            f"{linear_update!r}; leave it None for an optimizer that takes none of these steps."
+        )
+    needed = LINEAR_UPDATES[linear_update]
+    if set(hparam_names) != set(needed):
+        raise ValueError(
+            f"linear_update={linear_update!r} takes the hyperparameters {needed}, got "
+            f"hparam_names={hparam_names}; pass hparam_names={needed}."
+        )
 
 
 def _check_preconditioner(preconditioner) -> Any:
@@ -209,7 +270,9 @@ def _sgd_family(
     names = tuple(defaults)
     static = {"nesterov": True} if nesterov else {}
     if preconditioner is None:
-        return from_optax(optax.sgd, names, name=name, defaults=defaults, **static)
+        return from_optax(
+            optax.sgd, names, name=name, defaults=defaults, linear_update=name, **static
+        )
     diag = _check_preconditioner(preconditioner)
     scale = optax.stateless(
         lambda g, _: jax.tree.map(lambda gi, pi: gi * pi.astype(gi.dtype), g, diag)
@@ -218,7 +281,7 @@ def _sgd_family(
     def factory(learning_rate, momentum=None):
         return optax.chain(scale, optax.sgd(learning_rate, momentum, **static))
 
-    opt = from_optax(factory, names, name=name, defaults=defaults)
+    opt = from_optax(factory, names, name=name, defaults=defaults, linear_update=name)
     return dataclasses.replace(opt, preconditioner=diag)
 
 
@@ -239,6 +302,7 @@ def sgd(batch_size: int = 1, learning_rate: float = 0.1) -> OptaxInner:
         name="sgd",
         batch_size=batch_size,
         defaults={"learning_rate": learning_rate},
+        linear_update="gd",
     )
 
 

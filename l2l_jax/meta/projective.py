@@ -61,6 +61,8 @@ def gd_step(theta, w, v, lam):
     return w - theta["learning_rate"] * lam * w, v
 
 
+# keyed by the linear update an optimizer declares (``optimizer.linear_update``, one of
+# ``l2l_jax.inner.optimizers.LINEAR_UPDATES``), never by its name
 STEPS: dict[str, LinearStep] = {
     "gd": gd_step,
     "momentum": momentum_step,
