@@ -103,13 +103,6 @@ class TrainResult:
         return int(np.sum(np.asarray(self.projected)))
 
 
-def _named_domain(path: tuple) -> str:
-    """The domain of a leaf of ``init`` by its last dict key, else ``"none"``."""
-    key = path[-1] if path else None
-    name = key.key if isinstance(key, jax.tree_util.DictKey) else None
-    return validation.HYPERPARAMETER_DOMAINS.get(name, "none")
-
-
 def _bare_scalar_name(meta_objective: Callable, init: chex.ArrayTree) -> str | None:
     """The name of a bare-scalar ``init``: the one hyperparameter of the inner optimizer
     of a ``meta.meta_objective`` (``"learning_rate"`` for ``inner.gd()``), else None."""
@@ -127,7 +120,7 @@ def _leaf_domains(meta_objective: Callable, init: chex.ArrayTree, domains) -> tu
         bare = _bare_scalar_name(meta_objective, init)
         if bare is not None:
             return (validation.HYPERPARAMETER_DOMAINS.get(bare, "none"),)
-        return tuple(_named_domain(p) for p, _ in jax.tree_util.tree_leaves_with_path(init))
+        return tuple(validation.domain_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(init))
     try:
         per_leaf = jax.tree.map(
             lambda d, x: jax.tree.map(lambda _: d, x), domains, init, is_leaf=lambda d: d is None

@@ -17,6 +17,8 @@ One file per piece, in pipeline order:
 * :mod:`.estimator`: the interface of the meta-gradient estimators, one file each:
   :mod:`.tbptt` (truncated backpropagation), :mod:`.es` (antithetic truncated ES),
   :mod:`.pes` (persistent ES, unbiased across truncations).
+* :mod:`.domains`: named hyperparameters (learning rate, ``eps``, decays) learned in an
+  unconstrained space (log, logit), so no update or ES/PES perturbation leaves their domain.
 * :mod:`.step`: :class:`TruncatedState` and the jitted meta-step (non-finite steps skipped
   and counted).
 * :mod:`.sharding`: the meta-batch split over a 1-d device mesh.

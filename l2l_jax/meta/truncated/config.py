@@ -40,10 +40,13 @@ class TruncatedConfig:
         ``"tbptt"`` (truncated backpropagation, :mod:`.tbptt`), ``"es"`` (antithetic
         truncated evolution strategies, :mod:`.es`) or ``"pes"`` (persistent evolution
         strategies, unbiased across truncations, :mod:`.pes`).
-      es_sigma: standard deviation of the ES/PES perturbations.
+      es_sigma: standard deviation of the ES/PES perturbations (for a hyperparameter with
+        a domain, of its ``u = log theta`` or ``logit theta``, :mod:`.domains`: a
+        relative size).
       es_pairs: antithetic pairs per run and meta-step (``B * es_pairs`` pairs in all);
         with PES each pair keeps its own perturbed runs across meta-steps.
-      meta_lr: learning rate of the default meta-optimizer (Adam).
+      meta_lr: learning rate of the default meta-optimizer (Adam; it updates ``u`` of a
+        hyperparameter with a domain, :mod:`.domains`).
       clip: global-norm clip of the meta-gradient in the default meta-optimizer.
       stagger: start run ``i`` at inner step ``floor(i T / B)`` (with fresh parameters, so
         its first run is shorter), which spreads the re-initializations over time and

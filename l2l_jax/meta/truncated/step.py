@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from l2l_jax import xla
 from l2l_jax.learned.adapters import as_inner_optimizer
-from l2l_jax.meta.truncated import estimator, sharding, tasks
+from l2l_jax.meta.truncated import domains, estimator, sharding, tasks
 from l2l_jax.meta.truncated.config import TruncatedConfig, default_meta_optimizer
 from l2l_jax.meta.truncated.runs import make_init_runs
 from l2l_jax.meta.truncated.state import TruncatedState
@@ -48,7 +48,10 @@ def init_state(
     ``meta_params`` defaults to ``optimizer.init_meta_params(k)`` for a learned optimizer
     (required for an :class:`~l2l_jax.inner.InnerOptimizer`: its hyperparameters). Run
     ``i`` gets key ``split(k_runs, B)[i]`` and starts at inner step ``floor(i T / B)`` with
-    ``config.stagger``; the estimator builds its state from these runs.
+    ``config.stagger``; the estimator builds its state from these runs. Named
+    hyperparameters (:mod:`.domains`) must start inside their domains (a ``ValueError``
+    otherwise); the meta-optimizer's and the estimator's states are built for their
+    unconstrained values.
     """
     inner = as_inner_optimizer(optimizer)
     family = as_family(task)
@@ -60,16 +63,20 @@ def init_state(
                 f"pass meta_params (the hyperparameters of inner.{inner.name} to meta-learn)."
             )
         meta_params = optimizer.init_meta_params(k_meta)
+    domains.check(meta_params, inner)
+    # strongly typed, as every later step returns them (a weak type would compile twice)
+    meta_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), meta_params)
     tx = _wrap(meta_optimizer or default_meta_optimizer(config))
     b, horizon = config.meta_batch, config.horizon
     starts = (np.arange(b) * horizon) // b if config.stagger else np.zeros(b, np.int64)
     run_data = jax.random.key_data(jax.random.split(k_runs, b))
     init_runs = xla.cached(("truncated.init", optimizer), lambda: make_init_runs(inner))
     runs = init_runs(run_data, jnp.asarray(starts, jnp.int32), family, meta_params)
+    u = domains.to_unconstrained(meta_params, inner)  # what the meta-optimizer updates
     return TruncatedState(
         meta_params=meta_params,
-        opt_state=tx.init(meta_params),
-        inner=estimator.get(config.estimator).init(runs, meta_params, config),
+        opt_state=tx.init(u),
+        inner=estimator.get(config.estimator).init(runs, u, config),
         key=jax.random.key_data(k_es),
         step=jnp.zeros((), jnp.int32),
         nonfinite_count=jnp.zeros((), jnp.int32),
@@ -91,19 +98,29 @@ def meta_step(
     ``meta_loss``, ``grad_norm`` (before clipping), ``nonfinite``, ``train_loss`` (mean
     inner minibatch loss), ``resets`` (runs re-initialized in the segment).
     Pure; :func:`make_meta_step` jits it as ``step(state, task)``.
+
+    Hyperparameters named in :data:`l2l_jax.validation.HYPERPARAMETER_DOMAINS` stay in
+    their domains: the estimator and the meta-optimizer work on their unconstrained
+    ``u`` (``log`` of a positive value, ``logit`` of a decay, :mod:`.domains`), and the
+    state keeps ``theta``. Other meta-parameters (a learned optimizer's weights) are
+    estimated and updated as they are.
     """
     inner = as_inner_optimizer(optimizer)
     tx = _wrap(meta_optimizer or default_meta_optimizer(config))
     key, k_es = jax.random.split(jax.random.wrap_key_data(state.key))
+    # named hyperparameters are estimated, perturbed and updated as u (.domains)
+    u = domains.to_unconstrained(state.meta_params, inner)
+    opt_u = domains.reparameterize(inner, state.meta_params)
     loss, grad, runs, aux = estimator.get(config.estimator).gradient(
-        state.meta_params, state.inner, k_es, as_family(task), inner, config
+        u, state.inner, k_es, as_family(task), opt_u, config
     )
     # A non-finite value poisons the step too (as in meta.train).
     checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grad)
-    updates, opt_state = tx.update(checked, state.opt_state, state.meta_params)
+    updates, opt_state = tx.update(checked, state.opt_state, u)
     nonfinite = ~opt_state.last_finite
+    moved = domains.from_unconstrained(optax.apply_updates(u, updates), inner)
     new = TruncatedState(
-        meta_params=optax.apply_updates(state.meta_params, updates),
+        meta_params=domains.keep_where(nonfinite, state.meta_params, moved, inner),
         opt_state=opt_state,
         inner=runs,
         key=jax.random.key_data(key),
