@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= cpu-small
 OUT    ?= runs
 
-.PHONY: setup run test test-slow lint bench bench-estimators bench-group accelerator-check docs figures figures-check figures-check-mnist clean
+.PHONY: setup run test test-isa test-slow lint bench bench-estimators bench-group accelerator-check docs figures figures-check figures-check-mnist clean
 
 setup: $(STAMP)
 
@@ -24,11 +24,18 @@ run: $(STAMP)
 ## test: lint, then the whole test suite (what CI runs), one pytest worker per core
 ## (test files stay whole on one worker, so their module fixtures compile once)
 test: $(STAMP) lint
-	$(PY) -m pytest -n auto --dist loadfile -m "not slow"
+	$(PY) -m pytest -n auto --dist loadfile --max-worker-restart=0 -m "not slow"
+
+## test-isa: the same fast suite compiled as an older CPU would (XLA's --xla_cpu_max_isa), ISA=AVX2|AVX|SSE4_2
+## (default AVX): float rounding differs from the native build, so every assert that compares two
+## different programs must hold with its stated bound (docs/reliability.md, "Equality in tests")
+ISA ?= AVX
+test-isa: $(STAMP)
+	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" $(PY) -m pytest -n auto --dist loadfile --max-worker-restart=0 -m "not slow"
 
 ## test-slow: the end-to-end tests marked slow (experiment CLIs, multi-process meta-training)
 test-slow: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadfile -m slow
+	$(PY) -m pytest -n auto --dist loadfile --max-worker-restart=0 -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check l2l_jax configs benchmarks scripts tests
@@ -81,14 +88,16 @@ figures: $(STAMP)
 	$(PY) -m l2l_jax ood --out docs/results/ood_paper_seed1 --preset paper --config.seed=1
 
 ## figures-check: regenerate the experiments that take minutes (not the MNIST meta-training ones) under
-## OUT/figures-check and compare them with docs/results number by number; writes
-## docs/results/figures_check.{json,md} and fails if a number differs beyond float rounding
+## OUT/figures-check and compare them with docs/results number by number: bit for bit when a stored
+## file was written on this host (CPU, extensions, XLA_FLAGS' --xla_cpu_max_isa, jax/jaxlib), else
+## at the level of claims within the tolerance table of scripts/compare_results.py (MODE=bitwise|claims
+## forces one); writes docs/results/figures_check.{json,md} (naming the mode and why) and fails on a difference
 QUICK_FIGURES = fig1 fig1_momentum thm3 sweep fig2 fig3 thm5 thm6 health stability towers
 # check_figures,TARGET,NAMES: rerun NAMES under OUT/TARGET, compare with docs/results, report in docs/results/TARGET.{json,md} (- as _)
 define check_figures
 	for e in $(2); do $(PY) -m l2l_jax $$e --no-progress --out $(OUT)/$(1)/$$e || exit 1; done
 	$(PY) scripts/compare_results.py $(OUT)/$(1) docs/results $(2) \
-		--out docs/results/$(subst -,_,$(1)).json --made-by "make $(1)"
+		--out docs/results/$(subst -,_,$(1)).json --made-by "make $(1)" $(if $(MODE),--mode $(MODE))
 endef
 figures-check: $(STAMP)
 	$(call check_figures,figures-check,$(QUICK_FIGURES))

@@ -153,3 +153,18 @@ def test_meta_objective_names_a_bad_key():
     task = tasks.Quadratic.random(jax.random.key(0), dim=3, scale=0.5)
     with pytest.raises(TypeError, match=r"key must be a PRNG key, got the int 0"):
         meta.meta_objective(task, inner.sgd(), "log_loss", steps=3, key=0)
+
+
+@pytest.mark.parametrize("entry", ["as_optax", "descent_init"])
+def test_learned_entry_points_name_mismatched_meta_params(entry):
+    """Meta-parameters of another architecture are refused by name (a ``ValueError``), not
+    by a bare ``AssertionError`` from a shape check."""
+    lopt = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(4,)))
+    other = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(8,)))
+    wrong = other.init_meta_params(jax.random.key(0))
+    call = {
+        "as_optax": lambda: learned.as_optax(lopt, wrong),
+        "descent_init": lambda: learned.descent_init(lopt, wrong),
+    }[entry]
+    with pytest.raises(ValueError, match=r"meta_params\[.*has shape \(8,?.*expects"):
+        call()

@@ -140,9 +140,13 @@ def build_families(
 
 def draws(family: MnistFamily, key: jax.Array, count: int):
     """``count`` fresh tasks of ``family`` as one :class:`~l2l_jax.tasks.MnistMLP` with a
-    leading axis (for :func:`l2l_jax.evaluation.evaluate`: run ``i`` trains task ``i``)."""
+    leading axis (for :func:`l2l_jax.evaluation.evaluate`: run ``i`` trains task ``i``).
+
+    The family (its pool of digits) is an argument of the jitted function, not a constant
+    baked into it."""
     keys = jax.random.split(key, count)
-    return jax.jit(jax.vmap(lambda k: family.materialize(family.sample(k), k)))(keys)
+    draw = lambda f, k: f.materialize(f.sample(k), k)
+    return jax.jit(jax.vmap(draw, in_axes=(None, 0)))(family, keys)
 
 
 def learned_optimizer(cfg: ml_collections.ConfigDict) -> learned.MLPLOpt:

@@ -210,14 +210,14 @@ def first_step_alignment(task, optimizer, hparams, w0s) -> dict[str, float]:
     sees the parameters (the ``param`` feature) can step along ``-w`` without the gradient.
     """
 
-    def one(w):
+    def one(task, hparams, w):  # task and hparams: arguments, not compiled-in constants
         g = task.gradient(w)
         new, _ = optimizer.update(g, optimizer.init(w, hparams), w, hparams)
         step = new - w
         cos = lambda a, b: jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
         return cos(step, -w), cos(step, -g)
 
-    to_w, to_g = jax.jit(jax.vmap(one))(w0s)
+    to_w, to_g = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))(task, hparams, w0s)
     return {"minus_w": float(jnp.mean(to_w)), "minus_grad": float(jnp.mean(to_g))}
 
 
@@ -290,17 +290,20 @@ def step_scale_grid(task, lopt, meta_params, cfg) -> stability.StabilityGrid:
     w0 = task.init_params()
     state = opt.init(w0, {"step_scale": 1.0, "base": meta_params})
 
-    def row(s):
+    # task, meta-parameters and point are arguments, not constants of the compiled row
+    def row(s, task, meta_params, w0, state, curv):
         def one(c):
             hp = {"step_scale": s, "base": meta_params}
             return stability.jacobian(task.scaled(c), opt, hp, w0, state)
 
-        return jax.vmap(one)(jnp.asarray(curv))
+        return jax.vmap(one)(curv)
 
     with jax.enable_x64(True):
-        task64, meta_params, w0, state = stability.to_float64((task, meta_params, w0, state))
-        task, fn = task64, jax.jit(row)
-        radius = np.stack([spectra(np.asarray(fn(jnp.asarray(s))))[1] for s in step_scales])
+        args = stability.to_float64((task, meta_params, w0, state))
+        fn, curv64 = jax.jit(row), jnp.asarray(curv)
+        radius = np.stack(
+            [spectra(np.asarray(fn(jnp.asarray(s), *args, curv64)))[1] for s in step_scales]
+        )
     return stability.StabilityGrid(step_scales, curv, radius, cfg.tol)
 
 

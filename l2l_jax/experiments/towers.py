@@ -173,9 +173,12 @@ def train(tx, height: int, task: tasks.MnistMLP, params, lr0, indices):
 
 
 def sweep(tx, height: int, task, test_images, test_labels, lr0s, init_keys, indices):
-    """All ``(seed, lr0)`` runs of one optimizer as one jitted vmap; arrays ``(S, L, ...)``."""
+    """All ``(seed, lr0)`` runs of one optimizer as one jitted vmap; arrays ``(S, L, ...)``.
 
-    def one(lr0, key, idx):
+    The task and the test set are arguments of the jitted function, not constants baked
+    into it (the MNIST images would be folded into the compiled program)."""
+
+    def one(task, test_images, test_labels, lr0, key, idx):
         params, lrs, losses = train(tx, height, task, task.init_params(key), lr0, idx)
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
         return {
@@ -186,8 +189,9 @@ def sweep(tx, height: int, task, test_images, test_labels, lr0s, init_keys, indi
             "batch_loss": losses,
         }
 
-    runs = jax.vmap(jax.vmap(one, in_axes=(0, None, None)), in_axes=(None, 0, 0))
-    return jax.jit(runs)(lr0s, init_keys, indices)
+    data = (None, None, None)
+    runs = jax.vmap(jax.vmap(one, in_axes=(*data, 0, None, None)), in_axes=(*data, None, 0, 0))
+    return jax.jit(runs)(task, test_images, test_labels, lr0s, init_keys, indices)
 
 
 def lr0_grid(cfg) -> np.ndarray:

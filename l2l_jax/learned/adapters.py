@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import optax
 from flax import nnx
 
+from l2l_jax import validation
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.learned import common
 from l2l_jax.learned.mlp_lopt import LOptConfig, MLPLOpt, MLPNet
@@ -105,22 +106,50 @@ def as_inner_optimizer(optimizer) -> InnerOptimizer:
     )
 
 
+class OptaxState(NamedTuple):
+    """The state of :func:`as_optax`: the meta-parameters and the learned optimizer's own
+    state (:class:`~l2l_jax.learned.LOptState` or :class:`~l2l_jax.learned.NominalState`).
+
+    The meta-parameters travel in the state so that ``jax.jit(tx.update)`` receives them
+    as arguments: closed over, they would be baked into every compiled update as
+    constants, and XLA's CPU compiler can take many gigabytes to fold the learned
+    optimizer's fused MLP over them.
+    """
+
+    meta_params: MetaParams
+    lopt_state: Any
+
+    @property
+    def count(self) -> Any:
+        """Updates taken so far (``lopt_state.count``)."""
+        return self.lopt_state.count
+
+
 def as_optax(lopt: common.NetOptimizer, meta_params: MetaParams) -> optax.GradientTransformation:
     """The learned optimizer with fixed ``meta_params`` as an optax transformation.
 
-    ``tx.update(grads, state, params)`` requires ``params`` (a feature of the MLP).
+    ``tx.init(params)`` is an :class:`OptaxState` holding ``meta_params`` (an argument, not
+    a constant, of a jitted ``tx.update``) and ``lopt.init(params)``;
+    ``tx.update(grads, state, params)`` requires ``params`` (a feature of the MLP) and is
+    ``lopt.update(state.meta_params, grads, state.lopt_state, params)``.
     """
-    chex.assert_trees_all_equal_shapes(meta_params, lopt.meta_params_shapes)
+    validation.meta_params("meta_params", meta_params, lopt)
 
     def init_fn(params):
-        return lopt.init(params)
+        return OptaxState(meta_params=meta_params, lopt_state=lopt.init(params))
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(
                 "the learned optimizer needs the parameters: call tx.update(grads, state, params)."
             )
-        return lopt.update(meta_params, updates, state, params)
+        if not isinstance(state, OptaxState):
+            raise TypeError(
+                f"as_optax's update takes the state made by its init (an OptaxState), got "
+                f"{type(state).__name__}: call state = tx.init(params)."
+            )
+        updates, lopt_state = lopt.update(state.meta_params, updates, state.lopt_state, params)
+        return updates, OptaxState(meta_params=state.meta_params, lopt_state=lopt_state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
