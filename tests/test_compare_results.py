@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
     "compare_results", ROOT / "scripts/compare_results.py"
@@ -45,3 +47,159 @@ def test_main_writes_the_report_and_fails_on_a_difference(tmp_path):
         )
         == 1
     )
+
+
+def _write(root, name, payload):
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / "results.json").write_text(json.dumps(payload))
+
+
+def _env(**overrides):
+    """This host's fingerprint as a results file records it, with ``overrides``."""
+    host = compare_results.this_host()
+    if host is None:
+        pytest.skip("no /proc/cpuinfo: this host has no fingerprint")
+    return {**host, **overrides}
+
+
+def _other_isa():
+    """An ``--xla_cpu_max_isa`` this process was not run under (``make test-isa`` sets one)."""
+    return "SSE4_2" if compare_results.this_host()["xla_cpu_max_isa"] == "AVX" else "AVX"
+
+
+def _run(tmp_path, new, old, name="fig1"):
+    _write(tmp_path / "new", name, new)
+    _write(tmp_path / "old", name, old)
+    out = tmp_path / "report.json"
+    rc = compare_results.main(
+        [str(tmp_path / "new"), str(tmp_path / "old"), name, "--out", str(out)]
+    )
+    return rc, json.loads(out.read_text())["experiments"][name], out.with_suffix(".md").read_text()
+
+
+def test_same_host_compares_bit_for_bit(tmp_path):
+    old = {"environment": _env(), "trajectories": {"stable": [0.1, 0.09]}}
+    new = {"environment": _env(), "trajectories": {"stable": [0.1, 0.09 * (1 + 1e-7)]}}
+    rc, res, md = _run(tmp_path, new, old)
+    assert rc == 1 and res["mode"] == "bitwise" and "same host" in res["why"]
+    assert [d[0] for d in res["differ"]] == ["/trajectories/stable[1]"]
+    assert "bitwise (stored on the same host" in md
+    rc, res, _ = _run(tmp_path, old, old)
+    assert rc == 0 and res["equal"] == 2
+
+
+def test_another_host_compares_claims_within_the_table(tmp_path):
+    # another ISA flag is another host; so is a file that records no host
+    for env in (_env(xla_cpu_max_isa=_other_isa()), {"jax": "0.10.2"}):
+        old = {
+            "environment": env,
+            "trajectories": {"stable": [0.1, 0.09]},
+            "coefficients": [0.066182969, -0.3],
+            "converged_at": {"stable": 73, "autodiff": None},
+            "nonfinite_steps": {"stable": 0},
+            "checks": {"converges": True},
+        }
+        new = json.loads(json.dumps(old)) | {"environment": _env()}
+        new["trajectories"]["stable"][1] *= 1 + 1e-5  # float32 rounding: within 1e-3
+        new["coefficients"][0] = 0.066182840  # a float32 draw, 2e-6 relative
+        new["converged_at"]["stable"] = 74  # a step later
+        rc, res, md = _run(tmp_path, new, old)
+        assert rc == 0 and res["mode"] == "claims", res
+        assert res["close"] == 3 and not res["differ"]
+        assert "another host" in res["why"] and "claims (" in md and "Rules used" in md
+        # a claim that changes, or a number beyond its rule, is reported
+        new["checks"]["converges"] = False
+        new["nonfinite_steps"]["stable"] = 1
+        new["trajectories"]["stable"][0] = 0.1 * (1 + 2e-3)
+        rc, res, _ = _run(tmp_path, new, old)
+        assert rc == 1
+        assert [d[0] for d in res["differ"]] == [
+            "/checks/converges",
+            "/nonfinite_steps/stable",
+            "/trajectories/stable[0]",
+        ]
+
+
+def test_every_rule_has_a_reason_and_compiles():
+    import re
+
+    for rules in compare_results.RULES.values():
+        for pattern, tol, why in rules:
+            re.compile(pattern)
+            assert set(tol) <= {"rel", "abs", "skip", "per_seed", "float32_range"} and len(why) > 20
+    assert compare_results.rule_for("fig1", "/trajectories/stable[3]")[1] == compare_results.F32
+    assert compare_results.rule_for("fig4b", "/details/0/x") is not None
+    assert compare_results.rule_for("fig1", "/unnamed") is None
+
+
+def _fig4(per_seed_values, runs):
+    """A minimal fig4-like results file: per-seed numbers and the evaluation's runs."""
+    names = ("tbt", "prodigy", "sgd")
+    per_seed = [
+        {"seed": s, **{k: dict(zip(names, v, strict=True)) for k in compare_results.PER_SEED_KEYS}}
+        for s, v in enumerate(per_seed_values)
+    ]
+    evaluation = {
+        n: {fam: {"final": {"runs": runs}} for fam in compare_results.PER_SEED_KEYS.values()}
+        for n in names
+    }
+    details = {
+        str(s): {"families": {"eval": {"n": 1000}}, "evaluation": evaluation}
+        for s in range(len(per_seed_values))
+    }
+    return {"per_seed": per_seed, "details": details, "data": {"info": {"num_test": 1000}}}
+
+
+def test_per_seed_bounds_by_family():
+    stored = _fig4(
+        [(76.0, 77.0, 81.5), (72.0, 72.0, 80.9), (74.0, 75.0, 81.6)], [0.73, 0.757, 0.796]
+    )
+    b = compare_results.per_seed_bounds(stored, 0)
+    s_run = compare_results._sd([73.0, 75.7, 79.6])
+    assert b[("test_acc", "sgd")][0] == 0.5  # 5 flips per run of 1000 digits
+    assert abs(b[("test_acc", "prodigy")][0] - 3 * 2**0.5 * s_run / 3**0.5) < 1e-12
+    assert abs(b[("test_acc", "tbt")][0] - 3 * 2**0.5 * max(2.0, s_run)) < 1e-12
+
+
+def test_fig4_on_another_host_uses_the_derived_bounds(tmp_path):
+    old = _fig4([(76.0, 77.0, 81.5), (72.0, 72.0, 80.9), (74.0, 75.0, 81.6)], [0.73, 0.757, 0.796])
+    old["environment"] = _env(xla_cpu_max_isa=_other_isa())
+    old["details"]["0"]["meta_loss"] = [1.0, 0.5]
+    new = json.loads(json.dumps(old)) | {"environment": _env()}
+    for key in compare_results.PER_SEED_KEYS:
+        new["per_seed"][0][key] |= {"tbt": 71.6, "prodigy": 76.3, "sgd": 81.52}
+    new["details"]["0"]["meta_loss"] = [1.0, 0.7]  # a record, not a claim: skipped
+    rc, res, _ = _run(tmp_path, new, old, name="fig4b")
+    assert rc == 0 and res["mode"] == "claims" and res["skipped"] >= 1, res
+    for key in compare_results.PER_SEED_KEYS:
+        new["per_seed"][0][key]["sgd"] = 80.9  # 0.6 points: more than 5 flips per run
+    rc, res, _ = _run(tmp_path, new, old, name="fig4b")
+    assert rc == 1 and {d[0] for d in res["differ"]} == {
+        f"/per_seed[0]/{k}/sgd" for k in compare_results.PER_SEED_KEYS
+    }
+
+
+def test_thm3_float32_beyond_its_range_is_not_a_claim(tmp_path):
+    # t = 1000 and 2000: the exact |F'| (1e-39, 1e-80) lies below float32's normal range
+    curve = {
+        "objective": "last_loss",
+        "eta_label": "1/L",
+        "t": [1, 1000, 2000],
+        "exact_log10": [2.18, -39.0, -79.7],
+        "autodiff_float32": [-153.0, -1.5e-35, 0.0],
+    }
+    old = {
+        "environment": {},
+        "curves": [curve],
+        "checks": {"failures_from_t": {"last_loss eta=1/L": {"autodiff_float32": 2000}}},
+    }
+    new = json.loads(json.dumps(old))
+    new["curves"][0]["autodiff_float32"] = [-153.0 * (1 + 1e-6), -1.4e-35, -1.5e-35]
+    new["checks"]["failures_from_t"]["last_loss eta=1/L"]["autodiff_float32"] = None
+    rc, res, _ = _run(tmp_path, new, old, name="thm3")
+    assert rc == 0 and res["skipped"] == 2 and res["close"] == 2, res
+    # within float32's range, a failure that appears or moves is a changed claim
+    new["checks"]["failures_from_t"]["last_loss eta=1/L"]["autodiff_float32"] = 1
+    new["curves"][0]["autodiff_float32"][0] = -150.0
+    rc, res, _ = _run(tmp_path, new, old, name="thm3")
+    assert rc == 1 and len(res["differ"]) == 2

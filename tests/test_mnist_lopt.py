@@ -7,6 +7,7 @@ The claims themselves are computed over seeds by ``fig5`` from the stored result
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -18,8 +19,15 @@ import pytest
 from configs import fig4a, fig4b, fig4c, fig5, mnist_lopt
 from l2l_jax import cli, learned
 from l2l_jax.data import mnist as mnist_data
+from l2l_jax.experiments import common
 from l2l_jax.experiments import mnist_lopt as exp
 from l2l_jax.experiments import mnist_report as report
+
+_spec = importlib.util.spec_from_file_location(
+    "compare_results", Path(__file__).resolve().parents[1] / "scripts/compare_results.py"
+)
+compare_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_results)
 
 
 def tiny(cfg):
@@ -167,6 +175,7 @@ def test_selection_resumes_between_scores(tmp_path, data):
         cfg, fam, "tbv", lopt, start, key, tmp_path / "b", False
     )
     assert [s["step"] for s in again["heldout"]] == [0, 2, 4]
+    # resumed against uninterrupted: the same programs, same host: bitwise
     assert again["heldout"] == record["heldout"] and again["chosen_step"] == record["chosen_step"]
     assert again["meta_loss"] == pytest.approx(record["meta_loss"], rel=0, abs=0)
     jax.tree.map(np.testing.assert_array_equal, whole, resumed)
@@ -276,14 +285,57 @@ def test_tiny_setting_end_to_end_and_resume(tmp_path):
 
 @pytest.mark.slow
 def test_rerunning_a_stored_seed_reproduces_its_numbers(tmp_path):
-    """Seed 0 of the stored fig4b results, rerun from scratch with the same config."""
+    """Seed 0 of the stored fig4b results, rerun from scratch with the same config.
+
+    On the host that wrote the results (``common.same_host``: CPU model, vector
+    extensions, ``--xla_cpu_max_isa``, jax and jaxlib equal to the stored
+    ``environment``'s) the rerun is the same compiled program on the same CPU: every
+    number must be equal, bit for bit. On another host (or an unknown one: the stored
+    fig4b file predates the CPU record; it was written on a CPU with AVX-512 and AMX)
+    XLA compiles other code and the float32 rounding differs, so each per-seed
+    accuracy is held to a bound, ``compare_results.per_seed_bounds`` (docs/reliability.md,
+    "Stored results on another host"):
+
+    * sgd, adam, warm_start: nothing is adapted or meta-trained, rounding can only flip
+      predictions near the decision boundary: 5 flips in each of the 5 runs of 1000
+      digits, all one way, = 0.5 points (observed on two other hosts: 0 and 0.02). The
+      learning rates that tuning picks must be the same.
+    * prodigy, dog, schedule_free_adamw: the adapted step size can send each evaluation
+      run on another trajectory, a new draw of the evaluation's randomness: 3 x sqrt(2) x
+      s_run / sqrt(5), s_run the SD of the 5 stored runs (fig4b seed 0: 1.4 to 5.0 points;
+      observed: prodigy -0.76, dog +0.24 under --xla_cpu_max_isa=AVX).
+    * tbt, tbv: 150 meta-steps amplify the rounding into another learned optimizer, a new
+      draw of the meta-training outcome. Its SD is estimated by the larger of the SD over
+      the 3 stored seeds and s_run; the stored and the rerun numbers are two draws, so
+      the bound is 3 x sqrt(2) x that SD (fig4b seed 0: tbt test 10.1, train 4.4 points;
+      tbv 24 to 33 points, as one of the 3 stored tbv seeds collapsed, 68.9 against 83.3
+      and 80.8: with 3 seeds the data allow no tighter claim). Observed moves of tbt test
+      accuracy: -4.7 (AMD EPYC, AVX-512), -2.5 and -2.9 (--xla_cpu_max_isa=AVX on two
+      hosts); tbv -1.3, -1.1, +1.4.
+    """
     stored = json.loads(Path("docs/results/fig4b/results.json").read_text())
     cfg = ml_collections.ConfigDict(stored["config"])
     cfg.seeds = (stored["per_seed"][0]["seed"],)
     data = mnist_data.load(cfg.source)
     rerun = exp.run_seed(cfg, cfg.seeds[0], data, tmp_path, progress=False)
+    same = common.same_host(stored["environment"])
+    bounds = compare_results.per_seed_bounds(stored, 0)
+    print(
+        f"host: this {common.this_host()}; stored {common.host_fingerprint(stored['environment'])}"
+    )
+    print("bitwise (same host)" if same else "within the derived bounds (another host)")
+    bad = []
     for key in ("test_acc", "test_acc_noisy_labels", "train_acc"):
         for name, value in stored["per_seed"][0][key].items():
-            # accuracies on 1000 test digits, mean of 5 runs: 0.02-point steps; another
-            # CPU's float rounding may flip a few predictions (same machine: equal)
-            assert rerun[key][name] == pytest.approx(value, abs=0.5), (key, name)
+            bound, why = bounds[(key, name)]
+            got = rerun[key][name]
+            ok = got == value if same else abs(got - value) <= bound
+            print(
+                f"{key:22s} {name:20s} stored {value:6.2f} rerun {got:6.2f} "
+                f"diff {got - value:+6.2f} bound {bound:5.2f} ({why}) {'ok' if ok else 'FAIL'}"
+            )
+            if not ok:
+                bad.append((key, name, got, value, bound))
+    chosen = rerun["details"]["learning_rates"]
+    assert chosen == stored["details"]["0"]["learning_rates"], "tuning picked other rates"
+    assert not bad, bad

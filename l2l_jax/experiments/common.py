@@ -174,6 +174,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(affinity(0)) if affinity else os.cpu_count(),
         **_host_cpu(),
+        "xla_cpu_max_isa": xla_cpu_max_isa(),
         "git_commit": _git_commit(),
     }
 
@@ -197,6 +198,58 @@ def _host_cpu() -> dict:
         "cpu_model": fields.get("model name", "unknown"),
         "cpu_simd": [f for f in _SIMD if f in flags],
     }
+
+
+def xla_cpu_max_isa() -> str | None:
+    """The ``--xla_cpu_max_isa`` of ``XLA_FLAGS`` (``AVX``, ``AVX2``, ``SSE4_2``...), or
+    None: under it XLA compiles as for an older CPU, so a run under the flag is another
+    host for the comparisons of results (see :func:`host_fingerprint`)."""
+    isa = None
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        if flag.startswith("--xla_cpu_max_isa="):
+            isa = flag.split("=", 1)[1] or None  # the last one wins, as in XLA
+    return isa
+
+
+HOST_KEYS = ("cpu_model", "cpu_simd", "xla_cpu_max_isa", "jax", "jaxlib")
+
+
+def host_fingerprint(env: dict | None) -> dict | None:
+    """What decides whether two runs compiled the same program: the CPU model, its vector
+    extensions, ``--xla_cpu_max_isa`` and the jax/jaxlib versions, from a results file's
+    ``environment`` (or from :func:`environment`). None when the record lacks the CPU
+    (results written before it was recorded, or not on Linux): an unknown host, never
+    taken for this one.
+
+    Results are compared bit for bit only between equal fingerprints; results from
+    another host are compared at the level of claims (``scripts/compare_results.py``,
+    docs/reliability.md, "Stored results on another host")."""
+    env = env or {}
+    if env.get("cpu_model") in (None, "unknown") or "cpu_simd" not in env:
+        return None
+    out = {k: env.get(k) for k in HOST_KEYS}
+    out["cpu_simd"] = sorted(out["cpu_simd"] or ())
+    return out
+
+
+def this_host() -> dict | None:
+    """:func:`host_fingerprint` of the running process (without the device query of
+    :func:`environment`)."""
+    return host_fingerprint(
+        {
+            **_host_cpu(),
+            "xla_cpu_max_isa": xla_cpu_max_isa(),
+            "jax": _version("jax"),
+            "jaxlib": _version("jaxlib"),
+        }
+    )
+
+
+def same_host(env: dict | None) -> bool:
+    """Whether a results file's ``environment`` was written on this host (same
+    fingerprint, known CPU): then a rerun must reproduce it bit for bit."""
+    here = this_host()
+    return here is not None and host_fingerprint(env) == here
 
 
 def save_results(out: Path, results: dict) -> dict:
