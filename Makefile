@@ -33,9 +33,10 @@ ISA ?= AVX
 test-isa: $(STAMP)
 	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" $(PY) -m pytest -n auto --dist loadfile --max-worker-restart=0 -m "not slow"
 
-## test-slow: the end-to-end tests marked slow (experiment CLIs, multi-process meta-training)
+## test-slow: the end-to-end tests marked slow (experiment CLIs, multi-process meta-training); a test
+## may take up to an hour here (the stored fig4b seed's rerun takes 10-40 min on 2 cores), 900 s in make test
 test-slow: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadfile --max-worker-restart=0 -m slow
+	$(PY) -m pytest -n auto --dist loadfile --max-worker-restart=0 --timeout=3600 -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check l2l_jax configs benchmarks scripts tests
