@@ -212,10 +212,14 @@ def meta_params(name: str, params, optimizer) -> None:
             )
 
 
-def domain_of(path: tuple) -> str:
+def domain_of(path: tuple, hparam_names: tuple[str, ...] = ()) -> str:
     """The domain of the leaf at ``path`` (a ``jax.tree_util`` key path) of a pytree of
     hyperparameters: :data:`HYPERPARAMETER_DOMAINS` of its last dict key (``"positive"``
-    or ``"unit"``), ``"none"`` for a leaf not named there or not under a dict key."""
+    or ``"unit"``), ``"none"`` for a leaf not named there or not under a dict key. A bare
+    array (empty ``path``) is the optimizer's single hyperparameter when ``hparam_names``
+    holds one (``inner.gd()``'s step size is a scalar, not a dict)."""
     key = path[-1] if path else None
     name = key.key if isinstance(key, jax.tree_util.DictKey) else None
+    if not path and len(hparam_names) == 1:
+        name = hparam_names[0]
     return HYPERPARAMETER_DOMAINS.get(name, "none")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import chex
 import jax
@@ -103,24 +103,14 @@ class TrainResult:
         return int(np.sum(np.asarray(self.projected)))
 
 
-def _bare_scalar_name(meta_objective: Callable, init: chex.ArrayTree) -> str | None:
-    """The name of a bare-scalar ``init``: the one hyperparameter of the inner optimizer
-    of a ``meta.meta_objective`` (``"learning_rate"`` for ``inner.gd()``), else None."""
-    if isinstance(init, Mapping) or len(jax.tree_util.tree_leaves(init)) != 1:
-        return None
-    if jax.tree_util.tree_leaves_with_path(init)[0][0]:
-        return None  # a leaf inside a container: not a bare scalar
-    names = tuple(getattr(getattr(meta_objective, "optimizer", None), "hparam_names", ()))
-    return names[0] if len(names) == 1 else None
-
-
 def _leaf_domains(meta_objective: Callable, init: chex.ArrayTree, domains) -> tuple[str, ...]:
     """The domain of each leaf of ``init``, in leaf order (module docstring)."""
     if domains is None:
-        bare = _bare_scalar_name(meta_objective, init)
-        if bare is not None:
-            return (validation.HYPERPARAMETER_DOMAINS.get(bare, "none"),)
-        return tuple(validation.domain_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(init))
+        # a bare scalar is the step size of a meta_objective over a one-hyperparameter
+        # optimizer (inner.gd()); a plain function's says nothing about its meaning
+        names = tuple(getattr(getattr(meta_objective, "optimizer", None), "hparam_names", ()))
+        paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(init)]
+        return tuple(validation.domain_of(p, names) for p in paths)
     try:
         per_leaf = jax.tree.map(
             lambda d, x: jax.tree.map(lambda _: d, x), domains, init, is_leaf=lambda d: d is None

@@ -117,10 +117,7 @@ def leaf_domain(path: tuple, optimizer: InnerOptimizer) -> str:
     """The domain of a meta-parameter leaf: :func:`l2l_jax.validation.domain_of` of its dict
     key; a bare array (no key) is the optimizer's single hyperparameter when it has one
     (``inner.gd()``'s step size is a scalar, not a dict)."""
-    names = tuple(getattr(optimizer, "hparam_names", ()))
-    if not path and len(names) == 1:
-        return validation.HYPERPARAMETER_DOMAINS.get(names[0], "none")
-    return validation.domain_of(path)
+    return validation.domain_of(path, tuple(getattr(optimizer, "hparam_names", ())))
 
 
 def _map(table: dict, tree: MetaParams, optimizer: InnerOptimizer) -> MetaParams:
