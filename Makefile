@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 ## run: the main job on its small default (Figure 1 of Wang et al.), with a summary
 run: $(STAMP)
-	$(PY) -m l2l_jax fig1 --out $(OUT)/fig1
+	$(PY) -m experiments fig1 --out $(OUT)/fig1
 
 ## test: lint, then the whole test suite (what CI runs), one pytest worker per core
 ## (test files stay whole on one worker, so their module fixtures compile once)
@@ -39,8 +39,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -n auto --dist loadfile --max-worker-restart=0 --timeout=3600 -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check l2l_jax configs benchmarks scripts tests
-	$(VENV)/bin/ruff format --check l2l_jax configs benchmarks scripts tests
+	$(VENV)/bin/ruff check l2l_jax experiments configs benchmarks scripts tests
+	$(VENV)/bin/ruff format --check l2l_jax experiments configs benchmarks scripts tests
 
 ## bench: benchmarks as JSON + markdown under benchmarks/results/ (PRESET=cpu-small|accelerator);
 ## BENCH_ARGS=--no-peer skips the learned_optimization comparison (subprocesses, ~10 min on 2 cores)
@@ -68,37 +68,37 @@ accelerator-check:
 ## fig4a-c 27-28 min each and ood 8 min on idle cores, the two paper-preset ood runs 70 and 63 min
 ## with other work beside them)
 figures: $(STAMP)
-	$(PY) -m l2l_jax fig1 --out docs/results/fig1
-	$(PY) -m l2l_jax fig1_momentum --out docs/results/fig1_momentum
-	$(PY) -m l2l_jax thm3 --out docs/results/thm3
-	$(PY) -m l2l_jax sweep --out docs/results/sweep
-	$(PY) -m l2l_jax fig2 --out docs/results/fig2
-	$(PY) -m l2l_jax fig3 --out docs/results/fig3
-	$(PY) -m l2l_jax thm5 --out docs/results/thm5
-	$(PY) -m l2l_jax thm6 --out docs/results/thm6
-	$(PY) -m l2l_jax health --out docs/results/health
-	$(PY) -m l2l_jax meta_tune --out docs/results/meta_tune
-	$(PY) -m l2l_jax fig4a --out docs/results/fig4a
-	$(PY) -m l2l_jax fig4b --out docs/results/fig4b
-	$(PY) -m l2l_jax fig4c --out docs/results/fig4c
-	$(PY) -m l2l_jax fig5 --out docs/results/fig5
-	$(PY) -m l2l_jax towers --out docs/results/towers
-	$(PY) -m l2l_jax stability --out docs/results/stability
-	$(PY) -m l2l_jax ood --out docs/results/ood
-	$(PY) -m l2l_jax ood --out docs/results/ood_paper --preset paper
-	$(PY) -m l2l_jax ood --out docs/results/ood_paper_seed1 --preset paper --config.seed=1
+	$(PY) -m experiments fig1 --out results/fig1
+	$(PY) -m experiments fig1_momentum --out results/fig1_momentum
+	$(PY) -m experiments thm3 --out results/thm3
+	$(PY) -m experiments sweep --out results/sweep
+	$(PY) -m experiments fig2 --out results/fig2
+	$(PY) -m experiments fig3 --out results/fig3
+	$(PY) -m experiments thm5 --out results/thm5
+	$(PY) -m experiments thm6 --out results/thm6
+	$(PY) -m experiments health --out results/health
+	$(PY) -m experiments meta_tune --out results/meta_tune
+	$(PY) -m experiments fig4a --out results/fig4a
+	$(PY) -m experiments fig4b --out results/fig4b
+	$(PY) -m experiments fig4c --out results/fig4c
+	$(PY) -m experiments fig5 --out results/fig5
+	$(PY) -m experiments towers --out results/towers
+	$(PY) -m experiments stability --out results/stability
+	$(PY) -m experiments ood --out results/ood
+	$(PY) -m experiments ood --out results/ood_paper --preset paper
+	$(PY) -m experiments ood --out results/ood_paper_seed1 --preset paper --config.seed=1
 
 ## figures-check: regenerate the experiments that take minutes (not the MNIST meta-training ones) under
-## OUT/figures-check and compare them with docs/results number by number: bit for bit when a stored
+## OUT/figures-check and compare them with results number by number: bit for bit when a stored
 ## file was written on this host (CPU, extensions, XLA_FLAGS' --xla_cpu_max_isa, jax/jaxlib), else
 ## at the level of claims within the tolerance table of scripts/compare_results.py (MODE=bitwise|claims
-## forces one); writes docs/results/figures_check.{json,md} (naming the mode and why) and fails on a difference
+## forces one); writes results/figures_check.{json,md} (naming the mode and why) and fails on a difference
 QUICK_FIGURES = fig1 fig1_momentum thm3 sweep fig2 fig3 thm5 thm6 health stability towers
-# check_figures,TARGET,NAMES: rerun NAMES under OUT/TARGET, compare with docs/results, report in docs/results/TARGET.{json,md} (- as _)
+# check_figures,TARGET,NAMES: rerun NAMES under OUT/TARGET, compare with results, report in results/TARGET.{json,md} (- as _)
 define check_figures
-	for e in $(2); do $(PY) -m l2l_jax $$e --no-progress --out $(OUT)/$(1)/$$e || exit 1; done
-	$(PY) scripts/compare_results.py $(OUT)/$(1) docs/results $(2) \
-		--out docs/results/$(subst -,_,$(1)).json --made-by "make $(1)" $(if $(MODE),--mode $(MODE))
+	for e in $(2); do $(PY) -m experiments $$e --no-progress --out $(OUT)/$(1)/$$e || exit 1; done
+	$(PY) scripts/compare_results.py $(OUT)/$(1) results $(2) \
+		--out results/$(subst -,_,$(1)).json --made-by "make $(1)" $(if $(MODE),--mode $(MODE))
 endef
 figures-check: $(STAMP)
 	$(call check_figures,figures-check,$(QUICK_FIGURES))
@@ -106,7 +106,7 @@ figures-check: $(STAMP)
 ## figures-check-mnist: the same for the MNIST meta-training experiments and the default ood study
 ## (about 2 hours on 2 idle CPU cores; fig5 is a function of fig4a-c's results.json, so equal inputs
 ## give equal claims; the two paper-preset ood runs, an hour each, are left out); writes
-## docs/results/figures_check_mnist.{json,md}
+## results/figures_check_mnist.{json,md}
 MNIST_FIGURES = meta_tune fig4a fig4b fig4c ood
 figures-check-mnist: $(STAMP)
 	$(call check_figures,figures-check-mnist,$(MNIST_FIGURES))

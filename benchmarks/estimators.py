@@ -1,9 +1,9 @@
 """Every meta-gradient estimator of the learned optimizer: throughput, memory roofline, peer.
 
 Issue items 3 and 4. One meta-step of truncated meta-training
-(:func:`l2l_jax.meta.truncated.make_meta_step`) of the MLP learned optimizer on the MNIST
+(:func:`l2l_jax.truncated.make_meta_step`) of the MLP learned optimizer on the MNIST
 MLP (synthetic rows of MNIST's shapes, the task of ``../shared/peers/l2l_throughput.py``):
-for each estimator of :data:`l2l_jax.meta.truncated.ESTIMATORS` (TBPTT, antithetic
+for each estimator of :data:`l2l_jax.truncated.ESTIMATORS` (TBPTT, antithetic
 truncated ES, PES; ES/PES with ``es_pairs`` pairs per run), compiled ahead of time and
 timed in interleaved rounds (:mod:`benchmarks.timing`) together with a streaming kernel.
 Throughput is ``B K / (median meta-step time)`` inner steps per second, the convention of
@@ -15,7 +15,7 @@ streaming bandwidth, measured in the same rounds: ``y = a x + b`` over an array 
 larger than the caches, iterated in a ``lax.fori_loop`` (buffers reused, no page faults
 timed), ``2 x nbytes`` per iteration (the STREAM convention: one read, one write). The
 bytes one inner step moves are XLA's ``cost_analysis()["bytes accessed"]`` of a jitted
-function that does exactly one inner step (:func:`l2l_jax.meta.truncated.runs.advance`:
+function that does exactly one inner step (:func:`l2l_jax.truncated.runs.advance`:
 minibatch gradient, learned update, meta-loss term) for the batch of runs the estimator
 steps, with no loop around it (XLA's cost analysis counts a ``while`` body once whatever its
 trip count, so a ``K``-step scan would be under-counted ``K``-fold; the group records the
@@ -61,9 +61,8 @@ import numpy as np
 
 from benchmarks import flops, learned, timing
 from l2l_jax import learned as lopt_lib
-from l2l_jax import meta, xla
-from l2l_jax.meta import truncated
-from l2l_jax.meta.truncated import es, runs
+from l2l_jax import truncated, xla
+from l2l_jax.truncated import es, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_ENV = "L2L_PEERS_DIR"
@@ -99,7 +98,7 @@ class EstimatorsPreset:
     peer_repeats: int = 3
     peer_timeout_s: float = 900.0
 
-    def config(self, estimator: str) -> meta.TruncatedConfig:
+    def config(self, estimator: str) -> truncated.TruncatedConfig:
         """The learned group's config (TBPTT, tbt) with this estimator, pairs and sigma.
 
         TBPTT keeps the learned group's config exactly, so it shares its compiled step
@@ -146,7 +145,7 @@ def estimator_cell(preset: EstimatorsPreset, estimator: str) -> timing.Timed:
     task = learned.build_task(preset.step)
     lopt = preset.step.lopt()
     key = jax.random.fold_in(jax.random.key(preset.step.seed), 1)
-    state = meta.init_state(key, task, lopt, cfg)
+    state = truncated.init_state(key, task, lopt, cfg)
     return timing.compile_timed(estimator, truncated.make_meta_step(lopt, cfg), state, task)
 
 
@@ -169,7 +168,7 @@ def _join_floats(floats: list, others: list, like: list, treedef: Any) -> Any:
     return jax.tree.unflatten(treedef, leaves)
 
 
-def one_step_fn(estimator: str, cfg: meta.TruncatedConfig, lopt: Any):
+def one_step_fn(estimator: str, cfg: truncated.TruncatedConfig, lopt: Any):
     """``(fn, args_of(state, task))``: one inner step for the batch ``estimator`` steps.
 
     ``fn`` is to be jitted; ``args_of`` builds its arguments from the estimator's initial

@@ -1,7 +1,7 @@
 """Meta-training throughput of the learned optimizer: l2l_jax against hand-written code.
 
 Issue 4's benchmark item (issue 6, group 5). One meta-step of truncated meta-training
-(:mod:`l2l_jax.meta.truncated`) of the per-parameter MLP optimizer
+(:mod:`l2l_jax.truncated`) of the per-parameter MLP optimizer
 (:class:`l2l_jax.learned.MLPLOpt`, the paper's 31 features and 32 hidden units) on the MNIST
 MLP 784-100-20-10 (minibatch 32; synthetic inputs of the real shapes, so no dataset is
 needed): ``B`` runs (meta-batch 8) each advance ``K`` inner steps (the segment) in a
@@ -54,9 +54,8 @@ import numpy as np
 import optax
 
 from benchmarks import timing
-from l2l_jax import learned, meta
+from l2l_jax import learned, truncated
 from l2l_jax.learned.mlp_lopt import accumulate
-from l2l_jax.meta import truncated
 from l2l_jax.tasks import MnistMLP
 
 TORCH_PIN = "torch==2.13.0"
@@ -100,9 +99,9 @@ class LearnedPreset:
             )
         )
 
-    def config(self) -> meta.TruncatedConfig:
+    def config(self) -> truncated.TruncatedConfig:
         """TBPTT, train-by-train, minibatches of ``batch`` for steps and meta-loss terms."""
-        return meta.TruncatedConfig(
+        return truncated.TruncatedConfig(
             horizon=self.horizon,
             segment=self.segment,
             meta_batch=self.meta_batch,
@@ -149,7 +148,7 @@ def build_task(preset: LearnedPreset) -> MnistMLP:
 def initial_state(preset: LearnedPreset, task: MnistMLP) -> truncated.TruncatedState:
     """``truncated.init_state``: the meta-parameters, Adam state and staggered runs."""
     key = jax.random.fold_in(jax.random.key(preset.seed), 1)
-    return meta.init_state(key, task, preset.lopt(), preset.config())
+    return truncated.init_state(key, task, preset.lopt(), preset.config())
 
 
 @functools.lru_cache(maxsize=4)
@@ -179,7 +178,7 @@ class Run(NamedTuple):
 
 
 def as_runs(inner: truncated.InnerState) -> Run:
-    """The library's runs (:class:`~l2l_jax.meta.truncated.InnerState`) as :class:`Run`
+    """The library's runs (:class:`~l2l_jax.truncated.InnerState`) as :class:`Run`
     (the library's one tree per decay stacked on a trailing axis)."""
     stack = lambda trees: jax.tree.map(lambda *k: jnp.stack(k, axis=-1), *trees)
     return Run(

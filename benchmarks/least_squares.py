@@ -39,9 +39,9 @@ import numpy as np
 
 from benchmarks import timing
 from configs import fig2
+from experiments.generalization import eta_grid
 from l2l_jax import inner, objectives
 from l2l_jax.closed_forms import spectral_ls
-from l2l_jax.experiments.generalization import eta_grid
 from l2l_jax.tasks import LeastSquares
 
 OBJECTIVES = ("tbt", "tbv")

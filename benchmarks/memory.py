@@ -5,7 +5,7 @@ The meta-objective: the final training loss of ``t`` steps of minibatch SGD (min
 32) on the MNIST task's MLP 784-100-20-10 (synthetic inputs of MNIST's shapes, so no
 dataset is needed), as a function of the step size,
 
-    F = meta.meta_objective(task, inner.sgd(batch_size=32), "last_loss", steps=t,
+    F = metagrad.meta_objective(task, inner.sgd(batch_size=32), "last_loss", steps=t,
                             grad=method, key=key, remat=remat)
     fn = jax.jit(jax.value_and_grad(F))
 
@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from l2l_jax import inner, meta
+from l2l_jax import inner, metagrad
 from l2l_jax.tasks import MnistMLP
 
-# method name -> (grad=, remat=) of meta.meta_objective
+# method name -> (grad=, remat=) of metagrad.meta_objective
 METHODS: dict[str, tuple[str, Any]] = {
     "autodiff": ("autodiff", None),
     "autodiff+remat": ("autodiff", True),
@@ -98,7 +98,7 @@ def build_task(preset: MemoryPreset) -> MnistMLP:
 def value_and_grad_fn(task: MnistMLP, preset: MemoryPreset, method: str, steps: int):
     """A fresh ``value_and_grad`` of the final-loss meta-objective for ``method``."""
     grad, remat = METHODS[method]
-    f = meta.meta_objective(
+    f = metagrad.meta_objective(
         task,
         inner.sgd(batch_size=preset.batch),
         "last_loss",

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from l2l_jax import inner, meta, tasks
+from l2l_jax import inner, metagrad, tasks
 from l2l_jax.closed_forms import reference
 
 METHODS = ("stable", "forward", "autodiff")
@@ -51,7 +51,7 @@ def measure(preset: MomentumPreset, progress: bool = True) -> dict[str, Any]:
     cells = []
     for method in METHODS:
         for t in preset.steps:
-            f = meta.meta_objective(task, inner.momentum(), "log_loss", steps=t, grad=method)
+            f = metagrad.meta_objective(task, inner.momentum(), "log_loss", steps=t, grad=method)
             cells.append(timing.compile_timed(f"{method}/{t}", jax.value_and_grad(f), hp))
     timing.time_interleaved(cells, preset.repeats, preset.cell_budget_s)
     rows = []

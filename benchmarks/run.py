@@ -28,7 +28,7 @@ Usage::
 
 Writes ``<out>/<preset>.json``, ``<out>/<preset>.md`` and ``<out>/<preset>.png``. With
 the default ``--out`` it also regenerates the preset's section of ``docs/performance.md``
-and the plot it shows, ``docs/results/bench/<preset>.png``.
+and the plot it shows, ``results/bench/<preset>.png``.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ from benchmarks import (
     timing,
     towers,
 )
-from l2l_jax import inner, meta, objectives, tasks
+from experiments import common
+from l2l_jax import inner, metagrad, objectives, tasks
 from l2l_jax.closed_forms import reference
-from l2l_jax.experiments import common
 
 # Extra groups: key in the JSON -> module with PRESETS, measure, render_markdown, claim.
 GROUPS = {
@@ -148,7 +148,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def environment(preset: Preset) -> dict[str, Any]:
-    """The preset's name and :func:`l2l_jax.experiments.common.environment`."""
+    """The preset's name and :func:`experiments.common.environment`."""
     return {"preset": preset.name, **common.environment()}
 
 
@@ -216,7 +216,7 @@ def device_peak_bytes() -> int | None:
 def compile_cell(task: tasks.Quadratic, eta: float, method: str, steps: int) -> timing.Timed:
     """``jax.jit(jax.value_and_grad(F)).lower(eta).compile()``, timed, warmed up; named
     ``"<method>/<t>"``."""
-    f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=steps, grad=method)
+    f = metagrad.meta_objective(task, inner.gd(), objectives.log_loss(), steps=steps, grad=method)
     return timing.compile_timed(
         f"{method}/{steps}", jax.value_and_grad(f), jnp.asarray(eta, task.dtype)
     )

@@ -1,9 +1,9 @@
 """Meta-training throughput against the number of devices (issue 6, group 7).
 
-One meta-step of truncated meta-training (:func:`l2l_jax.meta.make_meta_step`) of the
+One meta-step of truncated meta-training (:func:`l2l_jax.truncated.make_meta_step`) of the
 learned optimizer (``learned.MLPLOpt()``: TBPTT, train-by-train) on the MNIST MLP
 784-100-20-10 (synthetic data of MNIST's shapes), with the meta-batch of ``B`` runs split
-over a 1-d mesh of ``N`` devices (``mesh=meta.meta_batch_mesh(devices[:N])``: each device
+over a 1-d mesh of ``N`` devices (``mesh=truncated.meta_batch_mesh(devices[:N])``: each device
 advances ``B / N`` runs; XLA reduces the meta-gradient across devices). Throughput is
 inner steps per second, ``B K / (meta-step time)``; the speedup is over the smallest
 ``N`` measured with a mesh (1, except in the smoke preset). The unsharded program
@@ -34,8 +34,7 @@ from typing import Any
 import jax
 
 from benchmarks import timing
-from l2l_jax import learned, meta
-from l2l_jax.meta import truncated
+from l2l_jax import learned, truncated
 from l2l_jax.tasks import MnistMLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,8 +95,8 @@ def build_lopt(preset: ScalingPreset) -> learned.MLPLOpt:
     return learned.MLPLOpt(learned.LOptConfig(hidden_sizes=preset.hidden))
 
 
-def build_config(preset: ScalingPreset) -> meta.TruncatedConfig:
-    return meta.TruncatedConfig(
+def build_config(preset: ScalingPreset) -> truncated.TruncatedConfig:
+    return truncated.TruncatedConfig(
         horizon=preset.horizon,
         segment=preset.segment,
         meta_batch=preset.meta_batch,
@@ -120,11 +119,11 @@ def _cell(preset: ScalingPreset, devices: int | None) -> timing.Timed:
     """The public meta-step on ``devices`` devices (``None``: no mesh), called once
     (compile + one step, recorded as ``lower_s``) and calibrated for timing."""
     task, lopt, config = build_task(preset), build_lopt(preset), build_config(preset)
-    state = meta.init_state(jax.random.key(0), task, lopt, config)
-    mesh = None if devices is None else meta.meta_batch_mesh(jax.devices()[:devices])
+    state = truncated.init_state(jax.random.key(0), task, lopt, config)
+    mesh = None if devices is None else truncated.meta_batch_mesh(jax.devices()[:devices])
     if mesh is not None:
-        state, task = meta.shard_state(state, mesh), truncated.replicate(task, mesh)
-    step = meta.make_meta_step(lopt, config, mesh=mesh)
+        state, task = truncated.shard_state(state, mesh), truncated.replicate(task, mesh)
+    step = truncated.make_meta_step(lopt, config, mesh=mesh)
     name = "no mesh" if devices is None else str(devices)
     start = time.perf_counter()
     jax.block_until_ready(step(state, task))
@@ -261,7 +260,7 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
     lines = [
         f"{heading} meta-training throughput against device count (issue 6)",
         "",
-        f"One meta-step of `meta.make_meta_step(learned.MLPLOpt(), config, mesh=...)` (TBPTT, "
+        f"One meta-step of `truncated.make_meta_step(learned.MLPLOpt(), config, mesh=...)` (TBPTT, "
         f"train-by-train) on the MLP {'-'.join(map(str, s['sizes']))}, minibatch {s['batch']}, "
         f"meta-batch B = {s['meta_batch']} split over N devices, segment K = {s['segment']}; "
         "throughput = B·K inner steps per meta-step time; speedup over the smallest N "

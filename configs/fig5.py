@@ -2,7 +2,7 @@
 
 Not a new run: it reads the ``results.json`` of fig4a, fig4b and fig4c (``results``),
 reports the training accuracy of the fig4b setting (Fig. 5: TbT fits the noisy labels,
-TbV does not) and computes the four claims of :func:`l2l_jax.experiments.mnist_lopt.claims`
+TbV does not) and computes the four claims of :func:`experiments.mnist_lopt.claims`
 over meta-training seeds. Run it after the three settings (``make figures`` does).
 """
 
@@ -13,9 +13,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.results = ml_collections.ConfigDict(
         {
-            "fig4a": "docs/results/fig4a/results.json",
-            "fig4b": "docs/results/fig4b/results.json",
-            "fig4c": "docs/results/fig4c/results.json",
+            "fig4a": "results/fig4a/results.json",
+            "fig4b": "results/fig4b/results.json",
+            "fig4c": "results/fig4c/results.json",
         }
     )
     cfg.preset = preset

@@ -1,5 +1,5 @@
 """The meta-gradient health check (``l2l_jax.analysis.lyapunov``) on a quadratic and on
-the MNIST learned optimizer (``python -m l2l_jax health``; a few minutes on 2 CPU cores).
+the MNIST learned optimizer (``python -m experiments health``; a few minutes on 2 CPU cores).
 
 1. Quadratic (``tasks.Quadratic.random``, ``dim``): the top Lyapunov exponent of GD and of
    heavy ball (``beta``) over a grid of step sizes, against the closed form ``log max

@@ -1,4 +1,4 @@
-"""Measured meta-training settings for Figures 4-5 (``l2l_jax.experiments.meta_tune``).
+"""Measured meta-training settings for Figures 4-5 (``experiments.meta_tune``).
 
 On one setting's meta-training family (default: ``fig4b``, the hardest for TbV), the
 learned optimizer is meta-trained from the warm start for every combination of meta

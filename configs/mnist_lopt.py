@@ -2,7 +2,7 @@
 
 Not an experiment itself: ``fig4a``, ``fig4b``, ``fig4c`` and ``fig5`` start from
 :func:`base` and set the data (sample size, label noise). Per meta-training seed, the
-experiment (``l2l_jax.experiments.mnist_lopt``)
+experiment (``experiments.mnist_lopt``)
 
 1. splits the training digits of ``source`` into a meta-training pool and, with
    ``disjoint_eval``, an evaluation pool of ``eval_pool_fraction`` of them; each task is a
@@ -11,7 +11,7 @@ experiment (``l2l_jax.experiments.mnist_lopt``)
    ``1 - valid_fraction`` training and ``valid_fraction`` validation rows;
 2. tunes SGD's and Adam's step sizes on draws of the meta-training family;
 3. meta-trains the learned optimizer (``learned.MLPLOpt``) with each objective from the
-   same starting point (``meta.meta_train`` on the family, estimator ``estimator``) and
+   same starting point (``truncated.meta_train`` on the family, estimator ``estimator``) and
    keeps the meta-parameters with the best mean meta-loss on ``select_tasks`` held-out
    draws, scored every ``select_every`` meta-steps;
 4. evaluates every optimizer (both learned ones on all ``n_samples`` digits) in ``runs``
@@ -35,7 +35,7 @@ measured times are in ``docs/experiments/fig4.md``), each departure recorded in
 * the hidden layer has 8 units (``hidden_sizes``), not 32;
 * the inner horizon is 500 steps, not 4000, and meta-training takes 150 PES meta-steps
   with Adam(1e-2) and perturbations of scale 0.03, chosen by measurement
-  (``python -m l2l_jax meta_tune``, ``docs/results/meta_tune``): on fig4b's TbV family
+  (``python -m experiments meta_tune``, ``results/meta_tune``): on fig4b's TbV family
   this setting's held-out meta-loss falls from 3.27 to 1.37 by step 75-125 and stays on
   that plateau (1.37-1.73) to step 500, where the previous Adam(3e-3), sigma 0.01 was
   still at 2.32 after 100 steps.
@@ -73,12 +73,12 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
     cfg.warm_start = "descent"  # "descent" (learned.descent_init) or "none" (random MLP)
     cfg.descent_feature = "momentum/rms[0.9]"
     cfg.descent_scale = 1.0
-    # meta-training (meta.TruncatedConfig and the meta-optimizer)
+    # meta-training (truncated.TruncatedConfig and the meta-optimizer)
     cfg.horizon = 500  # inner steps per run, in meta-training and evaluation
     cfg.segment = 20  # truncation length K
     cfg.meta_batch = 8
-    cfg.meta_steps = 150  # the plateau of docs/results/meta_tune
-    cfg.estimator = "pes"  # meta.TruncatedConfig.estimator: "pes", "es" or "tbptt"
+    cfg.meta_steps = 150  # the plateau of results/meta_tune
+    cfg.estimator = "pes"  # truncated.TruncatedConfig.estimator: "pes", "es" or "tbptt"
     cfg.es_pairs = 1
     cfg.es_sigma = 0.03  # measured (meta_tune): 0.01 learns 2-3x slower
     cfg.select_every = 25  # score on held-out draws every this many meta-steps

@@ -2,7 +2,7 @@
 
 Both learned optimizers, the plain ``learned.MLPLOpt`` (Metz et al. 2019) and the
 nominal-term ``learned.nominal.NominalLOpt``, are meta-trained on the same small training
-tasks with the same ``meta.truncated.meta_train`` settings and meta-step budget, then
+tasks with the same ``truncated.meta_train`` settings and meta-step budget, then
 evaluated on every task of ``eval_tasks`` against Adam with a step size tuned by grid
 search on that task (same number of steps, same runs, same minibatches).
 
@@ -114,7 +114,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     )
     cfg.nominal = ml_collections.ConfigDict({"hidden_sizes": (4, 4), "estimator": "adam"})
     cfg.first_order = True  # no second derivatives through the inner gradients (both)
-    # meta-training (meta.TruncatedConfig, Adam meta-optimizer), the same for both
+    # meta-training (truncated.TruncatedConfig, Adam meta-optimizer), the same for both
     cfg.meta = ml_collections.ConfigDict(
         {
             "horizon": 200,

@@ -6,7 +6,7 @@
     ``w_0 ~ N(0, I)`` per run.
   * Learned optimizer: the plain ``learned.MLPLOpt`` (Metz et al. 2019 features, one hidden
     layer of 32, ``step_mult = exp_mult = 1e-3``), meta-trained with
-    ``meta.truncated.meta_train``: TBPTT, segments of 10 inner steps, horizon 100, 4 runs,
+    ``truncated.meta_train``: TBPTT, segments of 10 inner steps, horizon 100, 4 runs,
     Adam(3e-3) clipped at 1, 3,000 meta-steps; the meta-loss is the noiseless NQM loss of
     every iterate (``eval_batch_size = None``).
   * Analysis: eigenvalues of the trained optimizer's linearized dynamics at the initial

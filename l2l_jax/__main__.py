@@ -1,12 +1,9 @@
-"""``python -m l2l_jax <experiment> --out DIR``: see :mod:`l2l_jax.cli`."""
+"""``python -m l2l_jax`` ran the experiments; they are now the research package beside the
+library: ``python -m experiments NAME --out DIR`` from a clone of the repository."""
 
-import os
 import sys
 
-# One OpenBLAS thread: jaxlib's CPU eigh calls scipy's OpenBLAS, whose threads otherwise
-# compete with XLA's (see benchmarks/__init__.py). Before jax loads; the environment wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-from l2l_jax.cli import main
-
-main(sys.argv[1:])
+sys.exit(
+    "l2l_jax is the library; the paper experiments moved to the repository's research "
+    "package. From a clone, run: python -m experiments " + (" ".join(sys.argv[1:]) or "--help")
+)

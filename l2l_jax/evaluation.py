@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import inner, validation, xla
+from l2l_jax import inner, input_checks, xla
 from l2l_jax.inner import tuning
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
-from l2l_jax.inner.rollout import keyed_rollout, record_points
+from l2l_jax.inner.rollout import record_points, rollout_from_keys
 
 Array = jax.Array
 METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc", "test_acc_noisy")
@@ -164,7 +164,7 @@ def evaluate(
     runs = _positive_int("runs", runs)
     eval_every = max(1, math.ceil(steps / 20)) if eval_every is None else eval_every
     eval_every = _positive_int("eval_every", eval_every)
-    validation.prng_key("key", key)
+    input_checks.prng_key("key", key)
     if (test_images is None) != (test_labels is None):
         raise ValueError("pass both test_images and test_labels, or neither.")
     batch = tuple(getattr(task, "batch_shape", ()))
@@ -197,7 +197,7 @@ def _evaluate_fn(optimizer, steps: int, eval_every: int, per_run_task: bool) -> 
 
     def one_run(task, hparams, keys, test_x, test_y):
         record = lambda run_task, w, _: _metrics(run_task, w, test_x, test_y)
-        (params, _), metrics = keyed_rollout(
+        (params, _), metrics = rollout_from_keys(
             task, optimizer, hparams, steps, keys, record=record, every=eval_every
         )
         return params, metrics
@@ -276,7 +276,7 @@ def tune_learning_rate(
     """
     steps = _positive_int("steps", steps)
     runs = _positive_int("runs", runs)
-    validation.prng_key("key", key)
+    input_checks.prng_key("key", key)
     if optimizer.hparam_names != ("learning_rate",):
         raise ValueError(
             f"tune_learning_rate needs an optimizer whose only hyperparameter is the "

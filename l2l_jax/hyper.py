@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 
 Array = jax.Array
 
@@ -52,7 +52,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]
     "unit": (jax.nn.sigmoid, lambda h: jnp.log(h) - jnp.log1p(-h)),
     "none": (lambda r: r, lambda h: h),
 }
-DEFAULT_CONSTRAINTS: dict[str, str] = dict(validation.HYPERPARAMETER_DOMAINS)
+DEFAULT_CONSTRAINTS: dict[str, str] = dict(input_checks.HYPERPARAMETER_DOMAINS)
 
 
 class HyperState(NamedTuple):

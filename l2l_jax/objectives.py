@@ -1,14 +1,14 @@
 """Meta-objectives: scalar functions of an unroll's result.
 
 A meta-objective is any callable ``objective(result: UnrollResult) -> scalar``; a plain
-function works with :func:`l2l_jax.meta.meta_objective`. Two optional methods widen
+function works with :func:`l2l_jax.metagrad.meta_objective`. Two optional methods widen
 where an objective can be used:
 
 * ``from_log_loss(log_f, t)``: the objective from ``log f(w_t)``, which lets
   ``grad="stable"`` evaluate it in log space without ever unrolling;
 * ``iterate_loss(task, params, key, batch_size)``: the loss of one iterate, which makes
   it an :class:`IterateObjective`: the objective of an unroll is the iterate loss of
-  ``w_t``, and truncated meta-training (``meta.TruncatedConfig(objective=...)``) averages
+  ``w_t``, and truncated meta-training (``truncated.TruncatedConfig(objective=...)``) averages
   it over the iterates of each segment. :func:`tbt` and :func:`tbv` are such objectives,
   and :func:`iterate_objective` makes one from a user's ``fn(task, params)``.
 """
@@ -221,7 +221,7 @@ class IterateLoss:
 @dataclasses.dataclass(frozen=True)
 class TrajectoryLoss:
     """``reduce([fn(task, w_1), ..., fn(task, w_t)])``: a meta-objective over the whole
-    trajectory (:func:`trajectory_objective`). ``meta.meta_objective`` hands ``record`` to
+    trajectory (:func:`trajectory_objective`). ``metagrad.meta_objective`` hands ``record`` to
     :func:`~l2l_jax.inner.unroll`, which evaluates it on every iterate inside the scan."""
 
     fn: Callable[[Any, Any], Array]
@@ -236,7 +236,7 @@ class TrajectoryLoss:
         if result.records is None:
             raise ValueError(
                 f"objective {self.name!r} needs the unroll's records: unroll with "
-                "record=objective.record (meta.meta_objective does)."
+                "record=objective.record (metagrad.meta_objective does)."
             )
         return self.reduce(result.records)
 
@@ -255,7 +255,7 @@ def trajectory_objective(
 
 def iterate_objective(fn: Callable[[Any, Any], Array], name: str | None = None) -> IterateLoss:
     """A meta-objective from the loss ``fn(task, params)`` of one iterate: usable in
-    ``meta.meta_objective`` (the loss of ``w_t``) and in ``meta.meta_train`` (its mean
+    ``metagrad.meta_objective`` (the loss of ``w_t``) and in ``truncated.meta_train`` (its mean
     over each segment's iterates, with ``eval_batch_size=None``).
 
     Example: ``iterate_objective(lambda task, w: task.valid_loss(w) + 1e-3 *

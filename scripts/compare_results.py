@@ -317,13 +317,13 @@ def _float32_range(stored: dict, path: str) -> dict:
 
 
 def host_of(env: dict | None):
-    from l2l_jax.experiments import common
+    from experiments import common
 
     return common.host_fingerprint(env)
 
 
 def this_host():
-    from l2l_jax.experiments import common
+    from experiments import common
 
     return common.this_host()
 
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
         new_file = Path(args.new) / name / "results.json"
         old_file = Path(args.stored) / name / "results.json"
         if not new_file.is_file():
-            raise SystemExit(f"{new_file} is missing: run `python -m l2l_jax {name}` first.")
+            raise SystemExit(f"{new_file} is missing: run `python -m experiments {name}` first.")
         new, old = json.loads(new_file.read_text()), json.loads(old_file.read_text())
         # the host of the new results (as recorded: XLA_FLAGS may differ from this process's)
         new_host = host_of(new.get("environment")) or here

@@ -16,13 +16,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from l2l_jax import inner, meta, tasks
+from l2l_jax import inner, tasks, truncated
 
 
 def main(out: Path, steps: int) -> None:
     task = tasks.Quadratic.random(jax.random.key(0), dim=8, scale=0.5)
     gd = inner.gd()
-    cfg = meta.TruncatedConfig(
+    cfg = truncated.TruncatedConfig(
         horizon=12, segment=3, meta_batch=2, meta_lr=1e-2, eval_batch_size=None
     )
 
@@ -30,7 +30,7 @@ def main(out: Path, steps: int) -> None:
         print(step, flush=True)
         time.sleep(0.02)  # leave the killer a window between steps, not only during saves
 
-    run = meta.meta_train(
+    run = truncated.meta_train(
         task,
         gd,
         cfg,

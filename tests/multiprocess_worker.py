@@ -7,8 +7,8 @@ Two roles:
     ``XLA_FLAGS=--xla_force_host_platform_device_count=2``): the CPU backend's gloo
     collectives and ``jax.distributed.initialize`` with the coordinator on
     ``127.0.0.1:P``, so ``jax.devices()`` lists every process's devices. For each
-    estimator of ``meta.truncated.ESTIMATORS`` it meta-trains with the meta-batch split
-    over the global mesh ``meta.meta_batch_mesh()``: once straight through, once with
+    estimator of ``truncated.ESTIMATORS`` it meta-trains with the meta-batch split
+    over the global mesh ``truncated.meta_batch_mesh()``: once straight through, once with
     checkpoints into ``OUT/ckpt_<estimator>`` (shared by the processes) killed after step
     ``KILL_AT``, and resumed from that checkpoint. It writes the final states, gathered to
     whole arrays, to ``OUT/p<I>_<estimator>_{straight,resumed}.npz`` and what it saw
@@ -72,7 +72,7 @@ def setup(args: argparse.Namespace) -> None:
 
 def parts():
     """The tiny task, inner optimizer, initial meta-parameters and configs (one per
-    estimator of ``meta.truncated.ESTIMATORS``).
+    estimator of ``truncated.ESTIMATORS``).
 
     Small enough that every process compiles each estimator's meta-step in seconds: a
     softmax regression (``MnistMLP`` with sizes 4-2; it carries a typed PRNG key, as the
@@ -82,7 +82,7 @@ def parts():
     import jax
     import jax.numpy as jnp
 
-    from l2l_jax import inner, meta
+    from l2l_jax import inner, truncated
     from l2l_jax.tasks import MnistMLP
 
     kx, ky, kvx, kvy = jax.random.split(jax.random.key(0), 4)
@@ -104,7 +104,7 @@ def parts():
         es_pairs=2,
     )
     configs = {
-        name: meta.TruncatedConfig(**base, estimator=name) for name in meta.truncated.ESTIMATORS
+        name: truncated.TruncatedConfig(**base, estimator=name) for name in truncated.ESTIMATORS
     }
     gd = inner.gd()  # hashable: the compiled-step cache serves the killed and the resumed run
     return task, gd, jnp.float32(0.5), configs
@@ -139,10 +139,10 @@ def gathered(state) -> dict[str, np.ndarray]:
 def multi_process(out: Path, pid: int) -> None:
     import jax
 
-    from l2l_jax import meta
+    from l2l_jax import truncated
 
     task, opt, meta_params, configs = parts()
-    mesh = meta.meta_batch_mesh()
+    mesh = truncated.meta_batch_mesh()
     info: dict = {
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
@@ -152,17 +152,17 @@ def multi_process(out: Path, pid: int) -> None:
     }
     for name, config in configs.items():
         kwargs = dict(key=jax.random.key(3), meta_params=meta_params, progress=False, mesh=mesh)
-        straight = meta.meta_train(task, opt, config, STEPS, **kwargs)
+        straight = truncated.meta_train(task, opt, config, STEPS, **kwargs)
         ckpt = out / f"ckpt_{name}"
         try:
-            meta.meta_train(
+            truncated.meta_train(
                 task, opt, config, STEPS, checkpoint_dir=ckpt,
                 checkpoint_every=CHECKPOINT_EVERY, callback=kill_at(KILL_AT), **kwargs,
             )  # fmt: skip
             raise AssertionError("the interrupted run was not interrupted")
         except Interrupt:
             pass
-        resumed = meta.meta_train(
+        resumed = truncated.meta_train(
             task, opt, config, STEPS, checkpoint_dir=ckpt, resume=True, **kwargs,
         )  # fmt: skip
         run_leaf = jax.tree.leaves(straight.state.inner)[0]
@@ -183,18 +183,20 @@ def multi_process(out: Path, pid: int) -> None:
 def reference(out: Path, sharded: bool) -> None:
     import jax
 
-    from l2l_jax import meta
+    from l2l_jax import truncated
 
     task, opt, meta_params, configs = parts()
     for name, config in configs.items():
         kwargs = dict(key=jax.random.key(3), meta_params=meta_params, progress=False)
         states = {
-            "initial": meta.init_state(kwargs["key"], task, opt, config, meta_params),
-            "single": meta.meta_train(task, opt, config, STEPS, **kwargs).state,
+            "initial": truncated.init_state(kwargs["key"], task, opt, config, meta_params),
+            "single": truncated.meta_train(task, opt, config, STEPS, **kwargs).state,
         }
         if sharded:
-            mesh = meta.meta_batch_mesh()
-            states["sharded"] = meta.meta_train(task, opt, config, STEPS, mesh=mesh, **kwargs).state
+            mesh = truncated.meta_batch_mesh()
+            states["sharded"] = truncated.meta_train(
+                task, opt, config, STEPS, mesh=mesh, **kwargs
+            ).state
         for label, state in states.items():
             np.savez(out / f"ref_{name}_{label}.npz", **gathered(state))
 

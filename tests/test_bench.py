@@ -45,8 +45,7 @@ from benchmarks import least_squares as ls_bench
 from benchmarks import memory, momentum, scaling
 from benchmarks import run as bench
 from benchmarks import towers as towers_bench
-from l2l_jax import learned
-from l2l_jax.meta import truncated
+from l2l_jax import learned, truncated
 
 # The bench smoke run (~4 min of compiles on 2 cores) is an end-to-end run: make test-slow.
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from l2l_jax import cli
+from experiments import cli
 
 
 @pytest.mark.parametrize(

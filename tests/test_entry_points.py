@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from l2l_jax import cli, evaluation, experiments, inner, learned, meta, tasks, validation
+import experiments
+from experiments import cli
+from l2l_jax import evaluation, inner, input_checks, learned, metagrad, tasks, truncated
 from l2l_jax.inner.rollout import rollout
 
 KEY = jax.random.key(0)
@@ -18,7 +20,7 @@ W0 = jnp.ones(2)
 # NumPy's eigh fails on this one ("Eigenvalues did not converge") rather than returning NaN
 NAN_H = jnp.asarray([[2.0, 1.0, 0.0], [1.0, 2.0, jnp.nan], [0.0, jnp.nan, 2.0]])
 LSQ = tasks.LeastSquares.sample(KEY, 2, 4, 2, 0.1)
-SMALL_CFG = meta.TruncatedConfig(horizon=2, segment=1, meta_batch=1, eval_batch_size=None)
+SMALL_CFG = truncated.TruncatedConfig(horizon=2, segment=1, meta_batch=1, eval_batch_size=None)
 
 
 def _lopt(hidden):
@@ -35,7 +37,7 @@ def _nnx(**bad):
 
 def _meta_train(**kwargs):
     args = {"key": KEY, "progress": False, **kwargs}
-    return meta.meta_train(LSQ, _lopt((4,)), SMALL_CFG, 1, **args)
+    return truncated.meta_train(LSQ, _lopt((4,)), SMALL_CFG, 1, **args)
 
 
 CASES = {
@@ -113,19 +115,19 @@ def test_bad_input_names_the_field(case):
 
 
 def test_prng_key_accepts_typed_and_raw_keys():
-    assert validation.prng_key("key", KEY) is KEY
+    assert input_checks.prng_key("key", KEY) is KEY
     raw = jax.random.PRNGKey(0)
-    assert validation.prng_key("key", raw) is raw
+    assert input_checks.prng_key("key", raw) is raw
     batch = jax.random.split(KEY, 3)
-    assert validation.prng_key("key", batch, batched=True) is batch
+    assert input_checks.prng_key("key", batch, batched=True) is batch
     with pytest.raises(TypeError, match=r"seed must be a PRNG key.*jax\.random\.key\(3\)"):
-        validation.prng_key("seed", np.int64(3))
+        input_checks.prng_key("seed", np.int64(3))
 
 
 def test_matching_meta_params_pass():
     lopt = _lopt((4,))
-    validation.meta_params("meta_params", lopt.init_meta_params(KEY), lopt)
-    validation.meta_params("meta_params", {"anything": 1.0}, inner.adam())  # no shapes
+    input_checks.meta_params("meta_params", lopt.init_meta_params(KEY), lopt)
+    input_checks.meta_params("meta_params", {"anything": 1.0}, inner.adam())  # no shapes
 
 
 def test_cli_config_error_is_a_usage_error(tmp_path, capsys):
@@ -149,10 +151,10 @@ def test_cli_does_not_catch_errors_of_the_run(tmp_path, monkeypatch):
 
 
 def test_meta_objective_names_a_bad_key():
-    """``meta.meta_objective(key=0)`` is refused where it enters, naming ``key``."""
+    """``metagrad.meta_objective(key=0)`` is refused where it enters, naming ``key``."""
     task = tasks.Quadratic.random(jax.random.key(0), dim=3, scale=0.5)
     with pytest.raises(TypeError, match=r"key must be a PRNG key, got the int 0"):
-        meta.meta_objective(task, inner.sgd(), "log_loss", steps=3, key=0)
+        metagrad.meta_objective(task, inner.sgd(), "log_loss", steps=3, key=0)
 
 
 @pytest.mark.parametrize("entry", ["as_optax", "descent_init"])

@@ -156,7 +156,7 @@ def test_tune_sgd_picks_the_lowest_validation_loss(task):
     assert table["score"][3] == np.inf and table["diverged"].tolist() == [False] * 3 + [True]
     np.testing.assert_allclose(table["score"][:3], means[:3], rtol=1e-5)
     assert table["valid_loss"].shape == (4, runs)
-    from l2l_jax.experiments.common import jsonable
+    from experiments.common import jsonable
 
     assert json.loads(json.dumps(jsonable(table)))["score"][3] is None
 

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import cli, inner, meta, objectives
+from experiments import cli, common, sweep, thm3
+from l2l_jax import inner, metagrad, objectives
 from l2l_jax.closed_forms import reference
-from l2l_jax.experiments import common, sweep, thm3
 
 
 def _run(name, out, *overrides):
@@ -125,15 +125,17 @@ def test_converged_at_and_succeeded():
 
 
 def test_exact_meta_gd_matches_stable_meta_gd_float64():
-    """The mpmath-fed yardstick and meta.train on the stable float64 objective agree."""
+    """The mpmath-fed yardstick and metagrad.minimize on the stable float64 objective agree."""
     task32 = common.quadratic(cli.load_config("fig1").task)
     lam, coef = common.spectrum64(task32)
     c = 0.3 / lam[-1] ** 2
     exact = common.exact_meta_gd(lam, coef, 80, 0.1, c, 60)
     with jax.enable_x64(True):
         task = task32.astype(jnp.float64)
-        F = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=80, grad="stable")
-        run = meta.train(F, jnp.asarray(0.1), meta.meta_gd(c), 60, progress=False)
+        F = metagrad.meta_objective(
+            task, inner.gd(), objectives.log_loss(), steps=80, grad="stable"
+        )
+        run = metagrad.minimize(F, jnp.asarray(0.1), metagrad.meta_gd(c), 60, progress=False)
     np.testing.assert_allclose(np.asarray(run.trajectory), exact, rtol=1e-9)
 
 

@@ -6,7 +6,7 @@ float32 and float64; every gradient method that applies (``autodiff``, ``forward
 ``stable`` for GD on the quadratic and least squares). For each one:
 
 * ``F(eta)`` and its meta-gradient never raise;
-* two steps of ``meta.train`` never apply a non-finite step: a step is counted as
+* two steps of ``metagrad.minimize`` never apply a non-finite step: a step is counted as
   non-finite exactly when the value or the meta-gradient at its iterate is NaN/inf, and
   then the iterate does not move; every iterate stays finite and in its domain.
 
@@ -27,12 +27,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2l_jax import inner, meta, tasks
+from l2l_jax import inner, metagrad, tasks
 
 STEPS = (1, 3, 30, 300, 3_000, 100_000)
 PROBLEMS = ("quadratic", "least_squares", "mlp")
 OPTIMIZERS = {"gd": inner.gd, "momentum": inner.momentum, "adam": inner.adam}
-META_TX = optax.sgd(1e-3)  # one object: meta.train compiles once per objective
+META_TX = optax.sgd(1e-3)  # one object: metagrad.minimize compiles once per objective
 
 
 def _task(problem: str, dtype):
@@ -53,7 +53,7 @@ def _objective(problem: str, optimizer: str, steps: int, method: str, x64: bool)
     caller's x64 mode)."""
     dtype = jnp.float64 if x64 else jnp.float32
     task = _task(problem, dtype)
-    f = meta.meta_objective(task, OPTIMIZERS[optimizer](), steps=steps, grad=method)
+    f = metagrad.meta_objective(task, OPTIMIZERS[optimizer](), steps=steps, grad=method)
     return f, jax.jit(jax.value_and_grad(f))
 
 
@@ -83,7 +83,7 @@ def _check(problem, optimizer, method, steps, x64, eta):
         hp = hp if isinstance(hp, dict) else {"learning_rate": hp}  # named: domains apply
         hp = jax.tree.map(lambda x: jnp.asarray(x, dtype), hp)
         f(hp)  # never raises, whatever eta and t
-        run = meta.train(f, hp, META_TX, steps=2, progress=False)
+        run = metagrad.minimize(f, hp, META_TX, steps=2, progress=False)
         traj = jax.tree.map(np.asarray, run.trajectory)
         for i in range(2):
             at = jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), run.trajectory)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import cli, inner, objectives
-from l2l_jax.experiments import generalization
+from experiments import cli, generalization
+from l2l_jax import inner, objectives
 from l2l_jax.tasks import LeastSquares
 
 SMALL = ("--config.d=40", "--config.m=16", "--config.n_test=6", "--config.eta_count=60")

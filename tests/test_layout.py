@@ -2,13 +2,14 @@
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-0. ``validation``, ``xla``, ``reporting``, ``data``: plain helpers and data sources;
+0. ``input_checks``, ``xla``, ``reporting``, ``data``: plain helpers and data sources;
 1. ``closed_forms`` (log-space numerics, closed forms, mpmath references), ``inner``,
    ``tasks``, ``objectives``: the pieces a pipeline is composed of;
 2. ``hyper``, ``learned``: optimizers built from those pieces;
-3. ``meta``: meta-gradients and meta-training;
+3. ``metagrad`` (full-unroll meta-objectives and their gradients), ``truncated``
+   (truncated meta-training);
 4. ``evaluation``, ``analysis``: evaluations and analyses of trained optimizers;
-5. ``experiments``, ``cli``, ``__main__`` and the package's ``__init__``.
+5. ``meta`` (the deprecated names' forwarder), ``__main__`` and the package's ``__init__``.
 
 Every ``import`` statement counts, including those inside functions (a lazy import is
 still a dependency).
@@ -25,7 +26,7 @@ import jax
 
 PACKAGE = Path(__file__).resolve().parents[1] / "l2l_jax"
 LAYERS = {
-    "validation": 0,
+    "input_checks": 0,
     "xla": 0,
     "reporting": 0,
     "data": 0,
@@ -35,11 +36,11 @@ LAYERS = {
     "objectives": 1,
     "hyper": 2,
     "learned": 2,
-    "meta": 3,
+    "metagrad": 3,
+    "truncated": 3,
     "evaluation": 4,
     "analysis": 4,
-    "experiments": 5,
-    "cli": 5,
+    "meta": 5,
     "__main__": 5,
     "": 5,  # l2l_jax/__init__.py
 }
@@ -122,7 +123,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read():
     g = graph()
     assert "l2l_jax.learned.adapters" in g["l2l_jax.learned"]
-    assert "l2l_jax.inner.optimizers" in g["l2l_jax.meta.truncated.runs"]
+    assert "l2l_jax.inner.optimizers" in g["l2l_jax.truncated.runs"]
     # a relative import and an import inside a function are both seen
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
 
@@ -158,13 +159,13 @@ import sys
 for name in {EXTRAS!r}:
     sys.modules[name] = None  # importing it now raises ImportError
 import jax, jax.numpy as jnp
-from l2l_jax import inner, learned, meta, tasks
+from l2l_jax import inner, learned, metagrad, tasks, truncated
 task = tasks.Quadratic.random(jax.random.key(0), dim=4)
-f = meta.meta_objective(task, inner.gd(), "log_loss", steps=20, grad="stable")
+f = metagrad.meta_objective(task, inner.gd(), "log_loss", steps=20, grad="stable")
 assert jnp.isfinite(jax.grad(f)(0.05))
-cfg = meta.TruncatedConfig(horizon=8, segment=4, meta_batch=2, eval_batch_size=None)
+cfg = truncated.TruncatedConfig(horizon=8, segment=4, meta_batch=2, eval_batch_size=None)
 lopt = learned.MLPLOpt(learned.LOptConfig(hidden_sizes=(2,), decays=(0.9,), time_scales=(1.0,)))
-run = meta.meta_train(task, lopt, cfg, 2, key=jax.random.key(1), progress=False)
+run = truncated.meta_train(task, lopt, cfg, 2, key=jax.random.key(1), progress=False)
 assert len(run.metrics) == 2
 print("core ok")
 """
@@ -191,7 +192,7 @@ def test_one_state_style():
 
     states, statics = [], []
     for name in modules():
-        skip = "experiments" in name or name.endswith(("__main__", "cli"))
+        skip = name.endswith(("__main__", "l2l_jax.meta"))
         module = None if skip else importlib.import_module(name)
         for cls_name, cls in inspect.getmembers(module, inspect.isclass) if module else []:
             if cls.__module__ != name or getattr(cls, "_is_protocol", False):

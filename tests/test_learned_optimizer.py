@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from l2l_jax import inner, learned, meta, objectives, tasks
+from l2l_jax import inner, learned, metagrad, objectives, tasks
 from l2l_jax.learned import mlp_lopt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +251,7 @@ def test_meta_gradient_of_unrolled_loss_matches_finite_differences():
         opt = learned.inner_optimizer(lopt)
         result = inner.unroll(task, opt, meta_params, steps)
         assert float(jnp.log(result.final_loss)) == pytest.approx(float(value), rel=1e-12)
-        F = meta.meta_objective(task, opt, objectives.log_loss(), steps=steps)
+        F = metagrad.meta_objective(task, opt, objectives.log_loss(), steps=steps)
         g2 = jax.grad(F)(meta_params)
         np.testing.assert_allclose(g2["out"]["kernel"], grad["out"]["kernel"] / steps, rtol=1e-8)
 
@@ -259,7 +259,7 @@ def test_meta_gradient_of_unrolled_loss_matches_finite_differences():
 def test_inner_optimizer_rejects_wrong_hyperparameters():
     lopt = learned.MLPLOpt(SMALL)
     task = _quadratic(jnp.float32)
-    F = meta.meta_objective(task, learned.inner_optimizer(lopt), objectives.log_loss(), steps=3)
+    F = metagrad.meta_objective(task, learned.inner_optimizer(lopt), objectives.log_loss(), steps=3)
     with pytest.raises(TypeError, match="meta-parameters"):
         F(jnp.asarray(0.1))
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import inner, meta, objectives, tasks
+from l2l_jax import inner, metagrad, objectives, tasks
 
 D, N1, N2 = 8, 6, 5
 
@@ -213,7 +213,7 @@ def test_tbt_tbv_against_numpy(max_norm):
         np.testing.assert_allclose(float(objectives.tbt()(res)), _half_mse(x, y, w), rtol=1e-10)
         np.testing.assert_allclose(float(objectives.tbv()(res)), _half_mse(xv, yv, w), rtol=1e-10)
         for name, expected in (("tbt", _half_mse(x, y, w)), ("tbv", _half_mse(xv, yv, w))):
-            F = meta.meta_objective(task, inner.gd(), name, steps=t, max_norm=max_norm)
+            F = metagrad.meta_objective(task, inner.gd(), name, steps=t, max_norm=max_norm)
             np.testing.assert_allclose(float(F(jnp.asarray(eta))), expected, rtol=1e-10)
 
 
@@ -223,7 +223,9 @@ def test_batched_meta_objective_is_the_mean_over_tasks():
         batch, t, radius = _batch(m=5, sigma=0.1), 15, 4.0
         eta = jnp.asarray(1.9 / np.mean([_lipschitz(batch[i]) for i in range(5)]))
         for name in ("tbt", "tbv"):
-            F = meta.meta_objective(batch, inner.gd(), name, steps=t, max_norm=radius, batched=True)
+            F = metagrad.meta_objective(
+                batch, inner.gd(), name, steps=t, max_norm=radius, batched=True
+            )
             objective = objectives.resolve(name)
             one = lambda e, tk: objective(  # noqa: B023
                 inner.unroll(tk, inner.gd(), e, t, max_norm=radius)
@@ -257,7 +259,7 @@ def test_meta_gradients_autodiff_forward_and_central_differences(scale):
             np.testing.assert_array_equal(_truncation_steps(batch, e, t, radius), at)
         for name in ("tbt", "tbv"):
             fs = {
-                g: meta.meta_objective(
+                g: metagrad.meta_objective(
                     batch, inner.gd(), name, steps=t, grad=g, max_norm=radius, batched=True
                 )
                 for g in ("autodiff", "forward")
@@ -299,7 +301,7 @@ def test_single_sample_sgd_matches_numpy_same_sample_sequence(max_norm):
         np.testing.assert_allclose(np.asarray(res.losses), losses, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(float(objectives.tbt()(res)), _half_mse(x, y, w), rtol=1e-10)
         np.testing.assert_allclose(float(objectives.tbv()(res)), _half_mse(xv, yv, w), rtol=1e-10)
-        F = meta.meta_objective(task, opt, "tbv", steps=t, key=key, max_norm=max_norm)
+        F = metagrad.meta_objective(task, opt, "tbv", steps=t, key=key, max_norm=max_norm)
         np.testing.assert_allclose(float(F(jnp.asarray(eta))), _half_mse(xv, yv, w), rtol=1e-10)
 
 
@@ -309,7 +311,7 @@ def test_single_sample_sgd_on_a_batch_both_objectives():
         keys = jax.random.split(key, 3)
         for name in ("tbt", "tbv"):
             fs = [
-                meta.meta_objective(
+                metagrad.meta_objective(
                     batch, inner.sgd(), name, steps=t, grad=g, key=key, batched=True
                 )
                 for g in ("autodiff", "forward")
@@ -396,17 +398,17 @@ def test_direct_construction_of_a_batch_and_string_input():
 def test_batch_needs_batched_true_and_unroll_needs_one_task():
     batch = _batch(dtype=jnp.float32)
     with pytest.raises(ValueError, match="pass batched=True"):
-        meta.meta_objective(batch, inner.gd(), "tbt", steps=3)
+        metagrad.meta_objective(batch, inner.gd(), "tbt", steps=3)
     with pytest.raises(ValueError, match="unroll runs one task"):
         inner.unroll(batch, inner.gd(), jnp.asarray(0.1), 3)
     nested = tasks.LeastSquares(**{k: np.ones((3, 2, *np.shape(v))) for k, v in _GOOD.items()})
     with pytest.raises(ValueError, match="one leading task axis"):
-        meta.meta_objective(nested, inner.gd(), "tbt", steps=3, batched=True)
+        metagrad.meta_objective(nested, inner.gd(), "tbt", steps=3, batched=True)
     with pytest.raises(ValueError, match="one leading task axis, got a single task"):
-        meta.meta_objective(_task(dtype=jnp.float32), inner.gd(), "tbt", steps=3, batched=True)
+        metagrad.meta_objective(_task(dtype=jnp.float32), inner.gd(), "tbt", steps=3, batched=True)
     ragged = {"a": jnp.ones((2, 3)), "b": jnp.ones(3)}  # any pytree: leading axes checked
     with pytest.raises(ValueError, match="same leading"):
-        meta.meta_objective(ragged, inner.gd(), "log_loss", steps=3, batched=True)
+        metagrad.meta_objective(ragged, inner.gd(), "log_loss", steps=3, batched=True)
     with pytest.raises(IndexError, match="single task"):
         _task(dtype=jnp.float32)[0]
 
@@ -418,7 +420,7 @@ def test_batch_needs_batched_true_and_unroll_needs_one_task():
 def test_stable_rejects_batches_and_truncation(kwargs, pattern):
     task = _batch(dtype=jnp.float32) if kwargs.get("batched") else _task(dtype=jnp.float32)
     with pytest.raises(ValueError, match=f"{pattern}.*grad='autodiff' or grad='forward'"):
-        meta.meta_objective(task, inner.gd(), "tbt", steps=3, grad="stable", **kwargs)
+        metagrad.meta_objective(task, inner.gd(), "tbt", steps=3, grad="stable", **kwargs)
 
 
 @pytest.mark.parametrize(

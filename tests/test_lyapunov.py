@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import inner, learned, meta, tasks
+from l2l_jax import inner, learned, metagrad, tasks
 from l2l_jax.analysis import lyapunov
 
 TASK = tasks.Quadratic.random(jax.random.key(0), dim=6)
@@ -55,7 +55,7 @@ def test_predicted_overflow_matches_the_observed_onset():
         return bool(np.all(np.isfinite(jax.jvp(w_t, (eta,), (jnp.float32(1.0),))[1])))
 
     def grad_finite(t):
-        f = meta.meta_objective(TASK, inner.gd(), "last_loss", steps=t)
+        f = metagrad.meta_objective(TASK, inner.gd(), "last_loss", steps=t)
         return bool(np.isfinite(float(jax.grad(f)(eta))))
 
     for finite, length in ((tangent_finite, predicted), (grad_finite, predicted / 2)):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import inner, meta, objectives, tasks
+from l2l_jax import inner, metagrad, objectives, tasks
 
 
 def _task():
@@ -24,8 +24,8 @@ def test_gd_three_methods_agree(t):
         task = _task()
         big_l = float(task.smoothness)
         fs = {
-            g: meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=t, grad=g)
-            for g in meta.METHODS
+            g: metagrad.meta_objective(task, inner.gd(), objectives.log_loss(), steps=t, grad=g)
+            for g in metagrad.METHODS
         }
         for frac in (0.1, 0.7, 1.0, 1.5):
             eta = jnp.asarray(frac / big_l)
@@ -55,8 +55,8 @@ def test_momentum_adam_autodiff_forward_and_finite_differences(opt, values):
     with jax.enable_x64(True):
         task = _task()
         hp = opt.hparams(**{k: jnp.asarray(v, jnp.float64) for k, v in values.items()})
-        f_ad = meta.meta_objective(task, opt, objectives.log_loss(), steps=15, grad="autodiff")
-        f_fw = meta.meta_objective(task, opt, objectives.log_loss(), steps=15, grad="forward")
+        f_ad = metagrad.meta_objective(task, opt, objectives.log_loss(), steps=15, grad="autodiff")
+        f_fw = metagrad.meta_objective(task, opt, objectives.log_loss(), steps=15, grad="forward")
         v_ad, g_ad = jax.value_and_grad(f_ad)(hp)
         v_fw, g_fw = jax.value_and_grad(f_fw)(hp)
         assert _rel(v_fw, v_ad) <= 1e-12
@@ -75,10 +75,10 @@ def test_least_squares_stable_agrees_with_unroll(n_train):
         for objective in ("tbt", "log_loss"):
             for t in (5, 60):
                 eta = jnp.asarray(0.3)
-                ref = jax.value_and_grad(meta.meta_objective(task, inner.gd(), objective, steps=t))(
-                    eta
-                )
+                ref = jax.value_and_grad(
+                    metagrad.meta_objective(task, inner.gd(), objective, steps=t)
+                )(eta)
                 got = jax.value_and_grad(
-                    meta.meta_objective(task, inner.gd(), objective, steps=t, grad="stable")
+                    metagrad.meta_objective(task, inner.gd(), objective, steps=t, grad="stable")
                 )(eta)
                 np.testing.assert_allclose(got, ref, rtol=1e-8)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from configs import fig4a, fig4b, fig4c, fig5, mnist_lopt
-from l2l_jax import cli, learned
+from experiments import cli, common
+from experiments import mnist_lopt as exp
+from experiments import mnist_report as report
+from l2l_jax import learned
 from l2l_jax.data import mnist as mnist_data
-from l2l_jax.experiments import common
-from l2l_jax.experiments import mnist_lopt as exp
-from l2l_jax.experiments import mnist_report as report
 
 _spec = importlib.util.spec_from_file_location(
     "compare_results", Path(__file__).resolve().parents[1] / "scripts/compare_results.py"
@@ -157,9 +157,9 @@ def test_selection_resumes_between_scores(tmp_path, data):
     half.meta_steps = 2
     exp.meta_train_selected(half, fam, "tbv", lopt, start, key, tmp_path / "b", False)
     k_run = jax.random.split(key, 3)[0]  # the key meta_train_selected gives meta_train
-    from l2l_jax import meta
+    from l2l_jax import truncated
 
-    meta.meta_train(  # the killed run got one step further, and checkpointed it
+    truncated.meta_train(  # the killed run got one step further, and checkpointed it
         fam,
         lopt,
         exp.truncated_config(cfg, "tbv"),
@@ -313,7 +313,7 @@ def test_rerunning_a_stored_seed_reproduces_its_numbers(tmp_path):
       accuracy: -4.7 (AMD EPYC, AVX-512), -2.5 and -2.9 (--xla_cpu_max_isa=AVX on two
       hosts); tbv -1.3, -1.1, +1.4.
     """
-    stored = json.loads(Path("docs/results/fig4b/results.json").read_text())
+    stored = json.loads(Path("results/fig4b/results.json").read_text())
     cfg = ml_collections.ConfigDict(stored["config"])
     cfg.seeds = (stored["per_seed"][0]["seed"],)
     data = mnist_data.load(cfg.source)

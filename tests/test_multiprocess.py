@@ -2,9 +2,9 @@
 
 Two JAX processes, each with 2 forced host devices, join through ``jax.distributed``
 (coordinator on ``127.0.0.1``, a free port) with the CPU backend's gloo collectives, so
-``meta.meta_batch_mesh()`` spans 4 devices of which each process holds 2: the arrays of
+``truncated.meta_batch_mesh()`` spans 4 devices of which each process holds 2: the arrays of
 the inner runs are not fully addressable, as on several hosts. For every estimator of
-``meta.truncated.ESTIMATORS`` (read at import, so a new one is picked up) the processes
+``truncated.ESTIMATORS`` (read at import, so a new one is picked up) the processes
 meta-train with the meta-batch split over that global mesh, and again with checkpoints
 into one shared directory (orbax; every process calls save), killed after a checkpoint
 and resumed from it. A third process computes the single-process, single-device
@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2l_jax import meta
+from l2l_jax import truncated
 
 pytestmark = pytest.mark.slow  # three processes compile every estimator: ~1 min
 
-ESTIMATORS = tuple(meta.truncated.ESTIMATORS)
+ESTIMATORS = tuple(truncated.ESTIMATORS)
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 PROCESSES, LOCAL_DEVICES = 2, 2

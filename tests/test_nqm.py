@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import inner, learned, tasks
+from l2l_jax import inner, learned, tasks, truncated
 from l2l_jax.inner.unroll import gradient_fn
-from l2l_jax.meta import truncated
 
 
 def test_power_law_spectrum_and_init():

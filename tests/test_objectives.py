@@ -1,5 +1,5 @@
 """Meta-objectives (``l2l_jax.objectives``): one definition of TbT and TbV serves
-``meta.meta_objective`` and ``meta.meta_train``, and so does a user's objective."""
+``metagrad.meta_objective`` and ``truncated.meta_train``, and so does a user's objective."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from l2l_jax import inner, learned, meta, objectives, tasks
+from l2l_jax import inner, learned, metagrad, objectives, tasks, truncated
 
 LOPT = learned.MLPLOpt(
     learned.LOptConfig(hidden_sizes=(4,), decays=(0.9,), time_scales=(10.0,), step_mult=0.1)
 )
-CFG = meta.TruncatedConfig(
+CFG = truncated.TruncatedConfig(
     horizon=12, segment=4, meta_batch=2, batch_size=8, eval_batch_size=None, meta_lr=1e-2
 )
 
@@ -32,7 +32,9 @@ def regression() -> tasks.NNXTask:
 
 def train(objective, steps: int = 3):
     cfg = dataclasses.replace(CFG, objective=objective)
-    return meta.meta_train(regression(), LOPT, cfg, steps, key=jax.random.key(1), progress=False)
+    return truncated.meta_train(
+        regression(), LOPT, cfg, steps, key=jax.random.key(1), progress=False
+    )
 
 
 def test_a_user_objective_reaches_meta_training():
@@ -73,7 +75,7 @@ def test_the_same_objective_in_meta_objective_is_its_loss_at_the_last_iterate():
         lambda t, w: t.valid_loss(w) + 0.1 * jnp.sum(w["kernel"] ** 2), "tbv+l2"
     )
     gd = inner.gd()
-    value = meta.meta_objective(task, gd, objective, steps=20, grad="autodiff")
+    value = metagrad.meta_objective(task, gd, objective, steps=20, grad="autodiff")
     w = task.init_params()
     for _ in range(20):  # an independent loop
         g = jax.grad(task.loss)(w)
@@ -86,18 +88,18 @@ def test_the_same_objective_in_meta_objective_is_its_loss_at_the_last_iterate():
 
 def test_objectives_truncated_training_cannot_use_are_refused():
     with pytest.raises(TypeError, match="not a loss of one iterate"):
-        meta.TruncatedConfig(objective=objectives.log_loss())
+        truncated.TruncatedConfig(objective=objectives.log_loss())
     with pytest.raises(ValueError, match="objective must be one of"):
-        meta.TruncatedConfig(objective="log_loss")
+        truncated.TruncatedConfig(objective="log_loss")
     user = objectives.iterate_objective(lambda t, w: t.loss(w), "mine")
     cfg = dataclasses.replace(CFG, objective=user, eval_batch_size=4)
     with pytest.raises(ValueError, match="set TruncatedConfig\\(eval_batch_size=None\\)"):
-        meta.init_state(jax.random.key(0), regression(), LOPT, cfg)
+        truncated.init_state(jax.random.key(0), regression(), LOPT, cfg)
     quad = tasks.Quadratic(hessian=jnp.eye(2), w0=jnp.ones(2))
     cfg = dataclasses.replace(CFG, objective="tbv", batch_size=None)
     with pytest.raises(TypeError, match="needs a task with a validation set"):
-        meta.init_state(jax.random.key(0), quad, LOPT, cfg)
-    assert meta.TruncatedConfig(objective=user).to_dict()["objective"] == "mine"
+        truncated.init_state(jax.random.key(0), quad, LOPT, cfg)
+    assert truncated.TruncatedConfig(objective=user).to_dict()["objective"] == "mine"
 
 
 def test_a_trajectory_objective_sees_the_validation_loss_of_every_iterate():
@@ -117,7 +119,7 @@ def test_a_trajectory_objective_sees_the_validation_loss_of_every_iterate():
         )
         values = {
             m: jax.value_and_grad(
-                meta.meta_objective(task, inner.gd(), mean_tbv, steps=steps, grad=m)
+                metagrad.meta_objective(task, inner.gd(), mean_tbv, steps=steps, grad=m)
             )(eta)
             for m in ("autodiff", "forward")
         }

@@ -2,7 +2,7 @@
 errors, and a tiny end-to-end run through the command line (results structure, resume).
 
 The claim itself (the nominal-term optimizer diverges on fewer tasks) is reported by the
-experiment's ``checks`` on its full configs (``docs/results/ood``, ``ood_paper`` and
+experiment's ``checks`` on its full configs (``results/ood``, ``ood_paper`` and
 ``ood_paper_seed1``; ``make figures``), not asserted here.
 """
 
@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from configs import ood as ood_config
-from l2l_jax import cli
-from l2l_jax.experiments import ood, ood_report
+from experiments import cli, ood, ood_report
 
 
 def test_divergence_rule():
@@ -188,7 +187,7 @@ def test_tiny_end_to_end_and_refused_resume(tmp_path):
     for f in ("ood_ratios.png", "loss_curves.png", "meta_training.png", "table.md"):
         assert (out / f).exists()
     assert (out / "lopt_plain").is_dir() and (out / "lopt_nominal").is_dir()
-    # (resuming from the checkpoints is tested with meta.meta_train in test_truncated.py;
+    # (resuming from the checkpoints is tested with truncated.meta_train in test_truncated.py;
     # a second full run here would double the cost of this test)
     with pytest.raises(ValueError, match="another configuration"):
         cli.main(["ood", "--out", str(out), *TINY[:-1], "--config.meta.segment=2"])

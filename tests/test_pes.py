@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import inner, meta, tasks
-from l2l_jax.meta import truncated
-from l2l_jax.meta.truncated import es
+from l2l_jax import inner, tasks, truncated
+from l2l_jax.truncated import es
 
 H = jnp.asarray([1.0, 0.3, 0.1, 0.03])
 TASK = tasks.Quadratic.from_spectrum(H, jnp.ones(4))
@@ -45,7 +44,7 @@ def full_horizon_gradient(theta) -> np.ndarray:
 
 def estimate(estimator: str, segments: int = CYCLE, meta_batch: int = 256, pairs: int = 4):
     """The mean of ``segments`` consecutive estimates at fixed ``THETA`` (no updates)."""
-    cfg = meta.TruncatedConfig(
+    cfg = truncated.TruncatedConfig(
         horizon=T,
         segment=K,
         meta_batch=meta_batch,

@@ -16,7 +16,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from l2l_jax import inner, meta, tasks
+from l2l_jax import inner, metagrad, tasks
 from l2l_jax.closed_forms import reference
 
 TOL = {"float32": 1e-4, "float64": 1e-9}
@@ -92,7 +92,7 @@ CASES = [
 
 def _check_case(task, dtype: str, steps: int, kind: str, regime: str, beta: float) -> None:
     lam, c = np.asarray(task.eigenvalues), np.asarray(task.coefficients)
-    f = meta.meta_objective(task, OPTIMIZERS[kind](), "log_loss", steps=steps, grad="stable")
+    f = metagrad.meta_objective(task, OPTIMIZERS[kind](), "log_loss", steps=steps, grad="stable")
     e = float(jnp.asarray(regime_eta(kind, regime, beta), dtype))
     b = float(jnp.asarray(beta, dtype))
     value, grads = jax.value_and_grad(f)(_hparams(kind, e, b, dtype))
@@ -127,9 +127,9 @@ def test_float32_autodiff_fails_past_the_boundary_where_stable_does_not():
     hp["momentum"] = jnp.float32(0.9)
     grads = {}
     for method in ("autodiff", "stable"):
-        f = meta.meta_objective(task, inner.momentum(), "log_loss", steps=80, grad=method)
+        f = metagrad.meta_objective(task, inner.momentum(), "log_loss", steps=80, grad=method)
         grads[method] = jax.grad(f)(hp)
-    f = meta.meta_objective(task, inner.momentum(), "log_loss", steps=80, grad="autodiff")
+    f = metagrad.meta_objective(task, inner.momentum(), "log_loss", steps=80, grad="autodiff")
     assert not np.isfinite(float(f(hp)))
     assert all(float(g) == 0.0 or not np.isfinite(float(g)) for g in grads["autodiff"].values())
     lam, c = np.asarray(task.eigenvalues), np.asarray(task.coefficients)
@@ -152,7 +152,7 @@ def test_nqm_mean_dynamics_agree_with_autodiff_in_float64():
         hp = {"learning_rate": jnp.float64(0.3), "momentum": jnp.float64(0.8)}
         out = {
             m: jax.value_and_grad(
-                meta.meta_objective(nqm, inner.momentum(), "last_loss", steps=60, grad=m)
+                metagrad.meta_objective(nqm, inner.momentum(), "last_loss", steps=60, grad=m)
             )(hp)
             for m in ("autodiff", "stable")
         }
@@ -185,7 +185,7 @@ def _check_ls_case(task, dtype, steps, kind, objective, regime, preconditioner=N
     opt = OPTIMIZERS[kind](preconditioner=preconditioner)
     e = float(jnp.asarray(regime_eta(kind, regime, beta, big_l), dtype))
     b = float(jnp.asarray(beta, dtype))
-    f = meta.meta_objective(task, opt, objective, steps=steps, grad="stable")
+    f = metagrad.meta_objective(task, opt, objective, steps=steps, grad="stable")
     value, grads = jax.value_and_grad(f)(_hparams(kind, e, b, dtype))
     which = {"log_loss": "train", "log_tbv": "valid"}[objective]
 
@@ -236,7 +236,7 @@ def test_least_squares_stable_tbv_is_the_validation_loss_of_the_unroll():
         hp = {"learning_rate": jnp.float64(0.2), "momentum": jnp.float64(0.7)}
         out = {
             m: jax.value_and_grad(
-                meta.meta_objective(task, inner.momentum(), "tbv", steps=50, grad=m)
+                metagrad.meta_objective(task, inner.momentum(), "tbv", steps=50, grad=m)
             )(hp)
             for m in ("autodiff", "stable")
         }
@@ -263,7 +263,7 @@ def _check_preconditioned_case(dtype, steps, kind, regime, ulps=1):
     beta = 0.0 if kind == "gd" else 0.9
     e = float(jnp.asarray(regime_eta(kind, regime, beta, big_l), dtype))
     b = float(jnp.asarray(beta, dtype))
-    f = meta.meta_objective(
+    f = metagrad.meta_objective(
         task, OPTIMIZERS[kind](preconditioner=p), "log_loss", steps=steps, grad="stable"
     )
     value, grads = jax.value_and_grad(f)(_hparams(kind, e, b, dtype))
@@ -341,9 +341,9 @@ def test_preconditioned_stable_equals_the_unroll_in_float64():
         for task, objective in ((nqm, "last_loss"), (quad, "tbt")):
             opt = inner.momentum(preconditioner=p)
             out = {
-                m: jax.value_and_grad(meta.meta_objective(task, opt, objective, steps=60, grad=m))(
-                    hp
-                )
+                m: jax.value_and_grad(
+                    metagrad.meta_objective(task, opt, objective, steps=60, grad=m)
+                )(hp)
                 for m in ("autodiff", "stable")
             }
             np.testing.assert_allclose(out["stable"][0], out["autodiff"][0], rtol=1e-12)
@@ -353,11 +353,11 @@ def test_preconditioned_stable_equals_the_unroll_in_float64():
                 )
         ones = inner.gd(preconditioner=jnp.ones(6))
         for opt in (ones, inner.gd()):
-            f = meta.meta_objective(quad, opt, "log_loss", steps=60, grad="stable")
+            f = metagrad.meta_objective(quad, opt, "log_loss", steps=60, grad="stable")
             np.testing.assert_allclose(
                 jax.value_and_grad(f)(jnp.float64(0.2)),
                 jax.value_and_grad(
-                    meta.meta_objective(quad, inner.gd(), "log_loss", steps=60, grad="autodiff")
+                    metagrad.meta_objective(quad, inner.gd(), "log_loss", steps=60, grad="autodiff")
                 )(jnp.float64(0.2)),
                 rtol=1e-12,
             )
@@ -370,7 +370,7 @@ def test_preconditioner_errors_name_the_fix():
         inner.momentum(preconditioner=jnp.asarray([1.0, jnp.nan]))
     quad = tasks.Quadratic(jnp.asarray(DENSE_H, jnp.float32), jnp.asarray(DENSE_W0, jnp.float32))
     with pytest.raises(ValueError, match=r"parameters' shape \(6,\), got \(5,\)"):
-        meta.meta_objective(
+        metagrad.meta_objective(
             quad, inner.gd(preconditioner=jnp.ones(5)), "log_loss", steps=5, grad="stable"
         )
 
@@ -382,9 +382,9 @@ def test_unsupported_combinations_say_what_is_supported():
         inner.from_optax(__import__("optax").sgd, ("learning_rate",), name="sgd", batch_size=2),
     ):
         with pytest.raises(ValueError, match=r"inner\.momentum\(\) and inner\.nesterov\(\)"):
-            meta.meta_objective(task, opt, "log_loss", steps=5, grad="stable")
+            metagrad.meta_objective(task, opt, "log_loss", steps=5, grad="stable")
     with pytest.raises(ValueError, match="objective 'log_tbv' on task Quadratic"):
-        meta.meta_objective(task, inner.momentum(), "log_tbv", steps=5, grad="stable")
+        metagrad.meta_objective(task, inner.momentum(), "log_tbv", steps=5, grad="stable")
     ls = tasks.LeastSquares.sample(jax.random.key(0), 4, 3, 2, 1.0)
     with pytest.raises(ValueError, match="max_norm"):
-        meta.meta_objective(ls, inner.momentum(), "tbt", steps=5, grad="stable", max_norm=3.0)
+        metagrad.meta_objective(ls, inner.momentum(), "tbt", steps=5, grad="stable", max_norm=3.0)

@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import inner, meta, tasks
+from l2l_jax import inner, metagrad, tasks, truncated
 from l2l_jax.inner.unroll import checkpointed_scan, remat_segment
-from l2l_jax.meta import truncated
 
 
 def _task(dtype=jnp.float32) -> tasks.Quadratic:
@@ -92,10 +91,10 @@ def test_remat_with_truncation(steps, remat):
 
 def test_meta_objective_remat_and_forward():
     task, eta = _task(), jnp.asarray(0.003)
-    plain = meta.meta_objective(task, inner.gd(), "last_loss", steps=50)
+    plain = metagrad.meta_objective(task, inner.gd(), "last_loss", steps=50)
     value, g = jax.value_and_grad(plain)(eta)
     for grad, remat in (("autodiff", 7), ("autodiff", True), ("forward", 7)):
-        f = meta.meta_objective(task, inner.gd(), "last_loss", steps=50, grad=grad, remat=remat)
+        f = metagrad.meta_objective(task, inner.gd(), "last_loss", steps=50, grad=grad, remat=remat)
         v_r, g_r = jax.value_and_grad(f)(eta)
         np.testing.assert_allclose(v_r, value, rtol=1e-6)
         np.testing.assert_allclose(g_r, g, rtol=1e-6)
@@ -124,7 +123,7 @@ def test_checkpointed_scan_matches_scan_with_pytrees():
 
 def _temp_bytes(steps: int, remat) -> int:
     task = _task()
-    f = meta.meta_objective(task, inner.gd(), "last_loss", steps=steps, remat=remat)
+    f = metagrad.meta_objective(task, inner.gd(), "last_loss", steps=steps, remat=remat)
     compiled = jax.jit(jax.grad(f)).lower(jnp.asarray(0.003)).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
@@ -150,9 +149,9 @@ def test_remat_segment_and_errors():
         with pytest.raises(ValueError, match="remat"):
             remat_segment(bad, 10)
         with pytest.raises(ValueError, match="remat"):
-            meta.meta_objective(_task(), inner.gd(), steps=10, remat=bad)
+            metagrad.meta_objective(_task(), inner.gd(), steps=10, remat=bad)
         with pytest.raises(ValueError, match="remat"):
-            meta.TruncatedConfig(remat=bad)
+            truncated.TruncatedConfig(remat=bad)
 
 
 def test_truncated_segment_remat():
@@ -163,9 +162,9 @@ def test_truncated_segment_remat():
     base = dict(horizon=9, segment=7, meta_batch=2, batch_size=4, eval_batch_size=4)
 
     def gradient(remat):
-        cfg = meta.TruncatedConfig(**base, remat=remat)
-        state = meta.init_state(jax.random.key(0), task, opt, cfg, meta_params=hp)
-        fn = jax.jit(lambda mp, runs: meta.tbptt_gradient(mp, runs, task, opt, cfg))
+        cfg = truncated.TruncatedConfig(**base, remat=remat)
+        state = truncated.init_state(jax.random.key(0), task, opt, cfg, meta_params=hp)
+        fn = jax.jit(lambda mp, runs: truncated.tbptt_gradient(mp, runs, task, opt, cfg))
         return fn(state.meta_params, state.inner)
 
     loss, g, runs, _ = gradient(None)
@@ -179,8 +178,8 @@ def test_truncated_segment_remat():
 
 def test_old_checkpoint_configs_resume():
     """A config saved before ``remat`` existed means ``remat=None``."""
-    cfg = meta.TruncatedConfig()
+    cfg = truncated.TruncatedConfig()
     saved = {k: v for k, v in cfg.to_dict().items() if k != "remat"}
     assert truncated._config_with_defaults(saved) == cfg.to_dict()
-    other = meta.TruncatedConfig(remat=4).to_dict()
+    other = truncated.TruncatedConfig(remat=4).to_dict()
     assert truncated._config_with_defaults(saved) != other

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-from l2l_jax import learned, meta
+from l2l_jax import learned, truncated
 from l2l_jax.tasks import MnistMLP
 
 DEVICES = 4
@@ -35,7 +35,7 @@ ATOL = RTOL = 1e-5
 LOPT = learned.MLPLOpt(
     learned.LOptConfig(hidden_sizes=(4,), decays=(0.9,), time_scales=(10.0,), step_mult=0.1)
 )
-CONFIG = meta.TruncatedConfig(
+CONFIG = truncated.TruncatedConfig(
     horizon=12,
     segment=4,
     meta_batch=8,
@@ -83,27 +83,27 @@ def worker(out: Path) -> None:
     assert jax.device_count() == DEVICES, jax.devices()
     task = small_task()
     kwargs = dict(key=jax.random.key(3), progress=False)
-    single = meta.meta_train(task, LOPT, CONFIG, STEPS, **kwargs)
-    mesh = meta.meta_batch_mesh()
-    sharded = meta.meta_train(task, LOPT, CONFIG, STEPS, mesh=mesh, **kwargs)
+    single = truncated.meta_train(task, LOPT, CONFIG, STEPS, **kwargs)
+    mesh = truncated.meta_batch_mesh()
+    sharded = truncated.meta_train(task, LOPT, CONFIG, STEPS, mesh=mesh, **kwargs)
     ckpt = out / "ckpt"
     try:
-        meta.meta_train(
+        truncated.meta_train(
             task, LOPT, CONFIG, STEPS, mesh=mesh, checkpoint_dir=ckpt, checkpoint_every=3,
             callback=_kill_at(5), **kwargs,
         )  # fmt: skip
     except _Interrupt:
         pass
-    resumed = meta.meta_train(
+    resumed = truncated.meta_train(
         task, LOPT, CONFIG, STEPS, mesh=mesh, checkpoint_dir=ckpt, resume=True, **kwargs
     )
-    bad = meta.TruncatedConfig(**{**CONFIG.to_dict(), "meta_batch": 6})
+    bad = truncated.TruncatedConfig(**{**CONFIG.to_dict(), "meta_batch": 6})
     try:
-        meta.meta_train(task, LOPT, bad, 1, mesh=mesh, **kwargs)
+        truncated.meta_train(task, LOPT, bad, 1, mesh=mesh, **kwargs)
         message = None
     except ValueError as err:
         message = str(err)
-    initial = meta.init_state(kwargs["key"], task, LOPT, CONFIG)
+    initial = truncated.init_state(kwargs["key"], task, LOPT, CONFIG)
     states = {
         "initial": initial,
         "single": single.state,
@@ -189,14 +189,14 @@ def test_meta_batch_must_divide_by_devices(four_devices):
 
 
 def test_mesh_checks():
-    mesh = meta.meta_batch_mesh()
-    meta.truncated.check_mesh(mesh, CONFIG)  # one device divides anything
+    mesh = truncated.meta_batch_mesh()
+    truncated.check_mesh(mesh, CONFIG)  # one device divides anything
     square = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("a", "b"))
     with pytest.raises(ValueError, match="one axis"):
-        meta.truncated.check_mesh(square, CONFIG)
+        truncated.check_mesh(square, CONFIG)
     with pytest.raises(TypeError, match=r"jax\.sharding\.Mesh"):
-        meta.make_meta_step(LOPT, CONFIG, mesh=jax.devices())
-    spec = meta.state_sharding(mesh)
+        truncated.make_meta_step(LOPT, CONFIG, mesh=jax.devices())
+    spec = truncated.state_sharding(mesh)
     assert spec.inner.spec == jax.sharding.PartitionSpec("batch")
     assert spec.meta_params.spec == jax.sharding.PartitionSpec()
 

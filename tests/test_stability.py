@@ -208,7 +208,7 @@ TINY = (
 def test_experiment_end_to_end_tiny(tmp_path):
     import json
 
-    from l2l_jax import cli
+    from experiments import cli
 
     results = cli.main(["stability", "--out", str(tmp_path), "--no-progress", *TINY])
     for name in ("results.json", "summary.txt", *results["figures"]):

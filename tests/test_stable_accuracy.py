@@ -21,7 +21,7 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from l2l_jax import inner, meta, objectives, tasks
+from l2l_jax import inner, metagrad, objectives, tasks
 from l2l_jax.closed_forms import reference, spectral
 
 TOL = {"float32": 1e-4, "float64": 1e-9}
@@ -86,7 +86,7 @@ def _run(dtype, d, log_kappa, seed, log_t, kind, frac, idx):
     lam = np.asarray(task.eigenvalues, np.float64)
     c = np.asarray(task.coefficients, np.float64)
     eta = float(np.asarray(_eta(kind, frac, idx, lam), dtype))  # working-precision eta
-    f = meta.meta_objective(task, inner.gd(), objectives.log_loss(), steps=t, grad="stable")
+    f = metagrad.meta_objective(task, inner.gd(), objectives.log_loss(), steps=t, grad="stable")
     value, grad = jax.value_and_grad(f)(jnp.asarray(eta, dtype))
     assert value.dtype == grad.dtype == jnp.dtype(dtype)
     _check(value, lambda e: reference.log_loss(e, lam, c, t), eta, dtype, "value")
@@ -136,7 +136,7 @@ def _last_loss_case(dtype, t, eta_frac):
     lam = np.asarray(task.eigenvalues, np.float64)
     c = np.asarray(task.coefficients, np.float64)
     eta = float(np.asarray(eta_frac / lam[-1], dtype))
-    f = meta.meta_objective(task, inner.gd(), objectives.last_loss(), steps=t, grad="stable")
+    f = metagrad.meta_objective(task, inner.gd(), objectives.last_loss(), steps=t, grad="stable")
     value, grad = jax.value_and_grad(f)(jnp.asarray(eta, dtype))
     ref_v = lambda e: mpmath.exp(reference.log_f(e, lam, c, t))
     ref_g = lambda e: reference.dlog_f(e, lam, c, t) * mpmath.exp(reference.log_f(e, lam, c, t))

@@ -18,10 +18,10 @@ import optax
 import pytest
 from test_projective import DENSE_H, DENSE_W0, DIAG_P, LAM, _ls_task
 
-from l2l_jax import inner, meta, tasks
+from l2l_jax import inner, metagrad, tasks
 from l2l_jax.analysis.stability import ScaledStep
 from l2l_jax.inner.optimizers import LINEAR_UPDATES
-from l2l_jax.meta import projective
+from l2l_jax.metagrad import projective
 
 STEPS = 30
 RTOL = 1e-9
@@ -64,7 +64,9 @@ def _hparams(opt, big_l: float, **extra):
 
 def _assert_equals_autodiff(task, opt, objective, hp):
     out = {
-        g: jax.value_and_grad(meta.meta_objective(task, opt, objective, steps=STEPS, grad=g))(hp)
+        g: jax.value_and_grad(metagrad.meta_objective(task, opt, objective, steps=STEPS, grad=g))(
+            hp
+        )
         for g in ("stable", "autodiff")
     }
     (v_st, g_st), (v_ad, g_ad) = out["stable"], out["autodiff"]
@@ -184,7 +186,7 @@ def test_user_optimizers_are_refused_or_equal_autodiff(label, build, accepted):
         task = _task("quadratic")
         opt = build()
         try:
-            f = meta.meta_objective(task, opt, "log_loss", steps=STEPS, grad="stable")
+            f = metagrad.meta_objective(task, opt, "log_loss", steps=STEPS, grad="stable")
         except ValueError as err:
             assert "grad='autodiff'" in str(err) and "inner.gd()" in str(err), str(err)
             assert not accepted, f"{label}: refused, but its declaration is true: {err}"

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax import learned, meta
+from l2l_jax import learned, truncated
 from l2l_jax.data import mnist as mnist_data
 from l2l_jax.tasks import MnistMLP
 from l2l_jax.tasks.family import SingleTask, as_family
@@ -28,7 +28,7 @@ def _data(n=60, seed=0) -> mnist_data.MnistData:
 
 def _cfg(**kw):
     base = dict(horizon=6, segment=3, meta_batch=4, batch_size=4, eval_batch_size=4)
-    return meta.TruncatedConfig(**{**base, **kw})
+    return truncated.TruncatedConfig(**{**base, **kw})
 
 
 def test_noisy_labels_redraws_exactly_round_pn_positions():
@@ -48,7 +48,7 @@ def test_meta_batch_runs_train_on_different_digits_and_restarts_redraw(objective
         data, 20, n_valid=8 if objective == "tbv" else 0, label_noise=0.2, sizes=SIZES
     )
     cfg = _cfg(objective=objective)
-    run = meta.meta_train(family, LOPT, cfg, 3, key=jax.random.key(0), progress=False)
+    run = truncated.meta_train(family, LOPT, cfg, 3, key=jax.random.key(0), progress=False)
     draws = run.state.inner.task
     digits = np.asarray(jax.vmap(family.digits)(draws))
     assert digits.shape == (4, 20)
@@ -57,7 +57,7 @@ def test_meta_batch_runs_train_on_different_digits_and_restarts_redraw(objective
     assert len({tuple(sorted(row)) for row in digits}) == 4
     # 3 meta-steps of 3 steps with horizon 6: every run restarted at least once; its
     # task now is the draw of its current key, not the first one
-    first = meta.init_state(jax.random.key(0), family, LOPT, cfg)
+    first = truncated.init_state(jax.random.key(0), family, LOPT, cfg)
     start_digits = np.asarray(jax.vmap(family.digits)(first.inner.task))
     assert not np.array_equal(np.sort(start_digits, 1), np.sort(digits, 1))
     assert all(np.isfinite(m["meta_loss"]) for m in run.metrics)

@@ -12,8 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from l2l_jax import cli, hyper
-from l2l_jax.experiments import towers
+from experiments import cli, towers
+from l2l_jax import hyper
 from l2l_jax.tasks import mnist as mnist_task
 
 

@@ -16,9 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from l2l_jax import learned, meta
+from l2l_jax import learned, truncated
 from l2l_jax.data import mnist
-from l2l_jax.meta import truncated
 from l2l_jax.tasks.mnist import MnistMLP
 
 TINY_LOPT = learned.MLPLOpt(
@@ -72,11 +71,13 @@ def linreg(seed: int = 0, n: int = 64, n_valid: int = 32, d: int = 4, scale=1.0)
     return LinReg(x=f32(x), y=f32(y), xv=f32(xv), yv=f32(yv), scale=f32(scale))
 
 
-TINY_CFG = meta.TruncatedConfig(
+TINY_CFG = truncated.TruncatedConfig(
     horizon=20, segment=5, meta_batch=2, batch_size=8, eval_batch_size=8, meta_lr=1e-2
 )
 TINY_INNER = learned.inner_optimizer(TINY_LOPT)
-tbptt = jax.jit(lambda mp, runs, task: meta.tbptt_gradient(mp, runs, task, TINY_INNER, TINY_CFG))
+tbptt = jax.jit(
+    lambda mp, runs, task: truncated.tbptt_gradient(mp, runs, task, TINY_INNER, TINY_CFG)
+)
 
 
 def tree_equal(a, b) -> bool:
@@ -111,14 +112,14 @@ def test_resume_is_bit_exact(tmp_path, estimator):
     task, lopt = linreg(), TINY_LOPT
     cfg = dataclasses.replace(TINY_CFG, estimator=estimator, es_pairs=2)
     kwargs = dict(key=jax.random.key(3), progress=False)
-    full = meta.meta_train(task, lopt, cfg, 10, checkpoint_dir=tmp_path / "a", **kwargs)
+    full = truncated.meta_train(task, lopt, cfg, 10, checkpoint_dir=tmp_path / "a", **kwargs)
 
     def kill_at_7(step, _):
         if step == 7:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        meta.meta_train(
+        truncated.meta_train(
             task,
             lopt,
             cfg,
@@ -129,8 +130,8 @@ def test_resume_is_bit_exact(tmp_path, estimator):
             **kwargs,
         )
     with pytest.raises(ValueError, match="resume=True"):
-        meta.meta_train(task, lopt, cfg, 10, checkpoint_dir=tmp_path / "b", **kwargs)
-    resumed = meta.meta_train(
+        truncated.meta_train(task, lopt, cfg, 10, checkpoint_dir=tmp_path / "b", **kwargs)
+    resumed = truncated.meta_train(
         task, lopt, cfg, 10, checkpoint_dir=tmp_path / "b", resume=True, **kwargs
     )
     assert [m["step"] for m in resumed.metrics] == [7, 8, 9, 10]  # restarted from step 6
@@ -166,7 +167,7 @@ def hand_written_segment(meta_params, run, task, lopt, cfg):
 
 def test_tbptt_gradient_matches_hand_written_unroll():
     task = linreg()
-    state = meta.init_state(jax.random.key(1), task, TINY_LOPT, TINY_CFG)
+    state = truncated.init_state(jax.random.key(1), task, TINY_LOPT, TINY_CFG)
     assert [int(t) for t in state.inner.step] == [0, 10]  # staggered starts
     loss, grad, _, _ = tbptt(state.meta_params, state.inner, task)
 
@@ -184,11 +185,11 @@ def test_tbptt_gradient_matches_hand_written_unroll():
 
 def test_es_agrees_with_tbptt_direction():
     task = linreg()
-    cfg = meta.TruncatedConfig(**{**TINY_CFG.to_dict(), "es_pairs": 2048, "es_sigma": 1e-3})
-    state = meta.init_state(jax.random.key(1), task, TINY_LOPT, cfg)
+    cfg = truncated.TruncatedConfig(**{**TINY_CFG.to_dict(), "es_pairs": 2048, "es_sigma": 1e-3})
+    state = truncated.init_state(jax.random.key(1), task, TINY_LOPT, cfg)
     inner = learned.inner_optimizer(TINY_LOPT)
     loss, g_tbptt, runs, _ = tbptt(state.meta_params, state.inner, task)
-    es = jax.jit(lambda mp, runs, k, task: meta.es_gradient(mp, runs, k, task, inner, cfg))
+    es = jax.jit(lambda mp, runs, k, task: truncated.es_gradient(mp, runs, k, task, inner, cfg))
     loss_es, g_es, runs_es, _ = es(state.meta_params, state.inner, jax.random.key(7), task)
     flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])
     a, b = flat(g_es), flat(g_tbptt)
@@ -203,11 +204,13 @@ def test_es_agrees_with_tbptt_direction():
 
 def test_run_reinitializes_at_horizon():
     task = linreg()
-    cfg = meta.TruncatedConfig(**{**TINY_CFG.to_dict(), "horizon": 7, "segment": 4})
+    cfg = truncated.TruncatedConfig(**{**TINY_CFG.to_dict(), "horizon": 7, "segment": 4})
     inner = learned.inner_optimizer(TINY_LOPT)
-    state = meta.init_state(jax.random.key(2), task, TINY_LOPT, cfg)
+    state = truncated.init_state(jax.random.key(2), task, TINY_LOPT, cfg)
     run = jax.tree.map(lambda x: x[0], state.inner)
-    seg = jax.jit(lambda mp, run, c: meta.segment_loss(mp, run, task, inner, c), static_argnums=2)
+    seg = jax.jit(
+        lambda mp, run, c: truncated.segment_loss(mp, run, task, inner, c), static_argnums=2
+    )
     _, (run1, aux1) = seg(state.meta_params, run, cfg)
     assert int(run1.step) == 4 and int(aux1["resets"]) == 0
     assert tree_equal(run1.key, run.key)
@@ -229,7 +232,7 @@ def test_run_reinitializes_at_horizon():
     assert int(run2.opt_state.count) == 1
 
     # with K = T the run ends exactly at the new initialization
-    cfg_k = meta.TruncatedConfig(**{**cfg.to_dict(), "segment": 7})
+    cfg_k = truncated.TruncatedConfig(**{**cfg.to_dict(), "segment": 7})
     _, (run3, aux3) = seg(state.meta_params, run, cfg_k)
     assert int(run3.step) == 0 and int(aux3["resets"]) == 1
     assert_tree_close(run3.params, fresh.params, 4)  # w_0 drawn in the jitted segment
@@ -240,11 +243,11 @@ def test_run_reinitializes_at_horizon():
 
 def test_nonfinite_meta_steps_are_skipped_and_counted(tmp_path):
     task = linreg(scale=np.nan)
-    res = meta.meta_train(
+    res = truncated.meta_train(
         task, TINY_LOPT, TINY_CFG, 4, key=jax.random.key(0), progress=False,
         metrics_path=tmp_path / "m.jsonl",
     )  # fmt: skip
-    init = meta.init_state(jax.random.key(0), task, TINY_LOPT, TINY_CFG)
+    init = truncated.init_state(jax.random.key(0), task, TINY_LOPT, TINY_CFG)
     assert res.nonfinite_count == 4
     assert tree_equal(res.meta_params, init.meta_params)  # never updated
     assert all(m["nonfinite"] for m in res.metrics)
@@ -255,8 +258,10 @@ def test_nonfinite_meta_steps_are_skipped_and_counted(tmp_path):
     good = linreg()
     xv = good.xv[:4].at[0, 0].set(jnp.nan)
     mixed = good.replace(xv=xv, yv=good.yv[:4])
-    cfg = meta.TruncatedConfig(**{**TINY_CFG.to_dict(), "objective": "tbv", "eval_batch_size": 1})
-    res = meta.meta_train(mixed, TINY_LOPT, cfg, 12, key=jax.random.key(0), progress=False)
+    cfg = truncated.TruncatedConfig(
+        **{**TINY_CFG.to_dict(), "objective": "tbv", "eval_batch_size": 1}
+    )
+    res = truncated.meta_train(mixed, TINY_LOPT, cfg, 12, key=jax.random.key(0), progress=False)
     flags = [m["nonfinite"] for m in res.metrics]
     assert 0 < sum(flags) < len(flags)
     assert res.nonfinite_count == sum(flags)
@@ -277,20 +282,20 @@ def test_mnist_validation_minibatches():
     np.testing.assert_allclose(
         task.valid_batch_loss(params, idx), task.valid_loss(params), rtol=1e-6
     )
-    cfg = meta.TruncatedConfig(objective="tbv", batch_size=32, eval_batch_size=16)
+    cfg = truncated.TruncatedConfig(objective="tbv", batch_size=32, eval_batch_size=16)
     truncated.check_task(task, learned.inner_optimizer(TINY_LOPT), cfg)
     no_valid = MnistMLP.from_data(data, n_train=50, key=jax.random.key(0), sizes=(784, 8, 10))
     with pytest.raises(ValueError, match="validation data"):
-        meta.init_state(jax.random.key(0), no_valid, TINY_LOPT, cfg)
+        truncated.init_state(jax.random.key(0), no_valid, TINY_LOPT, cfg)
 
 
 def test_config_and_task_sizes_are_checked_before_any_work():
     with pytest.raises(ValueError, match=r"segment \(K = 30\) must be <= horizon \(T = 20\)"):
-        meta.TruncatedConfig(horizon=20, segment=30)
+        truncated.TruncatedConfig(horizon=20, segment=30)
     task = linreg(n=64, n_valid=32)
     too_big = dataclasses.replace(TINY_CFG, batch_size=10**6)
     with pytest.raises(ValueError, match=r"batch_size = 1000000 is larger than the task's 64"):
-        meta.init_state(jax.random.key(0), task, TINY_LOPT, too_big)
+        truncated.init_state(jax.random.key(0), task, TINY_LOPT, too_big)
     tbv = dataclasses.replace(TINY_CFG, objective="tbv", eval_batch_size=33)
     with pytest.raises(ValueError, match=r"eval_batch_size = 33 is larger than the task's 32"):
-        meta.init_state(jax.random.key(0), task, TINY_LOPT, tbv)
+        truncated.init_state(jax.random.key(0), task, TINY_LOPT, tbv)

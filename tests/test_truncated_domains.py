@@ -22,17 +22,17 @@ import numpy as np
 import optax
 import pytest
 
-from l2l_jax import inner, learned, meta, tasks, validation
-from l2l_jax.meta.truncated import domains
+from l2l_jax import inner, input_checks, learned, tasks, truncated
+from l2l_jax.truncated import domains
 
 TASK = tasks.Quadratic.random(jax.random.key(0), dim=5)
 STEPS = 30
 
 
 def in_domain(name: str, value) -> bool:
-    """The domain of :data:`validation.HYPERPARAMETER_DOMAINS`, written out."""
+    """The domain of :data:`input_checks.HYPERPARAMETER_DOMAINS`, written out."""
     x = np.asarray(value, np.float64)
-    kind = validation.HYPERPARAMETER_DOMAINS.get(name, "none")
+    kind = input_checks.HYPERPARAMETER_DOMAINS.get(name, "none")
     if kind == "positive":
         return bool(np.all(np.isfinite(x) & (x > 0)))
     if kind == "unit":
@@ -72,7 +72,7 @@ class Strict:
         new, state = self.base.update(grads, state, params, hparams)
         ok = jnp.asarray(True)
         for name, v in hparams.items():
-            kind = validation.HYPERPARAMETER_DOMAINS.get(name)
+            kind = input_checks.HYPERPARAMETER_DOMAINS.get(name)
             if kind == "positive":
                 ok &= v > 0
             elif kind == "unit":
@@ -80,8 +80,8 @@ class Strict:
         return jax.tree.map(lambda p: jnp.where(ok, p, jnp.nan), new), state
 
 
-def config(estimator: str) -> meta.TruncatedConfig:
-    return meta.TruncatedConfig(
+def config(estimator: str) -> truncated.TruncatedConfig:
+    return truncated.TruncatedConfig(
         horizon=24, segment=5, meta_batch=8, eval_batch_size=None, estimator=estimator
     )
 
@@ -163,7 +163,7 @@ def test_leaves_without_a_domain_are_untouched():
 def test_out_of_domain_start_is_refused():
     opt = inner.adam()
     with pytest.raises(ValueError, match="b2"):
-        meta.init_state(
+        truncated.init_state(
             jax.random.key(0), TASK, opt, config("tbptt"), meta_params=opt.hparams(b2=1.0)
         )
 
@@ -178,8 +178,8 @@ def test_hyperparameters_stay_in_their_domains(estimator):
     opt = Strict(inner.adam())
     hp = opt.hparams(learning_rate=0.05, b1=0.8)
     cfg = config(estimator)
-    state = meta.init_state(jax.random.key(1), TASK, opt, cfg, meta_params=hp)
-    step = meta.make_meta_step(opt, cfg)
+    state = truncated.init_state(jax.random.key(1), TASK, opt, cfg, meta_params=hp)
+    step = truncated.make_meta_step(opt, cfg)
     for _ in range(STEPS):
         state, metrics = step(state, TASK)
         assert not bool(metrics["nonfinite"]), int(state.step)
@@ -188,7 +188,7 @@ def test_hyperparameters_stay_in_their_domains(estimator):
     assert int(state.nonfinite_count) == 0
     moved = [not np.array_equal(state.meta_params[n], hp[n]) for n in hp]
     assert all(moved)  # every hyperparameter is meta-learned, none frozen
-    run = meta.meta_train(
+    run = truncated.meta_train(
         TASK, opt, cfg, STEPS, key=jax.random.key(1), meta_params=hp, progress=False
     )
     assert run.nonfinite_count == 0
@@ -203,7 +203,7 @@ def test_from_optax_hyperparameters_with_declared_names():
     would otherwise be negative half the time)."""
     opt = Strict(inner.from_optax(optax.adam, ("learning_rate", "eps")))
     hp = opt.hparams(learning_rate=0.05, eps=1e-8)
-    run = meta.meta_train(
+    run = truncated.meta_train(
         TASK, opt, config("es"), STEPS, key=jax.random.key(2), meta_params=hp, progress=False
     )
     assert run.nonfinite_count == 0

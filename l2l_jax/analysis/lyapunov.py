@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax.inner.unroll import gradient_fn
+from l2l_jax.input_checks import positive_int
 from l2l_jax.learned.adapters import as_inner_optimizer
-from l2l_jax.validation import positive_int
 
 Array = jax.Array
 # log of the largest finite and of the smallest normal number

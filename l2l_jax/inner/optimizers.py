@@ -1,7 +1,7 @@
 """Inner optimizers: pure ``init``/``update`` functions with explicit hyperparameters.
 
 :class:`InnerOptimizer` is the contract (a :class:`typing.Protocol`) that
-:func:`~l2l_jax.inner.unroll`, ``meta.meta_objective`` and ``meta.meta_train`` use.
+:func:`~l2l_jax.inner.unroll`, ``metagrad.meta_objective`` and ``truncated.meta_train`` use.
 :class:`OptaxInner` is its optax implementation: an optax transformation built with
 :func:`optax.inject_hyperparams`, whose injected values are overwritten with the caller's
 hyperparameters at every call, so the hyperparameters are ordinary differentiable inputs
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 
 Array = jnp.ndarray
 HParams = Array | Mapping[str, Array]
@@ -37,7 +37,7 @@ HParams = Array | Mapping[str, Array]
 # ``w <- w - eta g``; heavy ball (optax's ``sgd`` with momentum) ``v <- g + beta v, w <- w
 # - eta v``; Nesterov ``v <- g + beta v, w <- w - eta (g + beta v)`` (``g`` the gradient,
 # times the diagonal ``preconditioner`` when the optimizer records one). The steps
-# themselves are ``l2l_jax.meta.projective.STEPS``.
+# themselves are ``l2l_jax.metagrad.projective.STEPS``.
 LINEAR_UPDATES: dict[str, tuple[str, ...]] = {
     "gd": ("learning_rate",),
     "momentum": ("learning_rate", "momentum"),
@@ -104,13 +104,13 @@ class OptaxInner:
       preconditioner: the fixed diagonal ``P`` (a pytree like the parameters, every entry
         ``> 0``) that multiplies the gradient before the step, as built by ``gd``,
         ``momentum`` and ``nesterov`` with ``preconditioner=``; ``None`` for none. Recorded
-        so that ``grad="stable"`` can change variables (``meta.stable``); ``transform``
+        so that ``grad="stable"`` can change variables (``metagrad.stable``); ``transform``
         already applies it, so it takes no part in equality or the hash.
       linear_update: the linear step ``transform`` takes (a key of
         :data:`LINEAR_UPDATES`: ``"gd"``, ``"momentum"``, ``"nesterov"``), on the gradient
         times ``preconditioner``; ``None`` when it takes no such step (Adam, weight decay,
         any optax chain not declared). ``grad="stable"`` uses it to choose its closed form
-        and checks it on a probe before trusting it (``meta.stable``).
+        and checks it on a probe before trusting it (``metagrad.stable``).
     """
 
     name: str
@@ -163,7 +163,7 @@ class OptaxInner:
                     f"hyperparameter {n!r} must be a scalar, got shape {jnp.shape(hparams[n])}."
                 )
         for n in self.hparam_names:
-            validation.hyperparameter(n, hparams[n])
+            input_checks.hyperparameter(n, hparams[n])
         return dict(hparams)
 
     def init(self, params, hparams: HParams):
@@ -210,7 +210,7 @@ def from_optax(
     placeholder = {n: 0.0 for n in hparam_names}
     transform = optax.inject_hyperparams(factory)(**placeholder, **static)
     if batch_size is not None:
-        validation.positive_int("batch_size", batch_size)
+        input_checks.positive_int("batch_size", batch_size)
     return OptaxInner(
         name=name or getattr(factory, "__name__", "optax"),
         hparam_names=hparam_names,
@@ -251,9 +251,9 @@ def _check_preconditioner(preconditioner) -> Any:
     leaves = jax.tree_util.tree_leaves(preconditioner)
     if not leaves:
         raise ValueError("preconditioner must hold at least one array (the diagonal of P).")
-    tree = jax.tree.map(lambda x: validation.float_array("preconditioner", x), preconditioner)
+    tree = jax.tree.map(lambda x: input_checks.float_array("preconditioner", x), preconditioner)
     for leaf in jax.tree_util.tree_leaves(tree):
-        if validation.known_true(~jnp.all(jnp.isfinite(leaf) & (leaf > 0))):
+        if input_checks.known_true(~jnp.all(jnp.isfinite(leaf) & (leaf > 0))):
             raise ValueError(
                 "preconditioner must be a diagonal P > 0: every entry finite and positive "
                 "(it multiplies the gradient elementwise; use 1 to leave a coordinate as is)."

@@ -2,7 +2,7 @@
 
 :func:`~l2l_jax.inner.unroll.train_step` is the scan body (the gradient of
 :func:`~l2l_jax.inner.unroll.gradient_fn` at ``w_t``, then the optimizer's update) that
-:func:`~l2l_jax.inner.unroll`, truncated meta-training (:mod:`l2l_jax.meta.truncated.runs`)
+:func:`~l2l_jax.inner.unroll`, truncated meta-training (:mod:`l2l_jax.truncated.runs`)
 and :func:`rollout` step with.
 :func:`rollout` runs it in chunks of ``every`` steps and records what the caller asks
 for (``record(params, opt_state)``) at the points of :func:`record_points`, so an
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 from l2l_jax.inner.unroll import OPTIMIZER, train_step
 
@@ -34,8 +34,8 @@ Record = Callable[[chex.ArrayTree, chex.ArrayTree], Any]
 
 def record_points(steps: int, every: int) -> np.ndarray:
     """The steps a :func:`rollout` records at: ``0, e, 2e, ..., steps`` (``steps`` once)."""
-    steps = validation.positive_int("steps", steps)
-    every = validation.positive_int("every", every)
+    steps = input_checks.positive_int("steps", steps)
+    every = input_checks.positive_int("every", every)
     points = list(range(0, steps + 1, every))
     if points[-1] != steps:
         points.append(steps)
@@ -62,9 +62,9 @@ def rollout(
     one shorter last chunk), each chunk an inner ``lax.scan`` of :func:`train_step`; the
     records are computed between chunks only. ``steps`` and ``every`` are static.
     """
-    steps = validation.positive_int("steps", steps)
-    every = validation.positive_int("every", every)
-    validation.prng_key("key", key)
+    steps = input_checks.positive_int("steps", steps)
+    every = input_checks.positive_int("every", every)
+    input_checks.prng_key("key", key)
     step = train_step(task, optimizer, hparams, batch_size)
     carry = (params, optimizer.init(params, hparams))
     step_keys = jax.random.split(key, steps)
@@ -84,7 +84,7 @@ def rollout(
     return carry, jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
 
 
-def keyed_rollout(
+def rollout_from_keys(
     task,
     optimizer: InnerOptimizer,
     hparams: HParams,

@@ -20,7 +20,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 
 Array = jnp.ndarray
@@ -199,12 +199,12 @@ def unroll(
     ``record(task, w)`` (optional) is evaluated on every new iterate ``w_1..w_t`` inside
     the scan and returned stacked in ``UnrollResult.records``.
     """
-    steps = validation.positive_int("steps", steps)
+    steps = input_checks.positive_int("steps", steps)
     segment = remat_segment(remat, steps)
     if getattr(task, "batch_shape", ()):
         raise ValueError(
             f"unroll runs one task, got a batch {task!r}: use jax.vmap over the tasks, or "
-            "meta.meta_objective(..., batched=True) for the mean objective over the batch."
+            "metagrad.meta_objective(..., batched=True) for the mean objective over the batch."
         )
     radius = _radius(task, max_norm)
     params = task.init_params()
@@ -212,7 +212,7 @@ def unroll(
     if optimizer.batch_size is not None and key is None:
         raise ValueError(f"inner.{optimizer.name} is stochastic: pass key=jax.random.key(...).")
     if key is not None:
-        validation.prng_key("key", key)
+        input_checks.prng_key("key", key)
     plain_step = train_step(task, optimizer, hparams)
     xs = None if optimizer.batch_size is None else jax.random.split(key, steps)
 
@@ -259,7 +259,7 @@ def _radius(task, max_norm: MaxNorm | None) -> Array | None:
     if isinstance(radius, (str, bytes, bool)) or jnp.ndim(radius) != 0:
         raise TypeError(f"max_norm must be a positive scalar (or task -> scalar), got {radius!r}.")
     radius = jnp.asarray(radius)
-    if validation.known_true(~(radius > 0)):
+    if input_checks.known_true(~(radius > 0)):
         raise ValueError(
             f"max_norm must be > 0 (the truncation radius R, e.g. 40 * sigma), got {radius}; "
             "pass max_norm=None to turn truncation off."

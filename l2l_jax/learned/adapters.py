@@ -2,8 +2,8 @@
 optimizer (:class:`~l2l_jax.learned.MLPLOpt`, :class:`~l2l_jax.learned.NominalLOpt`):
 
 * :func:`inner_optimizer`: an :class:`~l2l_jax.inner.InnerOptimizer` whose
-  hyperparameters are the meta-parameters (for ``inner.unroll``, ``meta.meta_objective``
-  and ``meta.meta_train``); :func:`as_inner_optimizer` passes inner optimizers through;
+  hyperparameters are the meta-parameters (for ``inner.unroll``, ``metagrad.meta_objective``
+  and ``truncated.meta_train``); :func:`as_inner_optimizer` passes inner optimizers through;
 * :func:`as_optax`: fixed meta-parameters as an ``optax.GradientTransformation``;
 * :func:`save` / :func:`load`: orbax checkpoints of (architecture, meta-parameters),
   the kind read back from the stored config.
@@ -19,7 +19,7 @@ import chex
 import optax
 from flax import nnx
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.learned import common
 from l2l_jax.learned.mlp_lopt import LOptConfig, MLPLOpt, MLPNet
@@ -40,7 +40,7 @@ class LearnedInnerOptimizer:
     hyperparameters are its meta-parameters.
 
     ``unroll(task, inner_optimizer(lopt), meta_params, steps)`` runs the learned optimizer;
-    ``meta.meta_objective(..., grad="autodiff")`` differentiates through it.
+    ``metagrad.meta_objective(..., grad="autodiff")`` differentiates through it.
     """
 
     lopt: common.NetOptimizer
@@ -133,7 +133,7 @@ def as_optax(lopt: common.NetOptimizer, meta_params: MetaParams) -> optax.Gradie
     ``tx.update(grads, state, params)`` requires ``params`` (a feature of the MLP) and is
     ``lopt.update(state.meta_params, grads, state.lopt_state, params)``.
     """
-    validation.meta_params("meta_params", meta_params, lopt)
+    input_checks.meta_params("meta_params", meta_params, lopt)
 
     def init_fn(params):
         return OptaxState(meta_params=meta_params, lopt_state=lopt.init(params))

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 from l2l_jax.learned import common
 
 Array = jax.Array
@@ -439,7 +439,7 @@ def descent_init(
         raise ValueError(
             f"descent_init needs >= 2 units per hidden layer, got {lopt.config.hidden_sizes}."
         )
-    validation.meta_params("meta_params", meta_params, lopt)
+    input_checks.meta_params("meta_params", meta_params, lopt)
     index = names.index(feature)
     out = jax.tree.map(jnp.asarray, meta_params)
     pos_neg = jnp.asarray([1.0, -1.0])

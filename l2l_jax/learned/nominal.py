@@ -37,7 +37,7 @@ weight instead of computing one ``x^T delta`` product.
 
 Meta-parameters are a plain nested dict (``nnx.to_pure_dict`` of :class:`NominalNet`);
 :meth:`NominalLOpt.update` is pure, so the optimizer plugs into
-:mod:`l2l_jax.meta.truncated` and the adapters of :mod:`l2l_jax.learned.adapters`
+:mod:`l2l_jax.truncated` and the adapters of :mod:`l2l_jax.learned.adapters`
 (``learned.as_optax``, ``learned.inner_optimizer``, ``learned.save``/``learned.load``)
 like :class:`~l2l_jax.learned.MLPLOpt`.
 """

@@ -7,7 +7,7 @@ split). A family is the object that draws them (learned_optimization's ``TaskFam
 * ``family.sample(key)`` returns a *draw*: a small pytree of arrays with fixed shapes
   (indices, labels), so sampling works inside ``jit`` and ``vmap``;
 * ``family.task(draw)`` returns the task that draw describes, with the task protocol of
-  :mod:`l2l_jax.meta.truncated.tasks` (``init_params(key)``, ``loss``, ``batch_loss``,
+  :mod:`l2l_jax.truncated.tasks` (``init_params(key)``, ``loss``, ``batch_loss``,
   ``valid_batch_loss``, ``num_examples``, ``num_valid``). It may be a view that gathers
   only the rows a minibatch needs, never a copy of the data.
 
@@ -29,7 +29,7 @@ Array = jax.Array
 
 @runtime_checkable
 class TaskFamily(Protocol):
-    """What :func:`l2l_jax.meta.meta_train` asks of a distribution over tasks."""
+    """What :func:`l2l_jax.truncated.meta_train` asks of a distribution over tasks."""
 
     def sample(self, key: chex.PRNGKey) -> chex.ArrayTree:
         """One draw (fixed shapes, traceable: called under ``jit``/``vmap``)."""

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 
 Array = jnp.ndarray
 
@@ -32,7 +32,7 @@ class LeastSquares:
     ``w_star (d,)`` and the noise level ``sigma ()``, each with the same leading batch axes
     for a batch. Inner optimizers start from ``w0 = 0``. The task methods (``loss``,
     ``valid_loss``, ...) are for a single task; map over a batch with ``jax.vmap`` (or
-    ``meta.meta_objective(..., batched=True)``, which does that).
+    ``metagrad.meta_objective(..., batched=True)``, which does that).
     """
 
     def __init__(
@@ -45,7 +45,7 @@ class LeastSquares:
         sigma: Array | float,
     ):
         arrays = {
-            name: validation.float_array(name, value)
+            name: input_checks.float_array(name, value)
             for name, value in zip(
                 _FIELDS, (x_train, y_train, x_valid, y_valid, w_star, sigma), strict=True
             )
@@ -54,8 +54,8 @@ class LeastSquares:
         arrays = {name: a.astype(dtype) for name, a in arrays.items()}
         _check_shapes(arrays)
         for name, a in arrays.items():
-            validation.finite(name, a)
-        if validation.known_true(jnp.any(arrays["sigma"] < 0)):
+            input_checks.finite(name, a)
+        if input_checks.known_true(jnp.any(arrays["sigma"] < 0)):
             raise ValueError(f"sigma must be >= 0 (the noise standard deviation), got {sigma}.")
         for name in _FIELDS:
             setattr(self, name, arrays[name])
@@ -88,11 +88,11 @@ class LeastSquares:
         ``d``, ``n_train`` and ``n_valid`` are static Python ints; ``sigma`` may be traced.
         Works under ``jit``/``vmap`` (see :meth:`sample_batch`).
         """
-        d = validation.positive_int("d", d)
-        n_train = validation.positive_int("n_train", n_train)
+        d = input_checks.positive_int("d", d)
+        n_train = input_checks.positive_int("n_train", n_train)
         n_valid = _non_negative_int("n_valid", n_valid)
         _check_sigma(sigma)
-        validation.prng_key("key", key)
+        input_checks.prng_key("key", key)
         arrays = _sample_arrays(key, jnp.asarray(sigma, dtype), d, n_train, n_valid, dtype)
         return cls(*arrays)
 
@@ -112,12 +112,12 @@ class LeastSquares:
         Task ``i`` is ``LeastSquares.sample(jax.random.split(key, m)[i], ...)``: a
         ``jax.vmap`` over the keys, not a loop.
         """
-        m = validation.positive_int("m", m)
-        d = validation.positive_int("d", d)
-        n_train = validation.positive_int("n_train", n_train)
+        m = input_checks.positive_int("m", m)
+        d = input_checks.positive_int("d", d)
+        n_train = input_checks.positive_int("n_train", n_train)
         n_valid = _non_negative_int("n_valid", n_valid)
         _check_sigma(sigma)
-        validation.prng_key("key", key)
+        input_checks.prng_key("key", key)
         sigma = jnp.asarray(sigma, dtype)
         arrays = _sample_batch_arrays(key, sigma, m, d, n_train, n_valid, dtype)
         return cls(*arrays)
@@ -242,7 +242,7 @@ def _non_negative_int(name: str, x) -> int:
 def _check_sigma(sigma) -> None:
     if isinstance(sigma, (str, bytes, bool)) or sigma is None:
         raise TypeError(f"sigma must be a number >= 0, got {sigma!r}.")
-    if validation.is_concrete(sigma):
+    if input_checks.is_concrete(sigma):
         s = np.asarray(sigma, np.float64)
         if s.shape != () or not np.isfinite(s) or s < 0:
             raise ValueError(

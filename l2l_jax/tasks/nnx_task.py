@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 
 Array = jax.Array
 LossFn = Callable[[Array, Array], Array]
@@ -106,7 +106,7 @@ def nnx_task(
         x_valid, y_valid = x[:0], y[:0]
     x_valid, y_valid = jnp.asarray(x_valid), jnp.asarray(y_valid)
     for name, value in {"x": x, "y": y, "x_valid": x_valid, "y_valid": y_valid}.items():
-        validation.finite(name, value)  # a NaN would make every loss NaN, silently
+        input_checks.finite(name, value)  # a NaN would make every loss NaN, silently
     for name, (a, b) in {"x, y": (x, y), "x_valid, y_valid": (x_valid, y_valid)}.items():
         if a.shape[:1] != b.shape[:1]:
             raise ValueError(f"{name} must have the same number of rows, got {a.shape}, {b.shape}.")

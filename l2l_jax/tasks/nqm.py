@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 
 Array = jnp.ndarray
 
@@ -66,15 +66,15 @@ class NQM:
         init_scale: float | Array = 1.0,
         num_examples: int = MAX_EXAMPLES,
     ):
-        curvature = validation.float_array("curvature", curvature)
+        curvature = input_checks.float_array("curvature", curvature)
         if curvature.ndim < 1 or curvature.shape[-1] < 1:
             raise ValueError(
                 f"curvature must be a (d,) vector of the diagonal Hessian with d >= 1, "
                 f"got shape {curvature.shape}."
             )
         dtype = curvature.dtype
-        noise_scale = validation.float_array("noise_scale", noise_scale).astype(dtype)
-        init_scale = validation.float_array("init_scale", init_scale).astype(dtype)
+        noise_scale = input_checks.float_array("noise_scale", noise_scale).astype(dtype)
+        init_scale = input_checks.float_array("init_scale", init_scale).astype(dtype)
         batch = curvature.shape[:-1]
         for name, value in (("noise_scale", noise_scale), ("init_scale", init_scale)):
             if value.shape != batch:
@@ -126,12 +126,12 @@ class NQM:
 
         ``key`` is split into the initialization and noise keys.
         """
-        dim = validation.positive_int("dim", dim)
+        dim = input_checks.positive_int("dim", dim)
         if isinstance(power, bool) or not isinstance(power, numbers.Real):
             raise TypeError(f"power must be a real number (h_i = scale * i^-power), got {power!r}.")
         if not math.isfinite(power):
             raise ValueError(f"power must be finite (h_i = scale * i^-power), got {power}.")
-        validation.positive("scale", scale)
+        input_checks.positive("scale", scale)
         curvature = scale * np.arange(1, dim + 1, dtype=np.float64) ** (-float(power))
         return cls.from_curvature(
             key, curvature, noise_scale=noise_scale, init_scale=init_scale, dtype=dtype
@@ -149,7 +149,7 @@ class NQM:
     ) -> NQM:
         """The NQM with the given diagonal ``curvature``; ``key`` -> init and noise keys."""
         k_init, k_noise = jax.random.split(_typed_key("key", key))
-        curvature = validation.float_array("curvature", curvature)
+        curvature = input_checks.float_array("curvature", curvature)
         return cls(
             curvature.astype(dtype or curvature.dtype),
             init_key=k_init,
@@ -172,7 +172,7 @@ class NQM:
         """The same task with curvature ``factor * h`` (noise covariance ``factor * C`` too,
         keeping ``C = noise_scale * H``): a sweep over ``factor`` probes where an optimizer
         is stable (Harrison et al. Sec. 3). ``factor`` may be traced (``vmap`` over it)."""
-        if validation.known_true(~(jnp.asarray(factor) > 0)):
+        if input_checks.known_true(~(jnp.asarray(factor) > 0)):
             raise ValueError(f"factor must be > 0 (it multiplies the curvature), got {factor}.")
         return self._with(curvature=self.curvature * jnp.asarray(factor, self.dtype))
 
@@ -250,13 +250,13 @@ class NQM:
     def sample_gradient(self, params: Array, key: chex.PRNGKey, batch_size: int) -> Array:
         """A minibatch gradient, drawn as the library's samplers do
         (``randint(key, (batch_size,), 0, num_examples)``, ``inner.unroll.gradient_fn``)."""
-        batch_size = validation.positive_int("batch_size", batch_size)
+        batch_size = input_checks.positive_int("batch_size", batch_size)
         idx = jax.random.randint(key, (batch_size,), 0, self.num_examples)
         return jax.grad(self.batch_loss)(params, idx)
 
     def gradient_variance(self, batch_size: int) -> Array:
         """``Var[g_i] = noise_scale * h_i / B`` of a minibatch gradient (Zhang et al. Sec. 3.1)."""
-        batch_size = validation.positive_int("batch_size", batch_size)
+        batch_size = input_checks.positive_int("batch_size", batch_size)
         return self.noise_scale * self.curvature / batch_size
 
     def sgd_expected_loss(
@@ -285,7 +285,7 @@ class NQM:
 
 def _typed_key(name: str, key) -> jax.Array:
     """A typed PRNG key from a typed key or raw ``uint32[..., 2]`` key data."""
-    key = validation.prng_key(name, key, batched=True)
+    key = input_checks.prng_key(name, key, batched=True)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
     return jax.random.wrap_key_data(key)
@@ -293,7 +293,7 @@ def _typed_key(name: str, key) -> jax.Array:
 
 def _check_values(curvature: Array, noise_scale: Array, init_scale: Array) -> None:
     """Concrete values: ``h > 0`` finite, ``noise_scale >= 0`` finite, ``init_scale > 0``."""
-    if validation.is_concrete(curvature):
+    if input_checks.is_concrete(curvature):
         h = np.asarray(curvature, np.float64)
         if not np.all(np.isfinite(h) & (h > 0)):
             raise ValueError(
@@ -304,7 +304,7 @@ def _check_values(curvature: Array, noise_scale: Array, init_scale: Array) -> No
         ("noise_scale", noise_scale, True),
         ("init_scale", init_scale, False),
     ):
-        if validation.is_concrete(value):
+        if input_checks.is_concrete(value):
             v = np.asarray(value, np.float64)
             ok = np.isfinite(v) & ((v >= 0) if allow_zero else (v > 0))
             if not np.all(ok):

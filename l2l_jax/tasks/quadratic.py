@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import validation
+from l2l_jax import input_checks
 
 Array = jnp.ndarray
 
@@ -27,8 +27,8 @@ class Quadratic:
     """
 
     def __init__(self, hessian: Array, w0: Array, factor: Array | None = None):
-        hessian = validation.float_array("hessian", hessian)
-        w0 = validation.float_array("w0", w0)
+        hessian = input_checks.float_array("hessian", hessian)
+        w0 = input_checks.float_array("w0", w0)
         if hessian.ndim != 2 or hessian.shape[0] != hessian.shape[1]:
             raise ValueError(f"hessian must be a square (d, d) matrix, got shape {hessian.shape}.")
         if w0.shape != (hessian.shape[0],):
@@ -39,7 +39,7 @@ class Quadratic:
         dtype = jnp.result_type(hessian, w0)
         hessian, w0 = hessian.astype(dtype), w0.astype(dtype)
         if factor is not None:
-            factor = validation.float_array("factor", factor).astype(dtype)
+            factor = input_checks.float_array("factor", factor).astype(dtype)
             if factor.ndim != 2 or factor.shape[0] != hessian.shape[0]:
                 raise ValueError(
                     f"factor must be a (d, m) matrix with H = X X^T and d = {hessian.shape[0]}, "
@@ -47,13 +47,13 @@ class Quadratic:
                 )
         self.hessian, self.w0, self.factor = hessian, w0, factor
         # before the eigendecomposition, which would fail on NaN/inf without naming them
-        validation.finite("hessian", hessian)
+        input_checks.finite("hessian", hessian)
         if factor is not None:
-            validation.finite("factor", factor)
+            input_checks.finite("factor", factor)
         self.eigenvalues, self.eigenvectors = _eigh(hessian)
-        if validation.is_concrete(hessian):
+        if input_checks.is_concrete(hessian):
             _check_spd(np.asarray(hessian, np.float64), np.asarray(self.eigenvalues))
-            validation.finite("w0", w0)
+            input_checks.finite("w0", w0)
             if not np.any(np.asarray(w0)):
                 raise ValueError("w0 must be non-zero: f(w0) = 0 leaves nothing to optimize.")
 
@@ -93,10 +93,10 @@ class Quadratic:
         (``w0="sphere"``) or standard Gaussian (``w0="gaussian"``, as in the paper's
         code, where ``width = dim``). ``X`` is kept as the task's ``factor``.
         """
-        validation.prng_key("key", key)
-        validation.positive_int("dim", dim)
-        validation.positive("scale", scale)
-        width = 2 * dim if width is None else validation.positive_int("width", width)
+        input_checks.prng_key("key", key)
+        input_checks.positive_int("dim", dim)
+        input_checks.positive("scale", scale)
+        width = 2 * dim if width is None else input_checks.positive_int("width", width)
         if w0 not in ("sphere", "gaussian"):
             raise ValueError(f"w0 must be 'sphere' or 'gaussian', got {w0!r}.")
         k_x, k_w = jax.random.split(key)
@@ -115,8 +115,8 @@ class Quadratic:
     @classmethod
     def from_spectrum(cls, eigenvalues: Array, coefficients: Array, dtype=None):
         """The diagonal task ``H = diag(eigenvalues)``, ``w0 = coefficients``."""
-        lam = validation.float_array("eigenvalues", eigenvalues)
-        c = validation.float_array("coefficients", coefficients)
+        lam = input_checks.float_array("eigenvalues", eigenvalues)
+        c = input_checks.float_array("coefficients", coefficients)
         dtype = dtype or jnp.result_type(lam, c)
         return cls(hessian=jnp.diag(lam).astype(dtype), w0=c.astype(dtype))
 
@@ -184,7 +184,7 @@ def _x64() -> bool:
 
 def _eigh(hessian: Array) -> tuple[Array, Array]:
     """Ascending eigendecomposition, in float64 on the host when ``hessian`` is concrete."""
-    if validation.is_concrete(hessian):
+    if input_checks.is_concrete(hessian):
         h = np.asarray(hessian, np.float64)
         lam, vec = np.linalg.eigh(0.5 * (h + h.T))
         return jnp.asarray(lam, hessian.dtype), jnp.asarray(vec, hessian.dtype)
@@ -193,7 +193,7 @@ def _eigh(hessian: Array) -> tuple[Array, Array]:
 
 
 def _check_spd(h: np.ndarray, eigenvalues: np.ndarray) -> None:
-    validation.finite("hessian", h)
+    input_checks.finite("hessian", h)
     scale = np.max(np.abs(h))
     if not np.allclose(h, h.T, rtol=0.0, atol=1e-6 * scale):
         err = np.max(np.abs(h - h.T))

@@ -1,0 +1,10 @@
+"""Figure 4(a) of Wang et al. (2021); the setting is ``configs/fig4a.py``."""
+
+from __future__ import annotations
+
+import functools
+
+from experiments import mnist_lopt, mnist_report
+
+run = functools.partial(mnist_lopt.run_setting, "fig4a")
+summarize = mnist_report.summary

@@ -1,0 +1,70 @@
+"""Figure 5 of Wang et al. (2021) and the claims of Figures 4-5 over seeds
+(``configs/fig5.py``): reads the fig4a-c results, writes ``results.json`` and
+``claims.md`` (included in ``docs/experiments/fig4.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from experiments import common, mnist_report
+
+
+def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Load the settings' results (missing ones are named, not fatal), check the claims."""
+    del progress
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded, missing = {}, {}
+    for name, path in cfg.results.items():
+        path = Path(path)
+        rerun = f"`python -m experiments {name} --out {path.parent}`"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if "per_seed" in stored:
+                loaded[name] = stored
+            else:
+                missing[name] = f"{path} has no per_seed results (an older protocol): run {rerun}"
+        else:
+            missing[name] = f"{path} not found: run {rerun}"
+    results = {
+        "experiment": "fig5",
+        "config": cfg.to_dict(),
+        "missing": missing,
+        "claims": mnist_report.claims(loaded),
+        "train_acc_fig4b": loaded["fig4b"]["summary"]["train_acc"] if "fig4b" in loaded else None,
+        "seeds": {k: [r["seed"] for r in v["per_seed"]] for k, v in loaded.items()},
+    }
+    (out / "claims.md").write_text(claims_table(results) + "\n")
+    common.write_json(out / "results.json", results)
+    return common.jsonable(results)
+
+
+def claims_table(results: dict[str, Any]) -> str:
+    """Markdown: each claim, passed or failed (or not checked), with its numbers."""
+    rows = [
+        "| claim | result | numbers (points; mean [95% t-interval] over seeds) |",
+        "|---|---|---|",
+    ]
+    for claim, entry in results["claims"].items():
+        verdict = {True: "**true**", False: "**false**", None: "not checked"}[entry["passed"]]
+        numbers = "; ".join(f"{k}: {_stat(v)}" for k, v in entry.items() if k != "passed")
+        rows.append(f"| {claim} | {verdict} | {numbers} |")
+    for name, why in results["missing"].items():
+        rows.append(f"| ({name} missing) | | {why} |")
+    return "\n".join(rows)
+
+
+def _stat(stat) -> str:
+    if stat is None:
+        return "missing"
+    lo, hi = stat["ci95"]
+    interval = "" if lo is None else f" [{lo:.1f}, {hi:.1f}]"
+    return f"{stat['mean']:+.1f}{interval} (n={stat['n']})"
+
+
+def summarize(results: dict[str, Any]) -> str:
+    return claims_table(results)

@@ -1,0 +1,35 @@
+"""The built distribution is the library alone: ``pip install .`` installs ``l2l_jax`` and
+nothing else (the experiments, their configs, the benchmarks and the results stay in the
+repository)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_holds_l2l_jax_only(tmp_path):
+    # --no-build-isolation: the build backend (setuptools, a dev dependency) is already in
+    # the environment, so the test builds offline
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation"]
+        + ["--wheel-dir", str(tmp_path), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("l2l_jax-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"l2l_jax"}, sorted(top)
+    top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["l2l_jax"]
+    # the library's subpackages are all in it
+    for package in ("inner", "tasks", "metagrad", "truncated", "learned", "hyper.py"):
+        assert any(n.startswith(f"l2l_jax/{package}") for n in names), package
