@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_wheel_holds_l2l_jax_only(tmp_path):
     # --no-build-isolation: the build backend (setuptools, a dev dependency) is already in
     # the environment, so the test builds offline
+    build = ["wheel", str(ROOT), "--no-deps", "--no-build-isolation", "--quiet"]
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation"]
-        + ["--wheel-dir", str(tmp_path), "--quiet"],
+        [sys.executable, "-m", "pip", *build, "--wheel-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
