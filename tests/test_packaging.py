@@ -4,6 +4,7 @@ repository)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,9 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_l2l_jax_only(tmp_path):
+    # a copy of the repository (less results, docs and caches): setuptools writes build/
+    # and *.egg-info beside pyproject.toml, which must not touch the checkout
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns(".*", "__pycache__", "results", "site", "build", "*.egg-info")
+    shutil.copytree(ROOT, src, ignore=ignore)
     # --no-build-isolation: the build backend (setuptools, a dev dependency) is already in
     # the environment, so the test builds offline
-    build = ["wheel", str(ROOT), "--no-deps", "--no-build-isolation", "--quiet"]
+    build = ["wheel", str(src), "--no-deps", "--no-build-isolation", "--quiet"]
     out = subprocess.run(
         [sys.executable, "-m", "pip", *build, "--wheel-dir", str(tmp_path)],
         capture_output=True,
