@@ -2,7 +2,8 @@
 
 Each experiment module has ``run(config, out, progress) -> results`` (writes
 ``out/results.json`` and PNG figures) and ``summarize(results) -> str``; its config is
-``configs/<name>.py``.
+``configs/<name>.py``; :mod:`experiments.registry` finds them (a module that declares
+``PAGE``, ``GROUP`` and ``ORDER``).
 """
 
 from __future__ import annotations
@@ -10,25 +11,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXPERIMENTS = (
-    "fig1",
-    "fig1_momentum",
-    "thm3",
-    "sweep",
-    "fig2",
-    "fig3",
-    "thm5",
-    "thm6",
-    "fig4a",
-    "fig4b",
-    "fig4c",
-    "fig5",
-    "towers",
-    "stability",
-    "ood",
-    "meta_tune",
-    "health",
-)
+from experiments import registry
+
+EXPERIMENTS = registry.names()
 
 
 def get(name: str) -> ModuleType:

@@ -25,6 +25,7 @@ from pathlib import Path
 import ml_collections
 
 import experiments
+from experiments import registry
 
 
 def load_config(name: str, preset: str = "default") -> ml_collections.ConfigDict:
@@ -197,8 +198,32 @@ def _experiments_epilog() -> str:
     return "\n".join(lines)
 
 
+def registry_listing(argv: Sequence[str]) -> str:
+    """``--list [GROUP]``: the registered names, one per line; ``--runs [GROUP]``: one line
+    per stored run, ``NAME RESULTS_FOLDER [ARGS...]`` (what ``make figures`` runs)."""
+    what, *rest = argv
+    if len(rest) > 1:
+        raise SystemExit(f"usage: python -m experiments {what} [{'|'.join(registry.GROUPS)}]")
+    group = rest[0] if rest else None
+    try:
+        chosen = registry.names(group)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if what == "--list":
+        return "\n".join(chosen)
+    return "\n".join(
+        " ".join((e.name, out, *args))
+        for e in registry.experiments()
+        if e.name in chosen
+        for out, args in e.runs
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--list", "--runs"):
+        print(registry_listing(argv))
+        return {}
     asked = [a for a in argv if a in experiments.EXPERIMENTS]
     if asked and ("-h" in argv or "--help" in argv):
         preset = "default"

@@ -17,6 +17,10 @@ from experiments import common
 from l2l_jax import inner, metagrad, objectives
 from l2l_jax.closed_forms import reference
 
+PAGE = "experiments/fig1.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 10
+
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict:
     """Meta-train ``eta`` with every method of ``cfg.methods``; write results and figure."""

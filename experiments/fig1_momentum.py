@@ -14,6 +14,10 @@ import optax
 from experiments import common
 from l2l_jax import inner, metagrad, tasks
 
+PAGE = "experiments/health.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 20
+
 
 def log_loss(task64, steps: int):
     """Heavy ball's stable log-loss ``F({"learning_rate", "momentum"})`` on ``task64``."""

@@ -8,6 +8,10 @@ import ml_collections
 
 from experiments import common, generalization
 
+PAGE = "experiments/fig3.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 60
+
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict:
     settings = generalization.sample_size_sweep(cfg, "fig3 n", progress)

@@ -6,5 +6,9 @@ import functools
 
 from experiments import mnist_lopt, mnist_report
 
+PAGE = "experiments/fig4.md"  # the documentation page (experiments/registry.py)
+GROUP = "mnist"
+ORDER = 100
+
 run = functools.partial(mnist_lopt.run_setting, "fig4a")
 summarize = mnist_report.summary

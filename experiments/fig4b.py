@@ -6,5 +6,9 @@ import functools
 
 from experiments import mnist_lopt, mnist_report
 
+PAGE = "experiments/fig4.md"  # the documentation page (experiments/registry.py)
+GROUP = "mnist"
+ORDER = 110
+
 run = functools.partial(mnist_lopt.run_setting, "fig4b")
 summarize = mnist_report.summary

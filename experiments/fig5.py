@@ -12,6 +12,10 @@ import ml_collections
 
 from experiments import common, mnist_report
 
+PAGE = "experiments/fig4.md"  # the documentation page (experiments/registry.py)
+GROUP = "mnist"
+ORDER = 130
+
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict[str, Any]:
     """Load the settings' results (missing ones are named, not fatal), check the claims."""

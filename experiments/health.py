@@ -18,6 +18,10 @@ from l2l_jax import inner, learned, metagrad, tasks
 from l2l_jax.analysis import lyapunov, stability
 from l2l_jax.data import mnist as mnist_data
 
+PAGE = "experiments/health.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 25
+
 
 def step_radius(method: str, eta: float, beta: float, lam: np.ndarray) -> float:
     """Closed form: the largest |eigenvalue| of GD's (``1 - eta l``) or heavy ball's

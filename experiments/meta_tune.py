@@ -26,6 +26,10 @@ from experiments import common
 from experiments import mnist_lopt as mnist
 from l2l_jax.data import mnist as mnist_data
 
+PAGE = "experiments/fig4.md"  # the documentation page (experiments/registry.py)
+GROUP = "mnist"
+ORDER = 90
+
 
 def combinations(cfg: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     """Every ``{"meta_lr", "es_sigma", "meta_batch"}`` of the grid."""

@@ -53,6 +53,15 @@ from l2l_jax.inner.rollout import record_points, rollout_from_keys
 from l2l_jax.learned import nominal
 from l2l_jax.tasks import NQM, MnistMLP
 
+PAGE = "experiments/ood.md"  # the documentation page (experiments/registry.py)
+GROUP = "mnist"
+ORDER = 160
+RUNS = {
+    "ood": [],
+    "ood_paper": ["--preset", "paper"],
+    "ood_paper_seed1": ["--preset", "paper", "--config.seed=1"],
+}
+
 FAMILIES = ("mnist", "digits", "nqm")
 PLAIN_STARTS = ("descent", "random")
 _FIELDS = {

@@ -39,6 +39,10 @@ from l2l_jax.analysis import stability
 from l2l_jax.inner import tuning
 from l2l_jax.inner.rollout import rollout
 
+PAGE = "experiments/stability.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 150
+
 
 # -- configuration -> objects --------------------------------------------------------------
 def log_range(name: str, spec) -> np.ndarray:

@@ -21,6 +21,10 @@ from experiments import common
 from l2l_jax import inner, metagrad, objectives
 from l2l_jax.closed_forms import reference
 
+PAGE = "experiments/sweep.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 40
+
 
 def _cell(task, steps, eta0, method, c, cfg) -> np.ndarray:
     F = metagrad.meta_objective(task, inner.gd(), objectives.log_loss(), steps=steps, grad=method)

@@ -22,6 +22,10 @@ from experiments import common
 from l2l_jax import inner, metagrad
 from l2l_jax.closed_forms import reference
 
+PAGE = "experiments/thm3.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 30
+
 
 def exact_log10_grad(objective: str, eta: float, lam, coef, t: int) -> float:
     """``log10 |F'(eta)|`` in 50-digit arithmetic."""

@@ -9,6 +9,10 @@ import numpy as np
 
 from experiments import common, generalization
 
+PAGE = "experiments/thm5.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 70
+
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict:
     settings = generalization.sweep_settings(

@@ -9,6 +9,10 @@ import numpy as np
 
 from experiments import common, generalization
 
+PAGE = "experiments/thm6.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 80
+
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict:
     settings = generalization.sample_size_sweep(cfg, "thm6 n", progress)

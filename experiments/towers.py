@@ -41,6 +41,10 @@ from l2l_jax import hyper, tasks
 from l2l_jax.data import mnist as mnist_data
 from l2l_jax.tasks import mnist as mnist_task
 
+PAGE = "experiments/towers.md"  # the documentation page (experiments/registry.py)
+GROUP = "quick"
+ORDER = 140
+
 FACTORIES = {"sgd": optax.sgd, "adam": optax.adam}
 LABELS = {"sgd": "SGD", "adam": "Adam"}
 
