@@ -126,7 +126,10 @@ def test_every_rule_has_a_reason_and_compiles():
     for rules in compare_results.RULES.values():
         for pattern, tol, why in rules:
             re.compile(pattern)
-            assert set(tol) <= {"rel", "abs", "skip", "per_seed", "float32_range"} and len(why) > 20
+            assert (
+                set(tol) <= {"rel", "abs", "skip", "per_seed", "float32_range", "ls"}
+                and len(why) > 20
+            )
     assert compare_results.rule_for("fig1", "/trajectories/stable[3]")[1] == compare_results.F32
     assert compare_results.rule_for("fig4b", "/details/0/x") is not None
     assert compare_results.rule_for("fig1", "/unnamed") is None
@@ -203,3 +206,49 @@ def test_thm3_float32_beyond_its_range_is_not_a_claim(tmp_path):
     new["curves"][0]["autodiff_float32"][0] = -150.0
     rc, res, _ = _run(tmp_path, new, old, name="thm3")
     assert rc == 1 and len(res["differ"]) == 2
+
+
+def _least_squares(eta_best, eta_star, objective, path_eta, gap):
+    """A fig2-like results file: a geometric grid of 4 points (ratio 1.1), one setting."""
+    grid = [0.1 * 1.1**k for k in range(4)]
+    setting = {
+        "eta_grid_best_tbt": eta_best,
+        "eta_star_tbt": eta_star,
+        "meta_objective_tbt": objective,
+        "meta_gd_tbt": {"eta": path_eta},
+        "test_rmse_tbt": 0.5,
+        "test_rmse_tbv": 0.45,
+    }
+    return {
+        "environment": {"jax": "0.10.2"},  # no host: another host
+        "config": {"refine_lr": 0.02},
+        "eta_grid": grid,
+        "settings": [setting],
+        "checks": {"test_rmse_gap_per_n": [gap]},
+    }
+
+
+def test_least_squares_tuned_step_sizes_within_their_derived_tolerances(tmp_path):
+    grid = [0.1 * 1.1**k for k in range(4)]
+    flat = [2.0, 1.0005, 1.0, 3.0]  # the grid's minimum at 2, its neighbour 1 within 1e-3
+    old = _least_squares(grid[2], grid[2] * 1.01, flat, [grid[2], grid[2] * 1.01], 0.05)
+    # another iterate one Adam step away (2% at refine_lr = 0.02), a cancelling gap moved by
+    # 1e-3 x 0.95 absolute: a pass
+    new = _least_squares(grid[2], grid[2] * 1.01 * 1.019, flat, [grid[2], grid[2] * 1.01], 0.0495)
+    rc, res, _ = _run(tmp_path, new, old, "fig2")
+    assert rc == 0, res["differ"]
+    # beyond one Adam step: reported
+    new["settings"][0]["eta_star_tbt"] = grid[2] * 1.01 * 1.03
+    rc, res, _ = _run(tmp_path, new, old, "fig2")
+    assert [d[0] for d in res["differ"]] == ["/settings[0]/eta_star_tbt"]
+    # the grid's pick moves to a neighbour where the objective is as low: accepted, eta*
+    # within a grid spacing and a step, and the path from another start is not compared
+    new = _least_squares(grid[1], grid[1] * 1.05, flat, [grid[1], grid[1] * 1.2], 0.05)
+    rc, res, _ = _run(tmp_path, new, old, "fig2")
+    assert rc == 0 and res["skipped"] == 1, res["differ"]  # the path, one subtree
+    # ... but not to a neighbour where it is not flat, nor two points away
+    for k, objective in ((3, flat), (1, [2.0, 1.01, 1.0, 3.0]), (0, flat)):
+        old["settings"][0]["meta_objective_tbt"] = objective
+        new["settings"][0]["eta_grid_best_tbt"] = grid[k]
+        rc, res, _ = _run(tmp_path, new, old, "fig2")
+        assert "/settings[0]/eta_grid_best_tbt" in [d[0] for d in res["differ"]], k

@@ -39,3 +39,20 @@ def test_the_wheel_holds_l2l_jax_only(tmp_path):
     # the library's subpackages are all in it
     for package in ("inner", "tasks", "metagrad", "truncated", "learned", "hyper.py"):
         assert any(n.startswith(f"l2l_jax/{package}") for n in names), package
+
+
+def test_the_old_meta_names_forward_with_a_deprecation_warning():
+    """``l2l_jax.meta`` was split into ``metagrad`` and ``truncated``; the names the
+    documentation promised still work, and say where they went."""
+    import pytest
+
+    from l2l_jax import meta, metagrad, truncated
+
+    with pytest.warns(DeprecationWarning, match=r"l2l_jax\.metagrad\.minimize"):
+        assert meta.train is metagrad.minimize
+    with pytest.warns(DeprecationWarning, match=r"l2l_jax\.truncated\.meta_train"):
+        assert meta.meta_train is truncated.meta_train
+    with pytest.warns(DeprecationWarning):
+        assert meta.meta_objective is metagrad.meta_objective
+    with pytest.raises(AttributeError, match=r"split into l2l_jax\.metagrad"):
+        meta.segment_loss  # noqa: B018 (never a documented name)
