@@ -1,4 +1,4 @@
-"""Hypergradient descent and towers of hyper-optimizers (Chandra et al. 2022, seed 002).
+"""Hypergradient descent and towers of hyper-optimizers (Chandra et al. 2022).
 
 An optax optimizer built with :func:`optax.inject_hyperparams` has its hyperparameters
 ``h`` (learning rate, b1, b2, ...) learned online: at step ``t`` the gradient

@@ -5,6 +5,7 @@ are included with ``pymdownx.snippets`` (``--8<-- "results/..."``) instead."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -25,3 +26,19 @@ def on_files(files: Files, config) -> Files:
                 )
             )
     return files
+
+
+def on_config(config):
+    """The Experiments section of the navigation: the registered experiments' pages, in
+    their ``ORDER`` (a page shared by several experiments once)."""
+    root = Path(config["config_file_path"]).parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from experiments import registry
+
+    pages = list(dict.fromkeys(e.page for e in registry.experiments()))
+    for item in config["nav"]:
+        if isinstance(item, dict) and "Experiments" in item:
+            item["Experiments"] = pages
+            return config
+    raise ValueError("mkdocs.yml's nav has no 'Experiments' section for the registry's pages.")

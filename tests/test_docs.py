@@ -67,3 +67,38 @@ def test_examples_check_their_output(document):
     assert any("assert " in b for b in blocks), f"{document}: no example checks a result"
     for block in [b for b in blocks if "print(" in b]:
         assert "assert " in block, f"{document}: an example prints without asserting:\n{block}"
+
+
+# -- README: one screen, opening with the two commands a newcomer runs ----------------------
+README = ROOT / "README.md"
+_FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_readme_fits_on_one_screen():
+    size = len(README.read_bytes())
+    assert size <= 4096, f"README.md is {size} bytes; results belong in docs/results.md"
+
+
+def test_readme_opens_with_make_run_and_make_test():
+    """The README's first code block is its first commands: `make run`, then `make test`."""
+    first = _FENCE.search(README.read_text())
+    assert first is not None and first.group(1) == "bash", "README's first block is not bash"
+    commands = [line.split("#")[0].strip() for line in first.group(2).splitlines()]
+    commands = [c for c in commands if c]
+    assert commands[:2] == ["make run", "make test"], commands
+
+
+def test_readme_links_stay_in_the_repository_and_resolve():
+    for target in _LINK.findall(README.read_text()):
+        if "://" in target:
+            continue
+        path = (ROOT / target.split("#")[0]).resolve()
+        assert path.is_relative_to(ROOT), f"README links outside the repository: {target}"
+        assert path.exists(), f"README links to a missing file: {target}"
+
+
+def test_readme_holds_no_dates_or_run_logs():
+    text = README.read_text()
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), "a date in README.md"
+    assert "../" not in text, "a path outside the repository in README.md"

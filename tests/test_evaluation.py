@@ -1,4 +1,4 @@
-"""Evaluation (issue 4): accuracy curves over independent runs, tuned SGD, figures."""
+"""Evaluation: accuracy curves over independent runs, tuned SGD, figures."""
 
 from __future__ import annotations
 

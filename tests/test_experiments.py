@@ -1,4 +1,4 @@
-"""Experiments and their command line: the issue's claims, on the configs that ship.
+"""Experiments and their command line: the papers' claims, on the configs that ship.
 
 fig1 and the float32-stable/exact half of the sweep run on their full default configs
 (seconds); thm3 and the autodiff half of the sweep on a few cells. ``make figures`` runs
@@ -139,7 +139,7 @@ def test_exact_meta_gd_matches_stable_meta_gd_float64():
     np.testing.assert_allclose(np.asarray(run.trajectory), exact, rtol=1e-9)
 
 
-# -- fig1: the issue's acceptance, on the shipped default config -------------------------------
+# -- fig1: Figure 1's claims, on the shipped default config -----------------------------------
 def test_fig1_default(tmp_path):
     res = _run("fig1", tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())

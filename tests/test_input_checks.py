@@ -89,7 +89,7 @@ def test_wrong_hparams_structure_for_momentum():
     assert np.isfinite(float(f(inner.momentum().hparams(learning_rate=0.1, momentum=0.5))))
 
 
-# -- the cases of the reliability issue: every one a clear error naming the field ------
+# -- bad input: every case a clear error naming the field -------------------------------
 
 
 def _objective(optimizer=None, **kwargs):

@@ -1,5 +1,5 @@
 """A meta-training run killed with SIGKILL and started again ends where an uninterrupted
-run ends (issue 15, item 5): bit-identical meta-parameters, one metrics line per step."""
+run ends: bit-identical meta-parameters, one metrics line per step."""
 
 from __future__ import annotations
 

@@ -310,7 +310,7 @@ def test_rerunning_a_stored_seed_reproduces_its_numbers(tmp_path):
       the bound is 3 x sqrt(2) x that SD (fig4b seed 0: tbt test 10.1, train 4.4 points;
       tbv 24 to 33 points, as one of the 3 stored tbv seeds collapsed, 68.9 against 83.3
       and 80.8: with 3 seeds the data allow no tighter claim). Observed moves of tbt test
-      accuracy: -4.7 (AMD EPYC, AVX-512), -2.5 and -2.9 (--xla_cpu_max_isa=AVX on two
+      accuracy: -4.7 (another CPU with AVX-512), -2.5 and -2.9 (--xla_cpu_max_isa=AVX on two
       hosts); tbv -1.3, -1.1, +1.4.
     """
     stored = json.loads(Path("results/fig4b/results.json").read_text())

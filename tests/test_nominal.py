@@ -1,4 +1,4 @@
-"""The nominal-term learned optimizer (Harrison, Metz, Sohl-Dickstein 2022; issue 7).
+"""The nominal-term learned optimizer (Harrison, Metz, Sohl-Dickstein 2022).
 
 At initialization it is the nominal optimizer (optax or a NumPy reference), the decays
 stay in (0, 1), meta-gradients through an unroll match finite differences, the two MLP

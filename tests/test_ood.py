@@ -1,4 +1,4 @@
-"""The out-of-distribution study (issue 7): its measures on hand-made numbers, config
+"""The out-of-distribution study: its measures on hand-made numbers, config
 errors, and a tiny end-to-end run through the command line (results structure, resume).
 
 The claim itself (the nominal-term optimizer diverges on fewer tasks) is reported by the

@@ -1,9 +1,9 @@
-"""``learned.as_optax`` as users jit it (issue 25): the meta-parameters reach the compiled
+"""``learned.as_optax`` as users jit it: the meta-parameters reach the compiled
 update as arguments, never as constants; a 10^5-parameter model trains; and the docs'
 example runs in a process limited to 8 GiB of address space.
 
-Closed over, the meta-parameters were folded into the compiled update as constants, and
-XLA's CPU compiler took over 18 GB to compile it on an AVX-512 machine.
+Closed over, the meta-parameters would be folded into the compiled update as constants:
+XLA's CPU compiler takes over 18 GB to compile that on an AVX-512 CPU.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ print("ok")
 
 
 def test_docs_example_and_1e5_update_run_under_8_gib_of_address_space():
-    """The acceptance check of issue 25, in a child process whose address space is limited
+    """The address-space check, in a child process whose address space is limited
     to 8 GiB (``RLIMIT_AS``, set before JAX is imported): the docs' example, then three
     jitted updates of the paper's learned optimizer on 10^5 parameters."""
     script = _CHILD.format(limit=_LIMIT, doc=str(ROOT / "docs" / "learned_optimizer.md"))

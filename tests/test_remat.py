@@ -1,4 +1,4 @@
-"""Bounded-memory reverse mode (issue 6): ``remat`` segments the unroll's scan under
+"""Bounded-memory reverse mode: ``remat`` segments the unroll's scan under
 ``jax.checkpoint`` without changing what is computed.
 
 Remat and plain are different compiled programs (the scan is nested in segments, and

@@ -1,4 +1,4 @@
-"""Sharded meta-batches (issue 6): the same meta-training on 1 and on 4 devices.
+"""Sharded meta-batches: the same meta-training on 1 and on 4 devices.
 
 The device count of a JAX process is fixed when the backend starts, so the 4-device part
 runs this file as a script in a subprocess with

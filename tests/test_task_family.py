@@ -1,4 +1,4 @@
-"""Task families (issue 13): per-run draws in meta-training, disjoint evaluation pools."""
+"""Task families: per-run draws in meta-training, disjoint evaluation pools."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The towers experiment (issue 5): end to end on a tiny config, height 0 = a plain optax
+"""The towers experiment: end to end on a tiny config, height 0 = a plain optax
 SGD (and warmed-up Adam) loop written here, the vmapped lr0 sweep = individual runs, and
 the sweep/warm-up/check logic of the config."""
 

@@ -108,7 +108,7 @@ def test_nonfinite_value_with_finite_grad_is_skipped():
 
 
 def test_hyperparameters_stay_in_their_domains():
-    """The issue's case: Adam's hyperparameters under a TbV objective and optax.adam(1e-2)
+    """Adam's hyperparameters under a TbV objective and optax.adam(1e-2)
     leave their domains without the projection (eps < 0 at step 1); with it every
     iterate stays in its domain and the projected steps are counted."""
     task = tasks.LeastSquares.sample(jax.random.key(0), 10, 20, 20, 1.0)

@@ -3,9 +3,10 @@ methods, and meta-gradient descent on it.
 
 * :func:`meta_objective` builds F from a task, an inner optimizer, a horizon and an
   objective; ``grad=`` picks how its gradient is computed: ``"autodiff"`` (reverse mode),
-  ``"forward"`` (forward mode), ``"stable"`` (the log-space ratio of Wang et al., Eq. 1-2,
-  :mod:`.stable`) or ``"projective"`` (forward mode with one shared log-scale,
-  :mod:`.projective`). Every method returns the same value.
+  ``"forward"`` (forward mode) or ``"stable"`` (log space, for linear inner dynamics: the
+  ratio formula of Wang et al., Eq. 1-2, for GD, and projective forward mode with one shared
+  log-scale, :mod:`.projective`, for momentum and Nesterov; :mod:`.stable`). Every method
+  returns the same value.
 * :func:`minimize` runs meta-gradient descent on any such F (full unrolls; for truncated
   unrolls of a learned optimizer see :mod:`l2l_jax.truncated`).
 """
