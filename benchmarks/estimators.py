@@ -1,25 +1,25 @@
 """Every meta-gradient estimator of the learned optimizer: throughput, memory roofline, peer.
 
-Issue items 3 and 4. One meta-step of truncated meta-training
-(:func:`l2l_jax.truncated.make_meta_step`) of the MLP learned optimizer on the MNIST
-MLP (synthetic rows of MNIST's shapes, the task of ``../shared/peers/l2l_throughput.py``):
-for each estimator of :data:`l2l_jax.truncated.ESTIMATORS` (TBPTT, antithetic
-truncated ES, PES; ES/PES with ``es_pairs`` pairs per run), compiled ahead of time and
-timed in interleaved rounds (:mod:`benchmarks.timing`) together with a streaming kernel.
-Throughput is ``B K / (median meta-step time)`` inner steps per second, the convention of
-the peer scripts (an ES/PES meta-step steps ``2 P B`` perturbed runs, ES ``B`` more).
+One meta-step of truncated meta-training (:func:`l2l_jax.truncated.make_meta_step`) of the
+MLP learned optimizer on the MNIST MLP (synthetic rows of MNIST's shapes, the task of the
+peer scripts, :mod:`benchmarks.peer`): for each estimator of
+:data:`l2l_jax.truncated.ESTIMATORS` (TBPTT, antithetic truncated ES, PES; ES/PES with
+``es_pairs`` pairs per run), compiled ahead of time and timed in interleaved rounds
+(:mod:`benchmarks.timing`) together with a streaming kernel. Throughput is ``B K / (median
+meta-step time)`` inner steps per second, the convention of the peer scripts (an ES/PES
+meta-step steps ``2 P B`` perturbed runs, ES ``B`` more).
 
 **Memory roofline.** The learned optimizer's step is memory-bound (a few tens of FLOPs per
-task parameter against the bytes of its ~30 features), so its reference is the machine's
-streaming bandwidth, measured in the same rounds: ``y = a x + b`` over an array much
-larger than the caches, iterated in a ``lax.fori_loop`` (buffers reused, no page faults
-timed), ``2 x nbytes`` per iteration (the STREAM convention: one read, one write). The
-bytes one inner step moves are XLA's ``cost_analysis()["bytes accessed"]`` of a jitted
+task parameter against the bytes of its few tens of features), so its reference is the
+machine's streaming bandwidth, measured in the same rounds: ``y = a x + b`` over an array
+much larger than the caches, iterated in a ``lax.fori_loop`` (buffers reused, no page
+faults timed), ``2 x nbytes`` per iteration (the STREAM convention: one read, one write).
+The bytes one inner step moves are XLA's ``cost_analysis()["bytes accessed"]`` of a jitted
 function that does exactly one inner step (:func:`l2l_jax.truncated.runs.advance`:
 minibatch gradient, learned update, meta-loss term) for the batch of runs the estimator
 steps, with no loop around it (XLA's cost analysis counts a ``while`` body once whatever its
 trip count, so a ``K``-step scan would be under-counted ``K``-fold; the group records the
-check, :func:`benchmarks.flops.xla_counts_loop_body_once`, and the loops left in the
+check, :func:`benchmarks.common.xla_counts_loop_body_once`, and the loops left in the
 one-step function):
 
 * forward (ES, PES): ``advance`` vmapped over the ``B x P x 2`` perturbed runs, each with
@@ -35,57 +35,50 @@ one-step function):
 horizon, the perturbation draw and the meta-update included) for the same batch. FLOP/s
 use XLA's ``flops`` of the same one-step function over the same time.
 
-**Peer.** When ``../shared/peers/setup.sh`` (beside the project's checkout, or
-``$L2L_PEERS_DIR``) exists and builds google/learned_optimization's environment, the
-peers' own scripts run in subprocesses, one process at a time, interleaved round by round:
-``l2l_throughput.py pes|tbptt`` (this project, ``sys.executable``) and ``lo_throughput.py
-pes|grad`` (the peer's venv). Their ratio is project / peer inner steps/s, ratio of the
-medians over rounds. Otherwise the section says ``peer skipped: <reason>``.
+**Peer.** The ratio to google/learned_optimization's throughput, from its own scripts run
+in subprocesses (:mod:`benchmarks.peer`), or the reason it was skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import statistics
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import flops, learned, timing
+from benchmarks import common, learned_setup, timing
+from benchmarks.learned_setup import LearnedPreset
+from benchmarks.peer import PEER_ESTIMATOR, PEERS_ENV, peer_section, peer_text
 from l2l_jax import learned as lopt_lib
 from l2l_jax import truncated, xla
 from l2l_jax.truncated import es, runs
 
-ROOT = Path(__file__).resolve().parents[1]
-PEERS_ENV = "L2L_PEERS_DIR"
-# Issue item 3: the forward step at >= 50% of the bandwidth roofline; TBPTT's meta-step at
-# most 3x the forward (PES) one at the same B and K.
+__all__ = ["PEERS_ENV", "PRESETS", "claim", "main", "measure", "peer_section", "render_markdown"]
+
+# The targets: the forward (ES, PES) step at >= 50% of the bandwidth roofline, so that it
+# is bound by memory traffic and not by overhead; TBPTT's step per run at most 3x the
+# forward (PES) one, the cost of one backward pass over the forward.
 FORWARD_ROOFLINE_TARGET = 0.5
 TBPTT_OVER_FORWARD_TARGET = 3.0
 FORWARD = ("es", "pes")
-# Which of the peer's estimators each of ours is compared with (lo_throughput.py's names).
-PEER_ESTIMATOR = {"pes": "pes", "tbptt": "grad"}
 
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorsPreset:
-    """The task and sizes (:class:`benchmarks.learned.LearnedPreset`), the ES/PES pairs and
+    """The task and sizes (:class:`benchmarks.learned_setup.LearnedPreset`), the ES/PES pairs and
     sigma, the streaming array (``stream_mb`` megabytes of float32, ``stream_iters``
     passes per call), the timing rounds (each function capped at ``budget_s`` seconds), and
     the peer comparison: ``peer_rounds`` rounds of subprocesses, each timing
     ``peer_repeats`` meta-steps, ``peer_timeout_s`` per subprocess; ``peer=False`` skips it
     with the reason ``peer_skip``."""
 
-    step: learned.LearnedPreset
-    estimators: tuple[str, ...] = truncated.ESTIMATORS
+    step: LearnedPreset
+    estimators: tuple[str, ...] = tuple(truncated.ESTIMATORS)
     es_pairs: int = 1
     es_sigma: float = 0.01
     stream_mb: float = 256.0
@@ -104,24 +97,27 @@ class EstimatorsPreset:
         TBPTT keeps the learned group's config exactly, so it shares its compiled step
         when the sizes agree (the smoke preset)."""
         cfg = self.step.config()
-        if estimator == cfg.estimator:
+        if estimator == cfg.estimator.name:
             return cfg
+        cls = truncated.ESTIMATORS[estimator]
+        own = {f.name for f in dataclasses.fields(cls)}  # ES, PES: sigma, pairs; TBPTT: none
+        settings = {"sigma": self.es_sigma, "pairs": self.es_pairs}
         return dataclasses.replace(
-            cfg, estimator=estimator, es_pairs=self.es_pairs, es_sigma=self.es_sigma
+            cfg, estimator=cls(**{k: v for k, v in settings.items() if k in own})
         )
 
 
 # The peer scripts' task: MLP 784-100-20-10, minibatch 32, 1000 rows, B = 8, K = 20, T = 200.
-PAPER_TASK = learned.LearnedPreset(segment=20, repeats=5, budget_s=60.0)
+PAPER_TASK = LearnedPreset(segment=20, repeats=5, budget_s=60.0)
 
 PRESETS: dict[str, EstimatorsPreset] = {
-    # ~10 s per meta-step on 2 cores; the peer subprocesses add ~10 minutes (--no-peer).
+    # The peer subprocesses are the longest part of the group (--no-peer skips them).
     "cpu-small": EstimatorsPreset(step=PAPER_TASK, repeats=5, budget_s=60.0),
     "accelerator": EstimatorsPreset(
         step=PAPER_TASK, stream_mb=1024.0, stream_iters=20, repeats=20, budget_s=30.0
     ),
     "smoke": EstimatorsPreset(
-        step=learned.PRESETS["smoke"],
+        step=learned_setup.PRESETS["smoke"],
         stream_mb=8.0,
         stream_iters=2,
         repeats=2,
@@ -138,11 +134,11 @@ PRESETS: dict[str, EstimatorsPreset] = {
 @functools.lru_cache(maxsize=8)
 def estimator_cell(preset: EstimatorsPreset, estimator: str) -> timing.Timed:
     """The library's jitted meta-step of ``estimator`` on its initial state, compiled and
-    warmed up (TBPTT: :func:`benchmarks.learned.library_cell` when the configs agree)."""
+    warmed up (TBPTT: :func:`benchmarks.learned_setup.library_cell` when the configs agree)."""
     cfg = preset.config(estimator)
     if cfg == preset.step.config():
-        return dataclasses.replace(learned.library_cell(preset.step), name=estimator)
-    task = learned.build_task(preset.step)
+        return dataclasses.replace(learned_setup.library_cell(preset.step), name=estimator)
+    task = learned_setup.build_task(preset.step)
     lopt = preset.step.lopt()
     key = jax.random.fold_in(jax.random.key(preset.step.seed), 1)
     state = truncated.init_state(key, task, lopt, cfg)
@@ -183,9 +179,12 @@ def one_step_fn(estimator: str, cfg: truncated.TruncatedConfig, lopt: Any):
         perturbed = jax.vmap(perturbed, in_axes=(0, 0, None, None, None))
 
     def pairs_of(state) -> tuple[Any, Any]:
-        delta = es.perturbations(jax.random.key(0), state.meta_params, cfg)
+        est = cfg.estimator
+        delta = es.perturbations(
+            jax.random.key(0), state.meta_params, cfg.meta_batch, est.pairs, est.sigma
+        )
         thetas = es.antithetic(state.meta_params, delta)
-        paired = state.inner.runs if estimator == "pes" else es.paired(state.inner, cfg.es_pairs)
+        paired = state.inner.runs if estimator == "pes" else es.paired(state.inner, est.pairs)
         return thetas, paired
 
     if estimator == "pes":
@@ -237,14 +236,14 @@ def step_costs(preset: EstimatorsPreset, estimator: str, cell: timing.Timed) -> 
     else:
         compiled = xla.jit(fn).lower(*args)
     compiled = compiled.compile()
-    counts = flops.reported(compiled)
-    b, p = cfg.meta_batch, cfg.es_pairs
+    counts = common.reported(compiled)
+    b, p = cfg.meta_batch, getattr(cfg.estimator, "pairs", 0)  # TBPTT has no pairs
     batch = {"tbptt": b, "pes": 2 * b * p, "es": b + 2 * b * p}[estimator]
     return {
         "runs_per_inner_step": batch,
         "bytes_per_inner_step": counts["bytes"],
         "flops_per_inner_step": counts["flops"],
-        "one_step_loops": flops.loop_trip_counts(compiled),
+        "one_step_loops": common.loop_trip_counts(compiled),
     }
 
 
@@ -278,97 +277,8 @@ def bandwidth(cell: timing.Timed, iters: int) -> dict[str, Any]:
         "bytes_per_s": moved / statistics.median(cell.times),
         # XLA's estimate of the call: the first pass and the loop body, counted once
         # whatever the trip count, each 2 x nbytes.
-        "xla_bytes_reported": flops.reported(cell.fn)["bytes"],
+        "xla_bytes_reported": common.reported(cell.fn)["bytes"],
     }
-
-
-# -- the peer ----------------------------------------------------------------------------------
-
-
-def peers_dir() -> Path:
-    """``$L2L_PEERS_DIR``, else ``shared/peers`` beside the project's checkout."""
-    env = os.environ.get(PEERS_ENV)
-    return Path(env) if env else ROOT.parent / "shared" / "peers"
-
-
-def _skipped(reason: str) -> dict[str, Any]:
-    return {"status": f"peer skipped: {reason}"}
-
-
-def _json_line(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """The last stdout line of ``cmd`` as JSON, or ``{"error": ...}``."""
-    try:
-        proc = subprocess.run(
-            cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {tail[:300]}"}
-    try:
-        return json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return {"error": f"not JSON: {lines[-1][:300]}"}
-
-
-def peer_section(preset: EstimatorsPreset, progress: bool = False) -> dict[str, Any]:
-    """The peer comparison (module docstring), or ``{"status": "peer skipped: ..."}``."""
-    if not preset.peer:
-        return _skipped(preset.peer_skip or "disabled")
-    here = peers_dir()
-    setup = here / "setup.sh"
-    if not setup.is_file():
-        return _skipped(f"{setup} not found (set ${PEERS_ENV} to the peers folder)")
-    try:
-        built = subprocess.run(
-            ["bash", str(setup)], capture_output=True, text=True, timeout=1800, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return _skipped("setup.sh did not finish within 30 minutes")
-    venv = Path((built.stdout.strip().splitlines() or [""])[-1])
-    if built.returncode != 0 or not (venv / "bin" / "python").exists():
-        tail = (built.stderr.strip().splitlines() or ["no output"])[-1]
-        return _skipped(f"setup.sh failed (exit {built.returncode}): {tail[:300]}")
-    base = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    ours_env = {**base, "PYTHONPATH": str(ROOT)}
-    peer_env = {**base, "PYTHONPATH": str(here), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    reps, timeout = str(preset.peer_repeats), preset.peer_timeout_s
-    runs_: list[dict[str, Any]] = []
-    for round_ in range(preset.peer_rounds):
-        for ours, theirs in PEER_ESTIMATOR.items():
-            for impl, cmd, env in (
-                ("l2l_jax", [sys.executable, str(here / "l2l_throughput.py"), ours], ours_env),
-                (
-                    "learned_optimization",
-                    [str(venv / "bin" / "python"), str(here / "lo_throughput.py"), theirs],
-                    peer_env,
-                ),
-            ):
-                if progress:
-                    print(f"peer round {round_ + 1}: {impl} {cmd[-1]}", file=sys.stderr)
-                out = _json_line([*cmd, reps], env, timeout)
-                runs_.append({**out, "round": round_, "impl": impl, "for": ours})
-    ratios = {}
-    for ours, theirs in PEER_ESTIMATOR.items():
-        mine = [r for r in runs_ if r["for"] == ours and r["impl"] == "l2l_jax"]
-        peer = [r for r in runs_ if r["for"] == ours and r["impl"] != "l2l_jax"]
-        errors = [r["error"] for r in mine + peer if "error" in r]
-        if errors:
-            ratios[ours] = {"peer_estimator": theirs, "ratio": None, "error": errors[0]}
-            continue
-        a = statistics.median(r["inner_steps_per_s"] for r in mine)
-        b = statistics.median(r["inner_steps_per_s"] for r in peer)
-        ratios[ours] = {
-            "peer_estimator": theirs,
-            "inner_steps_per_s": a,
-            "peer_inner_steps_per_s": b,
-            "ratio": a / b,
-            "compile_s": statistics.median(r["compile_s"] for r in mine),
-            "peer_compile_s": statistics.median(r["compile_s"] for r in peer),
-        }
-    return {"status": "ok", "peers_dir": str(here), "venv": str(venv), "runs": runs_, **ratios}
 
 
 # -- the group ---------------------------------------------------------------------------------
@@ -394,7 +304,7 @@ def roofline_row(
 
 
 def targets(rows: dict[str, dict[str, Any]], tbptt_over_forward: float | None) -> list[dict]:
-    """Issue item 3's targets, each with its value and whether it is met.
+    """The targets, each with its value and whether it is met.
 
     ``tbptt_over_forward`` compares like with like: the time of one inner step of *one
     run* under TBPTT (forward and backward) over that of one run's forward step under PES
@@ -431,12 +341,11 @@ def per_run_ratio(tbptt_over_pes: float, es_pairs: int) -> float:
 def measure(preset: EstimatorsPreset, progress: bool = True) -> dict[str, Any]:
     """Compile every estimator's meta-step and the stream, time them in interleaved rounds,
     cost one inner step of each, then run the peer comparison (or say why not)."""
-    from tqdm.auto import tqdm
-
     cells = [dataclasses.replace(estimator_cell(preset, e), times=[]) for e in preset.estimators]
     stream = stream_cell(preset)
-    with tqdm(total=preset.repeats, desc="time estimators", disable=not progress) as bar:
-        timing.time_interleaved([*cells, stream], preset.repeats, preset.budget_s, bar)
+    timing.time_rounds(
+        [*cells, stream], preset.repeats, preset.budget_s, "time estimators", progress
+    )
     bw = bandwidth(stream, preset.stream_iters)
     s = preset.step
     rows = {
@@ -449,7 +358,7 @@ def measure(preset: EstimatorsPreset, progress: bool = True) -> dict[str, Any]:
     ratio = paired = per_run = None
     if "tbptt" in by and "pes" in by:
         ratio = rows["tbptt"]["run_ms_median"] / rows["pes"]["run_ms_median"]
-        paired = learned.paired_ratio(by["tbptt"], by["pes"])
+        paired = timing.paired_ratio(by["tbptt"], by["pes"])
         per_run = per_run_ratio(ratio, preset.es_pairs)
     peer = peer_section(preset, progress)
     for name, row in rows.items():
@@ -458,7 +367,7 @@ def measure(preset: EstimatorsPreset, progress: bool = True) -> dict[str, Any]:
     params = sum(int(np.size(x)) for x in jax.tree.leaves(task.init_params()))
     return {
         "settings": dataclasses.asdict(preset) | {"task_parameters": params},
-        "xla_counts_loop_body_once": flops.xla_counts_loop_body_once(),
+        "xla_counts_loop_body_once": common.xla_counts_loop_body_once(),
         "bandwidth": bw,
         "rows": list(rows.values()),
         "tbptt_over_pes": ratio,
@@ -470,22 +379,6 @@ def measure(preset: EstimatorsPreset, progress: bool = True) -> dict[str, Any]:
 
 
 # -- outputs -----------------------------------------------------------------------------------
-
-
-def _peer_text(peer: dict[str, Any]) -> str:
-    if peer["status"] != "ok":
-        return peer["status"] + "."
-    parts = []
-    for ours, theirs in PEER_ESTIMATOR.items():
-        r = peer.get(ours, {})
-        if r.get("ratio") is None:
-            parts.append(f"{ours} vs {theirs}: failed ({r.get('error', 'not run')})")
-        else:
-            parts.append(
-                f"{ours} {r['inner_steps_per_s']:.3g} vs learned_optimization {theirs} "
-                f"{r['peer_inner_steps_per_s']:.3g} inner steps/s: **{r['ratio']:.2f}×**"
-            )
-    return "peer (learned_optimization, subprocesses): " + "; ".join(parts) + "."
 
 
 def claim(section: dict[str, Any]) -> str:
@@ -500,7 +393,7 @@ def claim(section: dict[str, Any]) -> str:
     )
     return (
         f"{rows} (streaming bandwidth {section['bandwidth']['bytes_per_s'] / 1e9:.3g} GB/s); "
-        f"{met}; {_peer_text(section['peer'])}"
+        f"{met}; {peer_text(section['peer'])}"
     )
 
 
@@ -513,17 +406,12 @@ def _loops(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _fmt(x: float | None, spec: str = ".3g", suffix: str = "") -> str:
-    return "–" if x is None else f"{x:{spec}}{suffix}"
-
-
 def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
     """The estimator table, the bandwidth, the targets and the peer comparison."""
     s, st, bw = section["settings"], section["settings"]["step"], section["bandwidth"]
     b, p, k = st["meta_batch"], s["es_pairs"], st["segment"]
     lines = [
-        f"{heading} learned-optimizer estimators: throughput, memory roofline, peer "
-        "(issue items 3-4)",
+        f"{heading} learned-optimizer estimators: throughput, memory roofline, peer",
         "",
         f"One meta-step of each estimator (train-by-train) of the MLP learned optimizer "
         f"(hidden {tuple(st['hidden_sizes'])}) on the MLP {'-'.join(map(str, st['sizes']))} "
@@ -549,7 +437,7 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
             f"| {timing.fmt_bytes(int(r['bytes_per_inner_step']))} "
             f"| {r['ms_per_inner_step']:.3g} | {r['roofline_ms']:.3g} "
             f"| {100 * r['roofline_fraction']:.1f}% | {r['flops_per_s'] / 1e9:.3g} "
-            f"| {_fmt(r['peer_ratio'], '.2f', '×')} |"
+            f"| {common.fmt(r['peer_ratio'], '.2f', '×')} |"
         )
     lines += [
         "",
@@ -574,11 +462,11 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
             f"{2 * p}): **{section['tbptt_over_forward_per_run']:.2f}×**.",
             "",
         ]
-    lines += ["| target (issue item 3) | value | met |", "|---|---:|---|"]
+    lines += ["| target | value | met |", "|---|---:|---|"]
     for t in section["targets"]:
         value = f"{t['value']:.2f}×" if "TBPTT" in t["target"] else f"{100 * t['value']:.1f}%"
         lines.append(f"| {t['target']} | {value} | {'met' if t['met'] else 'not met'} |")
-    lines += ["", _peer_text(section["peer"])]
+    lines += ["", peer_text(section["peer"])]
     if section["peer"]["status"] == "ok":
         lines += [
             "",
@@ -599,10 +487,11 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m benchmarks.estimators [--preset P] [--no-peer] [--out DIR]``: this group
-    alone, :func:`benchmarks.group.main` of ``estimators``."""
-    from benchmarks import group
-
-    return group.main(["estimators", *(sys.argv[1:] if argv is None else argv)])
+    alone (``make bench`` runs it with all the others), written to
+    ``DIR/estimators-<preset>.json`` and ``.md``."""
+    module = sys.modules[__name__]  # this file, also when it runs as ``__main__``
+    argv = sys.argv[1:] if argv is None else argv
+    return common.group_main("estimators", module, argv, "python -m benchmarks.estimators")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Achieved FLOP/s of the MNIST meta-training step against the machine's matmul peak.
 
-Issue 6, group 6. The meta-step is the library's jitted TBPTT meta-step of the learned
-optimizer on the MNIST MLP (:func:`benchmarks.learned.library_cell`, the same compiled
-program the "learned_optimizer" group times). Its FLOPs come from XLA:
+The meta-step is the library's jitted TBPTT meta-step of the learned optimizer on the
+MNIST MLP (:func:`benchmarks.learned_setup.library_cell`, the same compiled program the
+"learned_optimizer" group times). Its FLOPs come from XLA:
 ``compiled.cost_analysis()["flops"]``. XLA's cost analysis counts the body of a ``while``
 loop once, whatever its trip count (checked at run time on a small ``lax.scan``,
-:func:`xla_counts_loop_body_once`); the meta-step's work is in two loops of ``K`` trips
-(the forward scan over the segment and its transpose), and what lies outside them (the
-Adam update of ~1k meta-parameters, key splits, means) is negligible, so the FLOPs per
-meta-step are taken as ``K`` times the reported count. XLA's estimate of the bytes
-accessed is scaled the same way.
+:func:`benchmarks.common.xla_counts_loop_body_once`); the meta-step's work is in two loops
+of ``K`` trips (the forward scan over the segment and its transpose), and what lies outside
+them (the Adam update of the meta-parameters, key splits, means) is negligible, so the
+FLOPs per meta-step are taken as ``K`` times the reported count. XLA's estimate of the
+bytes accessed is scaled the same way.
 
 The peak is measured in the same run: a ``matmul_n`` x ``matmul_n`` float32 ``jnp.dot``
 (``2 n^3`` FLOPs), timed in interleaved rounds with the meta-step
@@ -20,57 +20,38 @@ achieved FLOP/s, matmul FLOP/s, their ratio, and the meta-step's arithmetic inte
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
-import re
 import statistics
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks import learned, timing
+from benchmarks import learned_setup, timing
+from benchmarks.common import loop_trip_counts, reported, xla_counts_loop_body_once
 
 
 @dataclasses.dataclass(frozen=True)
 class FlopsPreset:
-    """The meta-step (a :class:`benchmarks.learned.LearnedPreset`), the matmul size, and
+    """The meta-step (a :class:`benchmarks.learned_setup.LearnedPreset`), the matmul size, and
     the timing rounds (each function's samples capped at ``budget_s`` seconds)."""
 
-    step: learned.LearnedPreset
+    step: learned_setup.LearnedPreset
     matmul_n: int = 2048
     repeats: int = 3
     budget_s: float = 30.0
 
 
 PRESETS: dict[str, FlopsPreset] = {
-    "cpu-small": FlopsPreset(step=learned.PRESETS["cpu-small"], matmul_n=2048, repeats=3),
-    "accelerator": FlopsPreset(step=learned.PRESETS["accelerator"], matmul_n=8192, repeats=10),
-    "smoke": FlopsPreset(step=learned.PRESETS["smoke"], matmul_n=256, repeats=2, budget_s=1.0),
+    "cpu-small": FlopsPreset(step=learned_setup.PRESETS["cpu-small"], matmul_n=2048, repeats=3),
+    "accelerator": FlopsPreset(
+        step=learned_setup.PRESETS["accelerator"], matmul_n=8192, repeats=10
+    ),
+    "smoke": FlopsPreset(
+        step=learned_setup.PRESETS["smoke"], matmul_n=256, repeats=2, budget_s=1.0
+    ),
 }
-
-
-def reported(compiled: Any) -> dict[str, float]:
-    """``flops`` and ``bytes accessed`` of XLA's cost analysis of a compiled function."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list | tuple):  # older jax: one dict per computation
-        analysis = analysis[0]
-    return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
-
-
-def xla_counts_loop_body_once() -> bool:
-    """Whether XLA's cost analysis ignores ``while`` trip counts (a 1- and a 4-trip scan of
-    the same matmul report the same FLOPs)."""
-
-    def scan(x: jax.Array, length: int) -> jax.Array:
-        return jax.lax.scan(lambda c, _: (c @ x, None), x, None, length=length)[0]
-
-    x = jnp.ones((32, 32), jnp.float32)
-    counts = [
-        reported(jax.jit(scan, static_argnums=1).lower(x, n).compile())["flops"] for n in (1, 4)
-    ]
-    return counts[1] < 2 * counts[0]
 
 
 def matmul_cell(n: int) -> timing.Timed:
@@ -81,13 +62,7 @@ def matmul_cell(n: int) -> timing.Timed:
     return timing.compile_timed(f"matmul {n}", jnp.dot, a, b)
 
 
-def loop_trip_counts(compiled: Any) -> dict[str, int]:
-    """How many ``while`` loops of each known trip count the compiled program has."""
-    counts = collections.Counter(re.findall(r'known_trip_count":\{"n":"(\d+)"', compiled.as_text()))
-    return {trips: counts[trips] for trips in sorted(counts, key=int)}
-
-
-def lopt_mlp_flops(preset: learned.LearnedPreset, task_params: int) -> float:
+def lopt_mlp_flops(preset: learned_setup.LearnedPreset, task_params: int) -> float:
     """Hand count of the FLOPs of the learned optimizer's per-coordinate MLP in one inner
     step of one run, ``2 P`` times the multiply-adds of: the forward pass and the weight
     gradient over all ``F`` inputs, and the input gradient, which the first layer needs
@@ -99,7 +74,7 @@ def lopt_mlp_flops(preset: learned.LearnedPreset, task_params: int) -> float:
     return 2.0 * task_params * (2 * macs + input_grad)
 
 
-def step_counts(cell: timing.Timed, preset: learned.LearnedPreset) -> dict[str, Any]:
+def step_counts(cell: timing.Timed, preset: learned_setup.LearnedPreset) -> dict[str, Any]:
     """FLOPs and bytes per meta-step: XLA's counts, times ``K`` if loops count once."""
     counts = reported(cell.fn)
     once = xla_counts_loop_body_once()
@@ -121,12 +96,9 @@ def step_counts(cell: timing.Timed, preset: learned.LearnedPreset) -> dict[str, 
 
 def measure(preset: FlopsPreset, progress: bool = True) -> dict[str, Any]:
     """Time the meta-step and the matmul side by side; FLOP/s of each and their ratio."""
-    from tqdm.auto import tqdm
-
-    step = dataclasses.replace(learned.library_cell(preset.step), name="meta-step", times=[])
+    step = dataclasses.replace(learned_setup.library_cell(preset.step), name="meta-step", times=[])
     matmul = matmul_cell(preset.matmul_n)
-    with tqdm(total=preset.repeats, desc="time FLOP/s", disable=not progress) as bar:
-        timing.time_interleaved([step, matmul], preset.repeats, preset.budget_s, bar)
+    timing.time_rounds([step, matmul], preset.repeats, preset.budget_s, "time FLOP/s", progress)
     counts = step_counts(step, preset.step)
     matmul_flops = 2.0 * preset.matmul_n**3
     step_s, matmul_s = statistics.median(step.times), statistics.median(matmul.times)

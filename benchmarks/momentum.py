@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import timing
+from benchmarks import common, timing
 from l2l_jax import inner, metagrad, tasks
 from l2l_jax.closed_forms import reference
 
@@ -71,7 +71,7 @@ def measure(preset: MomentumPreset, progress: bool = True) -> dict[str, Any]:
                 "method": method,
                 "t": t,
                 **cell.summary(),
-                "peak_bytes": _peak(cell.fn),
+                "peak_bytes": common.xla_peak_bytes(cell.fn),
                 "value_rel_err": err(float(value), ref_value),
                 "grad_rel_err": None if None in grad_errs else max(grad_errs),
                 "value_finite": bool(np.isfinite(float(value))),
@@ -82,18 +82,6 @@ def measure(preset: MomentumPreset, progress: bool = True) -> dict[str, Any]:
         "settings": {**dataclasses.asdict(preset), "eta": eta, "L": float(lam.max())},
         "rows": rows,
     }
-
-
-def _peak(compiled) -> int | None:
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None
-    return int(
-        analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-        + analysis.temp_size_in_bytes
-        - analysis.alias_size_in_bytes
-    )
 
 
 def claim(section: dict[str, Any]) -> str:

@@ -13,9 +13,10 @@ coordinates in 6 tensors), for two jitted functions:
   of one step's updates (the reverse pass truncated meta-training runs per inner step).
 
 The ratio is matmul time over elementwise time (> 1: elementwise is faster). The default
-``NominalConfig.mlp_form`` is the form with the faster meta-gradient at the default hidden
-sizes (4, 4), which is what meta-training runs at every inner step: on CPU that is
-matmul (ratio 0.26-0.34), while a plain step is 5-14% faster elementwise.
+``NominalConfig.mlp_form`` should be the form with the faster meta-gradient at the default
+hidden sizes (4, 4), since that is what meta-training runs at every inner step; this group
+measures both, and the results (``benchmarks/results/``, ``docs/performance.md``) say
+which one wins where.
 """
 
 from __future__ import annotations
@@ -92,8 +93,6 @@ def _args(lopt: nominal.NominalLOpt, sizes: tuple[int, ...]) -> tuple:
 
 def measure(preset: NominalPreset, progress: bool = True) -> dict[str, Any]:
     """Compile and time both forms for each hidden size and mode; ratios matmul/elementwise."""
-    from tqdm.auto import tqdm
-
     cells = []
     for hidden in preset.hidden:
         for form in FORMS:
@@ -103,8 +102,8 @@ def measure(preset: NominalPreset, progress: bool = True) -> dict[str, Any]:
                 name = f"{'x'.join(map(str, hidden))}/{mode}/{form}"
                 cells.append(timing.compile_timed(name, fn, *args))
     check_agreement(cells)
-    with tqdm(total=preset.repeats, desc="time nominal MLP forms", disable=not progress) as bar:
-        timing.time_interleaved(cells, preset.repeats, preset.budget_s, bar)
+    desc = "time nominal MLP forms"
+    timing.time_rounds(cells, preset.repeats, preset.budget_s, desc, progress)
     by_name = {c.name: c for c in cells}
     rows = []
     for c in cells:
@@ -143,7 +142,8 @@ def check_agreement(cells: list[timing.Timed], rtol: float = 1e-4) -> None:
                 )
 
 
-def _ratio(section: dict[str, Any], hidden: str, mode: str) -> float:
+def _form_ratio(section: dict[str, Any], hidden: str, mode: str) -> float:
+    """The matmul / elementwise time ratio of one (hidden, mode) row."""
     return next(
         r["ratio_matmul_to_elementwise"]
         for r in section["rows"]
@@ -155,8 +155,8 @@ def claim(section: dict[str, Any]) -> str:
     """One sentence: the matmul/elementwise time ratio per hidden size and mode."""
     hiddens = dict.fromkeys(r["hidden"] for r in section["rows"])
     parts = [
-        f"hidden {h}: update {_ratio(section, h, 'update'):.2f}×, meta-gradient "
-        f"{_ratio(section, h, 'meta_grad'):.2f}×"
+        f"hidden {h}: update {_form_ratio(section, h, 'update'):.2f}×, meta-gradient "
+        f"{_form_ratio(section, h, 'meta_grad'):.2f}×"
         for h in hiddens
     ]
     return (
@@ -170,7 +170,7 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
     """The section: settings, one row per (hidden, mode, form)."""
     s = section["settings"]
     lines = [
-        f"{heading} nominal learned optimizer: matmul vs elementwise MLP (issue 7)",
+        f"{heading} nominal learned optimizer: matmul vs elementwise MLP",
         "",
         f"One jitted step of `learned.NominalLOpt` (`update`) and its reverse pass to the "
         f"meta-parameters (`meta_grad`) on the parameters of the MLP "

@@ -1,4 +1,4 @@
-"""Meta-training throughput against the number of devices (issue 6, group 7).
+"""Meta-training throughput against the number of devices.
 
 One meta-step of truncated meta-training (:func:`l2l_jax.truncated.make_meta_step`) of the
 learned optimizer (``learned.MLPLOpt()``: TBPTT, train-by-train) on the MNIST MLP
@@ -28,16 +28,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 
-from benchmarks import timing
+from benchmarks import common, timing
 from l2l_jax import learned, truncated
-from l2l_jax.tasks import MnistMLP
 
-ROOT = Path(__file__).resolve().parents[1]
 _MARK = "SCALING-RESULT "
 
 
@@ -63,7 +60,7 @@ class ScalingPreset:
 
 
 PRESETS: dict[str, ScalingPreset] = {
-    "cpu-small": ScalingPreset(),  # B = 4, K = 2: compiling dominates on 2 cores
+    "cpu-small": ScalingPreset(),  # B = 4, K = 2: small, since compiling dominates on a CPU
     "accelerator": ScalingPreset(
         meta_batch=64, segment=20, devices=None, repeats=20, budget_s=20.0
     ),
@@ -81,21 +78,15 @@ PRESETS: dict[str, ScalingPreset] = {
 }
 
 
-def build_task(preset: ScalingPreset) -> MnistMLP:
-    """The MLP task on ``n`` uniform random images with random labels."""
-    k_x, k_y = jax.random.split(jax.random.key(0))
-    images = jax.random.uniform(k_x, (preset.n, preset.sizes[0]))
-    labels = jax.random.randint(k_y, (preset.n,), 0, preset.sizes[-1])
-    return MnistMLP(images, labels, init_key=jax.random.key(1), sizes=preset.sizes)
-
-
 def build_lopt(preset: ScalingPreset) -> learned.MLPLOpt:
+    """The learned optimizer: its default, or with the preset's hidden sizes."""
     if preset.hidden is None:
         return learned.MLPLOpt()
     return learned.MLPLOpt(learned.LOptConfig(hidden_sizes=preset.hidden))
 
 
 def build_config(preset: ScalingPreset) -> truncated.TruncatedConfig:
+    """TBPTT at the library's defaults with the preset's sizes."""
     return truncated.TruncatedConfig(
         horizon=preset.horizon,
         segment=preset.segment,
@@ -118,7 +109,8 @@ def device_counts(preset: ScalingPreset, available: int) -> list[int]:
 def _cell(preset: ScalingPreset, devices: int | None) -> timing.Timed:
     """The public meta-step on ``devices`` devices (``None``: no mesh), called once
     (compile + one step, recorded as ``lower_s``) and calibrated for timing."""
-    task, lopt, config = build_task(preset), build_lopt(preset), build_config(preset)
+    task = common.mnist_like_task(preset.sizes, preset.n)
+    lopt, config = build_lopt(preset), build_config(preset)
     state = truncated.init_state(jax.random.key(0), task, lopt, config)
     mesh = None if devices is None else truncated.meta_batch_mesh(jax.devices()[:devices])
     if mesh is not None:
@@ -193,7 +185,7 @@ def measure_subprocess(preset: ScalingPreset, devices: int) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.scaling", "--worker", _to_json(preset), str(devices)],
         env=_subprocess_env(devices),
-        cwd=ROOT,
+        cwd=common.ROOT,
         capture_output=True,
         text=True,
         timeout=preset.timeout_s,
@@ -258,7 +250,7 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
     """The scaling section: settings, the simulated-device caveat, one row per count."""
     s = section["settings"]
     lines = [
-        f"{heading} meta-training throughput against device count (issue 6)",
+        f"{heading} meta-training throughput against device count",
         "",
         f"One meta-step of `truncated.make_meta_step(learned.MLPLOpt(), config, mesh=...)` (TBPTT, "
         f"train-by-train) on the MLP {'-'.join(map(str, s['sizes']))}, minibatch {s['batch']}, "

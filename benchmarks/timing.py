@@ -1,10 +1,10 @@
 """Timing shared by every benchmark group: AOT compile, warm-up, interleaved samples.
 
 A timing sample lasts at least ``MIN_SAMPLE_S``: fast calls are repeated within a sample
-and the sample's mean per call is recorded, so a ~40 microsecond call is not dominated by
-timer and scheduler jitter. Functions compared with each other are timed in rounds, one
-sample each per round in a shuffled (seeded) order, so load drift on a shared machine
-hits all of them alike; ratios measured this way are what the results report.
+and the sample's mean per call is recorded, so a call of tens of microseconds is not
+dominated by timer and scheduler jitter. Functions compared with each other are timed in
+rounds, one sample each per round in a shuffled (seeded) order, so load drift on a shared
+machine hits all of them alike; ratios measured this way are what the results report.
 """
 
 from __future__ import annotations
@@ -73,23 +73,31 @@ def _elapsed(fn: Any, args: tuple) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def compile_timed(name: str, fn: Any, *args: Any) -> Timed:
-    """``xla.jit(fn).lower(*args).compile()`` (the library's compiler options, see
-    :mod:`l2l_jax.xla`), timed, then a warm-up call.
+def warm_up(cell: Timed) -> Timed:
+    """One call of the cell (its time is ``warm_s``, its output ``out``), then the fastest
+    of three more (when calls are fast) as the estimate of one call's time, from which the
+    calls per timing sample are chosen."""
+    cell.warm_s, cell.out = _elapsed(cell.fn, cell.args)
+    cell.call_s = cell.warm_s
+    if cell.warm_s < CALIBRATE_BELOW_S:
+        cell.call_s = min(_elapsed(cell.fn, cell.args)[0] for _ in range(3))
+    return cell
 
-    The fastest of three more calls (when calls are fast) estimates one call's time, from
-    which the calls per timing sample are chosen.
-    """
+
+def compile_only(name: str, fn: Any, *args: Any, jit: Any = xla.jit) -> Timed:
+    """``jit(fn).lower(*args).compile()``, timed, not called (a cell too large to run can
+    still report its compile time and XLA's memory estimate)."""
     start = time.perf_counter()
-    lowered = xla.jit(fn).lower(*args)
+    lowered = jit(fn).lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    timed = Timed(name, compiled, args, lowered_at - start, time.perf_counter() - lowered_at)
-    timed.warm_s, timed.out = _elapsed(compiled, args)
-    timed.call_s = timed.warm_s
-    if timed.warm_s < CALIBRATE_BELOW_S:
-        timed.call_s = min(_elapsed(compiled, args)[0] for _ in range(3))
-    return timed
+    return Timed(name, compiled, args, lowered_at - start, time.perf_counter() - lowered_at)
+
+
+def compile_timed(name: str, fn: Any, *args: Any) -> Timed:
+    """``xla.jit(fn).lower(*args).compile()`` (the library's compiler options, see
+    :mod:`l2l_jax.xla`), timed, then :func:`warm_up`."""
+    return warm_up(compile_only(name, fn, *args))
 
 
 def repeats_within_budget(sample_s: float, repeats: int, budget_s: float) -> int:
@@ -115,6 +123,24 @@ def time_interleaved(cells: list[Timed], repeats: int, budget_s: float, bar: Any
                 cells[i].times.append(cells[i].sample())
         if bar is not None:
             bar.update()
+
+
+def time_rounds(
+    cells: list[Timed], repeats: int, budget_s: float, desc: str, progress: bool = True
+) -> None:
+    """:func:`time_interleaved` with a progress bar labelled ``desc`` (hidden unless
+    ``progress``)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=repeats, desc=desc, disable=not progress) as bar:
+        time_interleaved(cells, repeats, budget_s, bar)
+
+
+def paired_ratio(a: Timed, b: Timed) -> float:
+    """Median over rounds of ``a``'s sample over ``b``'s (samples of one round are close
+    in time, so this ratio is the least affected by load drift)."""
+    n = min(len(a.times), len(b.times))
+    return statistics.median(x / y for x, y in zip(a.times[:n], b.times[:n], strict=True))
 
 
 def fmt_bytes(x: int | None) -> str:

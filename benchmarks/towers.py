@@ -3,8 +3,8 @@
 One training step of the MNIST MLP task (784-100-20-10, minibatch 32; synthetic inputs of
 the same shapes, so no dataset is needed): gradient, optimizer update, parameter update,
 jitted. For SGD and Adam, towers of height 0 (plain optax), 1, 2 and 3 are timed side by
-side (interleaved rounds, :mod:`benchmarks.timing`) and reported as ratios to height 0
-(issue 5). The upper levels are SGD on the learning rate only, so each level adds one
+side (interleaved rounds, :mod:`benchmarks.timing`) and reported as ratios to height 0.
+The upper levels are SGD on the learning rate only, so each level adds one
 forward-mode JVP of the level below's update.
 """
 
@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks import timing
+from benchmarks import common, timing
 from l2l_jax import hyper
-from l2l_jax.tasks import MnistMLP
 
 OPTIMIZERS = {
     "sgd": (optax.sgd, {"learning_rate": 0.1}),
@@ -56,18 +55,9 @@ def build_tower(optimizer: str, height: int) -> optax.GradientTransformation:
     return hyper.tower(*levels, optax.sgd(1e-4))
 
 
-def _task(preset: TowerPreset) -> MnistMLP:
-    k_x, k_y = jax.random.split(jax.random.key(0))
-    images = jax.random.uniform(k_x, (preset.n, preset.sizes[0]))
-    labels = jax.random.randint(k_y, (preset.n,), 0, preset.sizes[-1])
-    return MnistMLP(images, labels, init_key=jax.random.key(1), sizes=preset.sizes)
-
-
 def measure(preset: TowerPreset, progress: bool = True) -> dict[str, Any]:
     """Compile and time one step per (optimizer, height); ratios to height 0."""
-    from tqdm.auto import tqdm
-
-    task = _task(preset)
+    task = common.mnist_like_task(preset.sizes, preset.n)
     params = task.init_params()
     idx = jnp.arange(preset.batch)
     cells = []
@@ -83,8 +73,7 @@ def measure(preset: TowerPreset, progress: bool = True) -> dict[str, Any]:
             cells.append(
                 timing.compile_timed(f"{name}/{height}", step, params, tx.init(params), idx)
             )
-    with tqdm(total=preset.repeats, desc="time towers", disable=not progress) as bar:
-        timing.time_interleaved(cells, preset.repeats, preset.budget_s, bar)
+    timing.time_rounds(cells, preset.repeats, preset.budget_s, "time towers", progress)
     base = {
         c.name.split("/")[0]: statistics.median(c.times) for c in cells if c.name.endswith("/0")
     }
@@ -116,7 +105,7 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
     """The towers section: settings, one row per (optimizer, height)."""
     s = section["settings"]
     lines = [
-        f"{heading} hypergradient towers (issue 5)",
+        f"{heading} hypergradient towers",
         "",
         f"One jitted training step of the MLP {'-'.join(map(str, s['sizes']))} (minibatch "
         f"{s['batch']}): height 0 is plain optax; each level above tunes the learning rate of "

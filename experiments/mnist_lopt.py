@@ -28,6 +28,7 @@ and timings. :func:`claims` checks the paper's claims across settings over seeds
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -183,6 +184,18 @@ def lopt_inner(lopt: learned.MLPLOpt, batch_size: int) -> inner.InnerOptimizer:
     return learned.inner_optimizer(lopt, batch_size)
 
 
+def estimator(cfg: ml_collections.ConfigDict) -> truncated.Estimator | str:
+    """``cfg.estimator`` with the config's ``es_sigma`` and ``es_pairs`` as the settings it
+    takes (``truncated.PES(sigma=cfg.es_sigma, pairs=cfg.es_pairs)`` for ``"pes"``; TBPTT
+    takes none); a name the registry lacks is left for TruncatedConfig to refuse."""
+    cls = truncated.ESTIMATORS.get(cfg.estimator)
+    if cls is None:
+        return cfg.estimator
+    own = {f.name for f in dataclasses.fields(cls)}
+    settings = {"sigma": cfg.es_sigma, "pairs": cfg.es_pairs}
+    return cls(**{k: v for k, v in settings.items() if k in own})
+
+
 def truncated_config(cfg: ml_collections.ConfigDict, objective: str) -> truncated.TruncatedConfig:
     """The :class:`~l2l_jax.truncated.TruncatedConfig` of one objective."""
     return truncated.TruncatedConfig(
@@ -194,9 +207,7 @@ def truncated_config(cfg: ml_collections.ConfigDict, objective: str) -> truncate
         eval_batch_size=cfg.eval_batch_size,
         meta_lr=cfg.meta_lr,
         clip=cfg.clip,
-        estimator=cfg.estimator,
-        es_pairs=cfg.es_pairs,
-        es_sigma=cfg.es_sigma,
+        estimator=estimator(cfg),
     )
 
 

@@ -2,11 +2,10 @@
 
 On the CPU backend, XLA's code generator prefers 256-bit vectors by default, also on
 machines with AVX-512. The learned optimizers' fused per-coordinate MLP
-(:func:`l2l_jax.learned.common.fused_mlp`) is bound by its multiply-adds, and 512-bit
-vectors make it faster on an AVX-512 machine: the PES meta-step of
-``../shared/peers/l2l_throughput.py`` went from 79-81 to 89-95 inner steps/s (2 cores,
-measured side by side, ``L2L_JAX_XLA_DEFAULTS=1`` for the defaults). Where the CPU has
-no 512-bit vectors, LLVM keeps the widest it has.
+(:func:`l2l_jax.learned.common.fused_mlp`) is bound by its multiply-adds, so 512-bit
+vectors make it, and the meta-steps built on it, faster on an AVX-512 machine
+(``L2L_JAX_XLA_DEFAULTS=1`` restores XLA's defaults, to compare the two side by side).
+Where the CPU has no 512-bit vectors, LLVM keeps the widest it has.
 On GPU and TPU no option is added.
 
 :func:`cached` is the library's one policy for keeping compiled functions: a jitted unit

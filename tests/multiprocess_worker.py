@@ -27,6 +27,7 @@ test skips then.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -101,10 +102,14 @@ def parts():
         eval_batch_size=None,
         objective="tbv",
         meta_lr=1e-2,
-        es_pairs=2,
     )
+
+    def two_pairs(cls):  # each estimator of the registry, with 2 pairs where it has pairs
+        return cls(pairs=2) if "pairs" in {f.name for f in dataclasses.fields(cls)} else cls()
+
     configs = {
-        name: truncated.TruncatedConfig(**base, estimator=name) for name in truncated.ESTIMATORS
+        name: truncated.TruncatedConfig(**base, estimator=two_pairs(cls))
+        for name, cls in truncated.ESTIMATORS.items()
     }
     gd = inner.gd()  # hashable: the compiled-step cache serves the killed and the resumed run
     return task, gd, jnp.float32(0.5), configs

@@ -17,7 +17,7 @@ derived numbers (throughput, roofline, ratios, targets) follow from its reported
 and the peer comparison runs through fake peer scripts or says why it was skipped. Timings
 are not asserted on (machines are shared and noisy).
 
-The issue 6 benchmark groups on their ``smoke`` presets: memory/compile and scaling.
+The memory/compile and scaling benchmark groups on their ``smoke`` presets.
 
 Timings are not asserted on (shared, noisy machines). XLA's memory estimate is static, so
 the checkpointed reverse mode's advantage at t = 1000 is asserted.
@@ -41,8 +41,8 @@ from conftest import BENCH_END as END
 from benchmarks import estimators as estimators_bench
 from benchmarks import flops as flops_bench
 from benchmarks import learned as learned_bench
+from benchmarks import learned_hand, learned_torch, memory, momentum, scaling
 from benchmarks import least_squares as ls_bench
-from benchmarks import memory, momentum, scaling
 from benchmarks import run as bench
 from benchmarks import towers as towers_bench
 from l2l_jax import learned, truncated
@@ -306,7 +306,7 @@ def test_hand_written_matches_library_loss_and_gradient():
     np.testing.assert_allclose(h_loss, loss, rtol=1e-6)
     chex.assert_trees_all_close(h_grad, grad, rtol=1e-5, atol=1e-8)
     assert max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grad)) > 1e-6
-    library_runs = learned_bench.as_runs(new)
+    library_runs = learned_hand.as_runs(new)
     chex.assert_trees_all_close(h_new.params, library_runs.params, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_close(h_new.momentum, library_runs.momentum, rtol=1e-6, atol=1e-7)
     for field in ("count", "step", "key"):
@@ -317,7 +317,7 @@ def test_learned_smoke_section(learned_section):
     section = learned_section
     impls = [r["impl"] for r in section["rows"]]
     expected = ["l2l_jax", "hand-written"]
-    if learned_bench.torch_available():
+    if learned_torch.torch_available():
         expected.append("torch.func")
     assert impls == expected
     for row in section["rows"]:
@@ -343,7 +343,7 @@ def test_learned_smoke_section(learned_section):
 
 
 def test_torch_skip_path(monkeypatch, learned_section):
-    monkeypatch.setattr(learned_bench, "torch_available", lambda: False)
+    monkeypatch.setattr(learned_torch, "torch_available", lambda: False)
     info, cell = learned_bench.torch_section(SMOKE, None, None, None)
     assert info == {"status": "skipped: torch not installed (pip install torch==2.13.0)"}
     assert cell is None

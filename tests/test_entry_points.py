@@ -1,5 +1,5 @@
 """Bad input at the public entry points: a ValueError/TypeError raised where it enters,
-naming the field (issue 25, item 4). One row per entry point and bad input."""
+naming the field. One row per entry point and bad input."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The package's import graph: no circle, and no import from a lower layer to a higher one.
+"""The import graph of the library and the research packages: no circle, and no import
+from a lower layer to a higher one.
 
-Layers, lowest first (a module may import its own layer and the ones below):
+The library's layers, lowest first (a module may import its own layer and the ones below):
 
 0. ``input_checks``, ``xla``, ``reporting``, ``data``: plain helpers and data sources;
 1. ``closed_forms`` (log-space numerics, closed forms, mpmath references), ``inner``,
@@ -11,8 +12,18 @@ Layers, lowest first (a module may import its own layer and the ones below):
 4. ``evaluation``, ``analysis``: evaluations and analyses of trained optimizers;
 5. ``meta`` (the deprecated names' forwarder), ``__main__`` and the package's ``__init__``.
 
-Every ``import`` statement counts, including those inside functions (a lazy import is
-still a dependency).
+Above the library sit the research packages (:data:`RESEARCH`), each one layer, lowest
+first: they may import ``l2l_jax`` and the research packages below them, and the library
+never imports any of them:
+
+6. ``configs``: the experiments' settings (``ml_collections`` configs);
+7. ``experiments``: the research code (``python -m experiments NAME``), which reads
+   ``configs``;
+8. ``benchmarks``: ``make bench``, which reuses experiments' helpers (the machine's
+   description, the Figure 2 grid) and configs; no experiment imports a benchmark.
+
+No module of any of them is over 600 lines. Every ``import`` statement counts, including
+those inside functions (a lazy import is still a dependency).
 """
 
 from __future__ import annotations
@@ -24,7 +35,11 @@ from pathlib import Path
 
 import jax
 
-PACKAGE = Path(__file__).resolve().parents[1] / "l2l_jax"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "l2l_jax"
+# The research packages above the library, lowest first (layers 6, 7, 8).
+RESEARCH = ("configs", "experiments", "benchmarks")
+PACKAGES = ("l2l_jax", *RESEARCH)
 LAYERS = {
     "input_checks": 0,
     "xla": 0,
@@ -46,18 +61,20 @@ LAYERS = {
 }
 
 
-def modules() -> dict[str, Path]:
+def modules(packages: tuple[str, ...] = ("l2l_jax",)) -> dict[str, Path]:
+    """Dotted name -> file of every module of ``packages`` (by default the library's)."""
     out = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = ("l2l_jax", *path.relative_to(PACKAGE).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = path
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = (package, *path.relative_to(ROOT / package).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
     return out
 
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The package's modules that ``name`` imports (the longest known prefix of each)."""
+    """The known modules that ``name`` imports (the longest known prefix of each)."""
     found = set()
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
@@ -73,18 +90,22 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
         for target in targets:
             while target and target not in known:
                 target = target.rpartition(".")[0]
-            if target.startswith("l2l_jax") and target != name:
+            if target and target != name:
                 found.add(target)
     return found
 
 
 def graph() -> dict[str, set[str]]:
-    known = modules()
+    """Module -> the modules it imports, over the library and the research packages."""
+    known = modules(PACKAGES)
     return {name: imports(name, path, known) for name, path in known.items()}
 
 
 def layer(module: str) -> int:
-    top = module.split(".")[1] if "." in module else ""
+    package, _, rest = module.partition(".")
+    if package in RESEARCH:
+        return max(LAYERS.values()) + 1 + RESEARCH.index(package)
+    top = rest.split(".")[0]
     assert top in LAYERS, f"{module}: add its top-level name to LAYERS"
     return LAYERS[top]
 
@@ -124,6 +145,12 @@ def test_the_graph_is_read():
     g = graph()
     assert "l2l_jax.learned.adapters" in g["l2l_jax.learned"]
     assert "l2l_jax.inner.optimizers" in g["l2l_jax.truncated.runs"]
+    # the research packages too, and their imports of each other and of the library
+    assert {"experiments.common", "benchmarks.methods"} <= g["benchmarks.run"]
+    assert "configs.fig2" in g["benchmarks.least_squares"]
+    assert "l2l_jax.tasks" in g["benchmarks.common"]
+    assert layer("l2l_jax.meta") < layer("configs") < layer("experiments.cli")
+    assert layer("experiments") < layer("benchmarks.run")
     # a relative import and an import inside a function are both seen
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
 
@@ -149,7 +176,7 @@ def test_no_import_runs_up_a_layer():
 
 
 def test_no_module_is_over_600_lines():
-    long = {n: len(p.read_text().splitlines()) for n, p in modules().items()}
+    long = {n: len(p.read_text().splitlines()) for n, p in modules(PACKAGES).items()}
     assert {n: k for n, k in long.items() if k > 600} == {}
 
 
@@ -190,6 +217,10 @@ def test_one_state_style():
     import inspect
     from typing import NamedTuple  # noqa: F401 (the rule's exception)
 
+    from l2l_jax import truncated
+
+    estimators = {c.__name__ for c in truncated.ESTIMATORS.values()}  # the registered ones
+
     states, statics = [], []
     for name in modules():
         skip = name.endswith(("__main__", "l2l_jax.meta"))
@@ -199,11 +230,7 @@ def test_one_state_style():
                 continue
             if cls_name.endswith("State"):
                 states.append(cls)
-            if cls_name.endswith(("Config", "Inner", "InnerOptimizer")) or cls_name in (
-                "TBPTT",
-                "ES",
-                "PES",
-            ):
+            if cls_name.endswith(("Config", "Inner", "InnerOptimizer")) or cls_name in estimators:
                 statics.append(cls)
     assert len(states) >= 6, states
     for cls in states:
@@ -216,3 +243,19 @@ def test_one_state_style():
     assert len(statics) >= 5, statics
     for cls in statics:
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
+
+
+def test_truncated_meta_training_does_not_import_learned_optimizers():
+    """The generic meta-step takes any inner optimizer, and a learned optimizer supplies
+    its own adapter (``as_inner_optimizer()``): no module of ``l2l_jax.truncated`` imports
+    ``l2l_jax.learned``."""
+    g = graph()
+    truncated_modules = [
+        m for m in g if m == "l2l_jax.truncated" or m.startswith("l2l_jax.truncated.")
+    ]
+    assert len(truncated_modules) > 10  # the package's modules were found
+    found = {
+        m: sorted(t for t in g[m] if t == "l2l_jax.learned" or t.startswith("l2l_jax.learned."))
+        for m in truncated_modules
+    }
+    assert {m: t for m, t in found.items() if t} == {}

@@ -44,18 +44,18 @@ def full_horizon_gradient(theta) -> np.ndarray:
 
 def estimate(estimator: str, segments: int = CYCLE, meta_batch: int = 256, pairs: int = 4):
     """The mean of ``segments`` consecutive estimates at fixed ``THETA`` (no updates)."""
+    settings = {} if estimator == "tbptt" else {"pairs": pairs}
     cfg = truncated.TruncatedConfig(
         horizon=T,
         segment=K,
         meta_batch=meta_batch,
-        es_pairs=pairs,
         objective="tbt",
         eval_batch_size=None,
-        estimator=estimator,
+        estimator=truncated.ESTIMATORS[estimator](**settings),
         stagger=False,
     )
     state = truncated.init_state(jax.random.key(0), TASK, OPT, cfg, meta_params=THETA)
-    est = truncated.get_estimator(estimator)
+    est = cfg.estimator
     step = jax.jit(lambda s, k: est.gradient(THETA, s, k, TASK, OPT, cfg))
     runs, total = state.inner, np.zeros(2)
     for i in range(segments):
@@ -93,15 +93,14 @@ def test_pes_accumulator_follows_the_runs():
     def deltas(i):
         key = jax.random.fold_in(jax.random.key(1), i)
         keys = jax.random.split(key, cfg.meta_batch)
-        eps = jax.vmap(lambda k: es.tree_normal(k, THETA, (cfg.es_pairs,)))(keys)
-        return jax.tree.map(lambda e: cfg.es_sigma * e, eps)
+        eps = jax.vmap(lambda k: es.tree_normal(k, THETA, (cfg.estimator.pairs,)))(keys)
+        return jax.tree.map(lambda e: cfg.estimator.sigma * e, eps)
 
     summed = jax.tree.map(lambda *d: sum(d), *(deltas(i) for i in range(3)))
     for a, b in zip(jax.tree.leaves(state.accumulator), jax.tree.leaves(summed), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
     assert np.all(np.asarray(state.runs.step) == 18)
-    est = truncated.get_estimator("pes")
-    _, _, after, _ = est.gradient(
+    _, _, after, _ = cfg.estimator.gradient(
         THETA, state, jax.random.fold_in(jax.random.key(1), 3), TASK, OPT, cfg
     )
     last = deltas(3)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from l2l_jax import learned, truncated
+from l2l_jax import inner, learned, tasks, truncated
 from l2l_jax.data import mnist
 from l2l_jax.tasks.mnist import MnistMLP
 
@@ -110,7 +110,8 @@ def test_resume_is_bit_exact(tmp_path, estimator):
     """PES carries state of its own (each pair's runs and accumulated perturbation):
     it must come back exactly too."""
     task, lopt = linreg(), TINY_LOPT
-    cfg = dataclasses.replace(TINY_CFG, estimator=estimator, es_pairs=2)
+    settings = {} if estimator == "tbptt" else {"pairs": 2}
+    cfg = dataclasses.replace(TINY_CFG, estimator=truncated.ESTIMATORS[estimator](**settings))
     kwargs = dict(key=jax.random.key(3), progress=False)
     full = truncated.meta_train(task, lopt, cfg, 10, checkpoint_dir=tmp_path / "a", **kwargs)
 
@@ -145,6 +146,31 @@ def test_resume_is_bit_exact(tmp_path, estimator):
     for ours, ref in zip(lines, map(json.loads, full_lines), strict=True):
         assert ours["meta_loss"] == ref["meta_loss"]
         assert {"grad_norm", "nonfinite", "time", "step_time"} <= set(ours)
+
+
+def test_a_checkpoint_with_the_old_estimator_fields_resumes(tmp_path):
+    """Checkpoints written before the estimators held their settings store
+    ``estimator="pes", es_sigma=s, es_pairs=p``: they resume under
+    ``estimator=truncated.PES(sigma=s, pairs=p)`` (and only under it), bit-exactly."""
+    quad, opt = tasks.Quadratic.random(jax.random.key(0), dim=4, scale=0.5), inner.momentum()
+    cfg = dataclasses.replace(TINY_CFG, batch_size=None, eval_batch_size=None)
+    cfg = dataclasses.replace(cfg, estimator=truncated.PES(sigma=0.03, pairs=2))
+    kwargs = dict(key=jax.random.key(3), meta_params=opt.hparams(), progress=False)
+    full = truncated.meta_train(quad, opt, cfg, 3, **kwargs)
+    truncated.meta_train(quad, opt, cfg, 2, checkpoint_dir=tmp_path, **kwargs)
+    stored = tmp_path / "2" / "config" / "metadata"
+    old = {**json.loads(stored.read_text()), "estimator": "pes", "es_sigma": 0.03, "es_pairs": 2}
+    stored.write_text(json.dumps(old))  # what TruncatedConfig.to_dict() used to write
+    with pytest.raises(TypeError, match=r"estimator=truncated.PES\(sigma=..., pairs=...\)"):
+        truncated.TruncatedConfig(**old)
+    other = dataclasses.replace(cfg, estimator=truncated.PES(sigma=0.01, pairs=2))
+    with pytest.raises(ValueError, match="was written with config"):
+        truncated.meta_train(quad, opt, other, 3, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    resumed = truncated.meta_train(
+        quad, opt, cfg, 3, checkpoint_dir=tmp_path, resume=True, **kwargs
+    )
+    assert [m["step"] for m in resumed.metrics] == [3]
+    assert tree_equal(resumed.state, full.state)
 
 
 # -- estimators ------------------------------------------------------------------------------
@@ -185,11 +211,11 @@ def test_tbptt_gradient_matches_hand_written_unroll():
 
 def test_es_agrees_with_tbptt_direction():
     task = linreg()
-    cfg = truncated.TruncatedConfig(**{**TINY_CFG.to_dict(), "es_pairs": 2048, "es_sigma": 1e-3})
+    cfg = dataclasses.replace(TINY_CFG, estimator=truncated.ES(sigma=1e-3, pairs=2048))
     state = truncated.init_state(jax.random.key(1), task, TINY_LOPT, cfg)
     inner = learned.inner_optimizer(TINY_LOPT)
     loss, g_tbptt, runs, _ = tbptt(state.meta_params, state.inner, task)
-    es = jax.jit(lambda mp, runs, k, task: truncated.es_gradient(mp, runs, k, task, inner, cfg))
+    es = jax.jit(lambda mp, runs, k, task: cfg.estimator.gradient(mp, runs, k, task, inner, cfg))
     loss_es, g_es, runs_es, _ = es(state.meta_params, state.inner, jax.random.key(7), task)
     flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])
     a, b = flat(g_es), flat(g_tbptt)

@@ -1,9 +1,9 @@
-"""Truncated meta-training keeps named hyperparameters in their domains (issue 25, item 5).
+"""Truncated meta-training keeps named hyperparameters in their domains.
 
-The setting of the issue: Adam on a 5-d quadratic, meta-learning its learning rate, b1,
+The setting: Adam on a 5-d quadratic, meta-learning its learning rate, b1,
 b2 and eps with horizon 24, segment 5, meta-batch 8, 30 meta-steps and the default
-meta-optimizer. Before, ES and PES moved b2 to 1 and eps below 0 at the first step (all
-later steps non-finite and skipped) and TBPTT drove eps negative.
+meta-optimizer. Unconstrained, ES and PES move b2 to 1 and eps below 0 at the first step (all
+later steps non-finite and skipped) and TBPTT drives eps negative.
 
 The inner optimizer is Adam wrapped by :class:`Strict`, which turns the parameters into NaN
 whenever it is handed a hyperparameter outside its domain: the meta-loss of such a run is
@@ -171,7 +171,7 @@ def test_out_of_domain_start_is_refused():
 # -- the measured setting ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "es", "pes"])
+@pytest.mark.parametrize("estimator", list(truncated.ESTIMATORS))
 def test_hyperparameters_stay_in_their_domains(estimator):
     """Every meta-step's hyperparameters are in their domains, no step is non-finite, and
     meta_train (the same compiled step) ends where the step-by-step loop does."""

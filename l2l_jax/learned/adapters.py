@@ -3,7 +3,9 @@ optimizer (:class:`~l2l_jax.learned.MLPLOpt`, :class:`~l2l_jax.learned.NominalLO
 
 * :func:`inner_optimizer`: an :class:`~l2l_jax.inner.InnerOptimizer` whose
   hyperparameters are the meta-parameters (for ``inner.unroll``, ``metagrad.meta_objective``
-  and ``truncated.meta_train``); :func:`as_inner_optimizer` passes inner optimizers through;
+  and ``truncated.meta_train``; every learned optimizer also supplies it itself,
+  ``lopt.as_inner_optimizer()``, which is how ``truncated`` takes one without importing this
+  package); :func:`as_inner_optimizer` passes inner optimizers through;
 * :func:`as_optax`: fixed meta-parameters as an ``optax.GradientTransformation``;
 * :func:`save` / :func:`load`: orbax checkpoints of (architecture, meta-parameters),
   the kind read back from the stored config.
@@ -11,17 +13,16 @@ optimizer (:class:`~l2l_jax.learned.MLPLOpt`, :class:`~l2l_jax.learned.NominalLO
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import chex
 import optax
 from flax import nnx
 
 from l2l_jax import input_checks
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.learned import common
+from l2l_jax.learned.common import LearnedInnerOptimizer
 from l2l_jax.learned.mlp_lopt import LOptConfig, MLPLOpt, MLPNet
 from l2l_jax.learned.nominal import NominalLOpt
 from l2l_jax.learned.nominal_config import NominalConfig
@@ -34,51 +35,6 @@ KINDS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class LearnedInnerOptimizer:
-    """A learned optimizer as an :class:`~l2l_jax.inner.InnerOptimizer`: its
-    hyperparameters are its meta-parameters.
-
-    ``unroll(task, inner_optimizer(lopt), meta_params, steps)`` runs the learned optimizer;
-    ``metagrad.meta_objective(..., grad="autodiff")`` differentiates through it.
-    """
-
-    lopt: common.NetOptimizer
-    batch_size: int | None = None
-    hparam_names: tuple[str, ...] = ("meta_params",)
-
-    @property
-    def name(self) -> str:
-        """``f"{lopt.kind}_lopt"``: ``"mlp_lopt"`` or ``"nominal_lopt"``."""
-        return f"{self.lopt.kind}_lopt"
-
-    def hparams(self, meta_params: MetaParams | None = None, **values: Any) -> MetaParams:
-        """The hyperparameters are the meta-parameters themselves (no defaults)."""
-        if meta_params is None or values:
-            raise ValueError("pass the learned optimizer's meta-parameters: hparams(meta_params).")
-        return meta_params
-
-    def as_dict(self, hparams: MetaParams) -> dict[str, MetaParams]:
-        """Check that ``hparams`` has the meta-parameters' structure and shapes."""
-        try:
-            chex.assert_trees_all_equal_shapes(hparams, self.lopt.meta_params_shapes)
-        except (AssertionError, ValueError) as err:
-            raise TypeError(
-                f"{self.name} takes its meta-parameters (lopt.init_meta_params(key)) as "
-                f"hyperparameters: {err}"
-            ) from None
-        return {"meta_params": hparams}
-
-    def init(self, params, hparams: MetaParams):
-        """Accumulators for ``params`` (the meta-parameters are not needed)."""
-        return self.lopt.init(params)
-
-    def update(self, grads, state, params, hparams: MetaParams):
-        """One step: ``(new_params, new_state)``."""
-        updates, state = self.lopt.update(hparams, grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-
 def inner_optimizer(
     lopt: common.NetOptimizer, batch_size: int | None = None
 ) -> LearnedInnerOptimizer:
@@ -89,7 +45,7 @@ def inner_optimizer(
             f"inner_optimizer takes a learned optimizer (learned.MLPLOpt, "
             f"learned.NominalLOpt), got {type(lopt).__name__}."
         )
-    return LearnedInnerOptimizer(lopt=lopt, batch_size=batch_size)
+    return lopt.as_inner_optimizer(batch_size)
 
 
 def as_inner_optimizer(optimizer) -> InnerOptimizer:

@@ -10,6 +10,7 @@ inherit :class:`NetOptimizer`, and :mod:`l2l_jax.learned.mlp_lopt` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 Array = jax.Array
@@ -208,6 +210,57 @@ class NetOptimizer:
     def apply(self, meta_params: MetaParams, inputs: Array) -> Array:
         """The network with weights ``meta_params`` on ``(..., num_features)`` inputs."""
         return nnx.merge(self.graphdef, meta_params)(inputs)
+
+    def as_inner_optimizer(self, batch_size: int | None = None) -> LearnedInnerOptimizer:
+        """This optimizer as an :class:`~l2l_jax.inner.InnerOptimizer` whose hyperparameters
+        are its meta-parameters (how ``truncated`` and ``inner.unroll`` take it, without
+        knowing learned optimizers)."""
+        return LearnedInnerOptimizer(lopt=self, batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedInnerOptimizer:
+    """A learned optimizer as an :class:`~l2l_jax.inner.InnerOptimizer`: its
+    hyperparameters are its meta-parameters.
+
+    ``unroll(task, inner_optimizer(lopt), meta_params, steps)`` runs the learned optimizer;
+    ``metagrad.meta_objective(..., grad="autodiff")`` differentiates through it.
+    """
+
+    lopt: NetOptimizer
+    batch_size: int | None = None
+    hparam_names: tuple[str, ...] = ("meta_params",)
+
+    @property
+    def name(self) -> str:
+        """``f"{lopt.kind}_lopt"``: ``"mlp_lopt"`` or ``"nominal_lopt"``."""
+        return f"{self.lopt.kind}_lopt"
+
+    def hparams(self, meta_params: MetaParams | None = None, **values: Any) -> MetaParams:
+        """The hyperparameters are the meta-parameters themselves (no defaults)."""
+        if meta_params is None or values:
+            raise ValueError("pass the learned optimizer's meta-parameters: hparams(meta_params).")
+        return meta_params
+
+    def as_dict(self, hparams: MetaParams) -> dict[str, MetaParams]:
+        """Check that ``hparams`` has the meta-parameters' structure and shapes."""
+        try:
+            chex.assert_trees_all_equal_shapes(hparams, self.lopt.meta_params_shapes)
+        except (AssertionError, ValueError) as err:
+            raise TypeError(
+                f"{self.name} takes its meta-parameters (lopt.init_meta_params(key)) as "
+                f"hyperparameters: {err}"
+            ) from None
+        return {"meta_params": hparams}
+
+    def init(self, params, hparams: MetaParams):
+        """Accumulators for ``params`` (the meta-parameters are not needed)."""
+        return self.lopt.init(params)
+
+    def update(self, grads, state, params, hparams: MetaParams):
+        """One step: ``(new_params, new_state)``."""
+        updates, state = self.lopt.update(hparams, grads, state, params)
+        return optax.apply_updates(params, updates), state
 
 
 def _build_net(net: type[nnx.Module], config: Any, key: chex.PRNGKey, param_dtype) -> nnx.Module:

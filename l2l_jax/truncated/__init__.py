@@ -14,9 +14,11 @@ One file per piece, in pipeline order:
 * :mod:`.tasks`: what a task and an inner optimizer must provide (checked early).
 * :mod:`.runs`: one inner run (:class:`InnerState`), one inner step with the restart at the
   horizon, a segment of ``K`` steps in one :func:`jax.lax.scan`.
-* :mod:`.estimator`: the interface of the meta-gradient estimators, one file each:
-  :mod:`.tbptt` (truncated backpropagation), :mod:`.es` (antithetic truncated ES),
-  :mod:`.pes` (persistent ES, unbiased across truncations).
+* :mod:`.estimator`: the interface of the meta-gradient estimators (:class:`Estimator`) and
+  their registry of names (:data:`ESTIMATORS`); one file each, an object holding its own
+  settings: :mod:`.tbptt` (:class:`TBPTT`, truncated backpropagation), :mod:`.es`
+  (:class:`ES`, antithetic truncated ES), :mod:`.pes` (:class:`PES`, persistent ES,
+  unbiased across truncations).
 * :mod:`.domains`: named hyperparameters (learning rate, ``eps``, decays) learned in an
   unconstrained space (log, logit), so no update or ES/PES perturbation leaves their domain.
 * :mod:`.step`: :class:`TruncatedState` and the jitted meta-step (non-finite steps skipped
@@ -34,16 +36,14 @@ from l2l_jax.truncated.checkpoints import (
     to_host,
 )
 from l2l_jax.truncated.config import (
-    ESTIMATORS,
     OBJECTIVES,
     TruncatedConfig,
     default_meta_optimizer,
 )
-from l2l_jax.truncated.es import es_gradient
-from l2l_jax.truncated.estimator import Estimator
-from l2l_jax.truncated.estimator import get as get_estimator
+from l2l_jax.truncated.es import ES, es_gradient
+from l2l_jax.truncated.estimator import ESTIMATORS, Estimator
 from l2l_jax.truncated.loop import TruncatedResult, meta_train
-from l2l_jax.truncated.pes import PESState, pes_gradient
+from l2l_jax.truncated.pes import PES, PESState, pes_gradient
 from l2l_jax.truncated.runs import (
     InnerState,
     fresh_run,
@@ -63,11 +63,14 @@ from l2l_jax.truncated.step import init_state, make_meta_step, meta_step
 from l2l_jax.truncated.tasks import (
     check_task,
 )
-from l2l_jax.truncated.tbptt import tbptt_gradient
+from l2l_jax.truncated.tbptt import TBPTT, tbptt_gradient
 
 __all__ = [
+    "ES",
     "ESTIMATORS",
     "OBJECTIVES",
+    "PES",
+    "TBPTT",
     "Estimator",
     "InnerState",
     "PESState",
@@ -80,7 +83,6 @@ __all__ = [
     "default_meta_optimizer",
     "es_gradient",
     "fresh_run",
-    "get_estimator",
     "host_value",
     "init_state",
     "inner_step",

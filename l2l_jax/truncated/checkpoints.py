@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax.truncated.config import TruncatedConfig
+from l2l_jax.truncated.config import MOVED_TO_ESTIMATOR, TruncatedConfig
+from l2l_jax.truncated.estimator import ESTIMATORS
+from l2l_jax.truncated.estimator import to_dict as estimator_to_dict
 
 Array = jax.Array
 _STATE, _CONFIG = "state", "config"
@@ -52,15 +54,37 @@ def _placed_like(x: np.ndarray, ref: Any) -> Array:
     return jnp.asarray(x)
 
 
+def _saved_estimator(saved: Mapping[str, Any]) -> Any:
+    """The estimator of a saved config in :func:`~.estimator.to_dict` form. A config
+    written before estimators held their settings has a bare name and the
+    ``es_sigma``/``es_pairs`` fields (:data:`~.config.MOVED_TO_ESTIMATOR`): they become
+    the registered estimator's own fields (those it lacks, e.g. TBPTT's, were ignored)."""
+    spec = saved.get("estimator", TruncatedConfig.estimator)
+    if not isinstance(spec, str):
+        return spec
+    cls = ESTIMATORS.get(spec)
+    if cls is None:
+        return {"name": spec}  # unknown: it will not match any config
+    own = {f.name for f in dataclasses.fields(cls)}
+    settings = {
+        new: saved[old] for old, new in MOVED_TO_ESTIMATOR.items() if old in saved and new in own
+    }
+    return estimator_to_dict(cls(**settings))
+
+
 def _config_with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config with the fields it predates filled in with their defaults (the
-    behaviour it was written with)."""
+    behaviour it was written with), and the old estimator settings translated
+    (:func:`_saved_estimator`)."""
     defaults = {
         f.name: f.default
         for f in dataclasses.fields(TruncatedConfig)
         if f.default is not dataclasses.MISSING
     }
-    return json.loads(json.dumps({**defaults, **saved}))
+    out = {**defaults, **saved, "estimator": _saved_estimator(saved)}
+    for old in MOVED_TO_ESTIMATOR:
+        out.pop(old, None)
+    return json.loads(json.dumps(out))
 
 
 def save_checkpoint(manager, state, config: TruncatedConfig) -> None:

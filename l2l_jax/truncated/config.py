@@ -10,9 +10,12 @@ import optax
 
 from l2l_jax import input_checks, objectives
 from l2l_jax.inner.unroll import remat_segment
+from l2l_jax.truncated import estimator as estimators
+from l2l_jax.truncated.estimator import Estimator
 
 OBJECTIVES = ("tbt", "tbv")  # the built-in names; any objectives.IterateObjective works
-ESTIMATORS = ("tbptt", "es", "pes")
+# the settings that moved into the estimator object: (old field, its field there)
+MOVED_TO_ESTIMATOR = {"es_sigma": "sigma", "es_pairs": "pairs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +39,15 @@ class TruncatedConfig:
         this size (training rows for tbt, validation rows for tbv), drawn independently of
         the minibatch the inner step used; ``None`` uses the full training
         (``task.loss``) or validation (``task.valid_loss``) loss.
-      estimator: how the meta-gradient of a segment is estimated (:data:`ESTIMATORS`):
-        ``"tbptt"`` (truncated backpropagation, :mod:`.tbptt`), ``"es"`` (antithetic
-        truncated evolution strategies, :mod:`.es`) or ``"pes"`` (persistent evolution
-        strategies, unbiased across truncations, :mod:`.pes`).
-      es_sigma: standard deviation of the ES/PES perturbations (for a hyperparameter with
-        a domain, of its ``u = log theta`` or ``logit theta``, :mod:`.domains`: a
-        relative size).
-      es_pairs: antithetic pairs per run and meta-step (``B * es_pairs`` pairs in all);
-        with PES each pair keeps its own perturbed runs across meta-steps.
+      estimator: how the meta-gradient of a segment is estimated, an object with its own
+        settings: ``truncated.TBPTT()`` (truncated backpropagation, :mod:`.tbptt`),
+        ``truncated.ES(sigma, pairs)`` (antithetic truncated evolution strategies,
+        :mod:`.es`), ``truncated.PES(sigma, pairs)`` (persistent evolution strategies,
+        unbiased across truncations, :mod:`.pes`) or any
+        :class:`~.estimator.Estimator`; a name of :data:`~.estimator.ESTIMATORS`
+        (``"tbptt"``, ``"es"``, ``"pes"``) stands for its default object. The field
+        always holds the object (``config.estimator.name`` is its name); checkpoints
+        record its name and settings.
       meta_lr: learning rate of the default meta-optimizer (Adam; it updates ``u`` of a
         hyperparameter with a domain, :mod:`.domains`).
       clip: global-norm clip of the meta-gradient in the default meta-optimizer.
@@ -66,22 +69,29 @@ class TruncatedConfig:
     batch_size: int | None = None
     objective: str | objectives.IterateObjective = "tbt"
     eval_batch_size: int | None = 32
-    estimator: str = "tbptt"
-    es_sigma: float = 0.01
-    es_pairs: int = 8
+    estimator: str | Estimator = "tbptt"
     meta_lr: float = 1e-3
     clip: float = 1.0
     stagger: bool = True
     reset_nonfinite: bool = True
     remat: int | bool | None = None
+    # removed settings, accepted only to say where they went (not fields of the config)
+    es_sigma: dataclasses.InitVar[float | None] = None
+    es_pairs: dataclasses.InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
-        for name in ("horizon", "segment", "meta_batch", "es_pairs"):
+    def __post_init__(self, es_sigma: float | None, es_pairs: int | None) -> None:
+        if es_sigma is not None or es_pairs is not None:
+            raise TypeError(
+                "TruncatedConfig no longer takes es_sigma or es_pairs: the estimator holds "
+                "its own settings, use estimator=truncated.PES(sigma=..., pairs=...) (or "
+                "truncated.ES(sigma=..., pairs=...))."
+            )
+        for name in ("horizon", "segment", "meta_batch"):
             input_checks.positive_int(name, getattr(self, name))
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) is not None:
                 input_checks.positive_int(name, getattr(self, name))
-        for name in ("es_sigma", "meta_lr", "clip"):
+        for name in ("meta_lr", "clip"):
             input_checks.positive(name, getattr(self, name))
         if isinstance(self.objective, str) and self.objective not in OBJECTIVES:
             raise ValueError(
@@ -90,8 +100,8 @@ class TruncatedConfig:
             )
         objectives.resolve_iterate(self.objective)  # TypeError for anything else
         hash(self.objective)  # a static argument of the compiled meta-step
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}.")
+        # a name (or to_dict's mapping) becomes its object: one key per compiled program
+        object.__setattr__(self, "estimator", estimators.resolve(self.estimator))
         if self.segment > self.horizon:
             raise ValueError(
                 f"segment (K = {self.segment}) must be <= horizon (T = {self.horizon}): a "
@@ -107,9 +117,12 @@ class TruncatedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (stored in checkpoints and compared on resume); the
-        objective is recorded by its ``name``."""
+        objective is recorded by its ``name``, the estimator as ``{"name": ...,
+        **settings}`` (``TruncatedConfig(**config.to_dict())`` reads it back for the
+        registered estimators and objectives)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["objective"] = self.meta_objective.name
+        out["estimator"] = estimators.to_dict(self.estimator)
         return out
 
 

@@ -12,10 +12,10 @@ on ``u`` (:func:`meta_step <l2l_jax.truncated.step.meta_step>` hands them the
 optimizer wrapped by :func:`reparameterize`), so every update and every ES/PES
 perturbation ``u +- sigma eps`` maps to a value inside the domain. The ES and PES
 estimates stay exact (antithetic, and for PES unbiased) for the smoothed loss in ``u``,
-which a projection of the perturbed points would break. The price: ``es_sigma`` and
-``meta_lr`` act on ``u``, so for a named hyperparameter they are *relative* sizes (a
-perturbation of ``0.01`` moves a learning rate by about 1%, a decay ``b`` by about
-``0.01 b (1 - b)``).
+which a projection of the perturbed points would break. The price: the estimator's
+``sigma`` (``truncated.PES(sigma=...)``) and ``meta_lr`` act on ``u``, so for a named
+hyperparameter they are *relative* sizes (a perturbation of ``0.01`` moves a learning rate
+by about 1%, a decay ``b`` by about ``0.01 b (1 - b)``).
 
 Everything a user sees stays in the natural space: the state's ``meta_params`` (so
 :class:`~l2l_jax.truncated.loop.TruncatedResult` and checkpoints) hold ``theta``;

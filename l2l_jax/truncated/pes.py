@@ -21,15 +21,16 @@ Gaussian-smoothed meta-loss of the *whole* run.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from l2l_jax.inner.optimizers import InnerOptimizer
-from l2l_jax.truncated.config import TruncatedConfig
-from l2l_jax.truncated.es import antithetic, pair_segment, paired, perturbations
+from l2l_jax.truncated.es import antithetic, check_settings, pair_segment, paired, perturbations
 from l2l_jax.truncated.runs import InnerState
+from l2l_jax.truncated.tasks import SegmentConfig
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -52,13 +53,16 @@ class PESState:
     accumulator: MetaParams
 
 
-def init_pes(runs: InnerState, meta_params: MetaParams, config: TruncatedConfig) -> PESState:
-    """Every pair of run ``b`` starts as two copies of ``runs[b]``, with ``xi = 0``."""
+def init_pes(
+    runs: InnerState, meta_params: MetaParams, config: SegmentConfig, *, pairs: int
+) -> PESState:
+    """Each of the ``pairs`` pairs of run ``b`` starts as two copies of ``runs[b]``, with
+    ``xi = 0``."""
     acc = jax.tree.map(
-        lambda x: jnp.zeros((config.meta_batch, config.es_pairs, *jnp.shape(x)), x.dtype),
+        lambda x: jnp.zeros((config.meta_batch, pairs, *jnp.shape(x)), x.dtype),
         meta_params,
     )
-    return PESState(runs=paired(runs, config.es_pairs), accumulator=acc)
+    return PESState(runs=paired(runs, pairs), accumulator=acc)
 
 
 def pes_gradient(
@@ -67,22 +71,26 @@ def pes_gradient(
     key: Array,
     task,
     optimizer: InnerOptimizer,
-    config: TruncatedConfig,
+    config: SegmentConfig,
+    *,
+    sigma: float,
 ) -> tuple[Array, MetaParams, PESState, dict[str, Array]]:
-    """One PES segment: ``(loss, grad, new_state, aux)`` (module docstring).
+    """One PES segment: ``(loss, grad, new_state, aux)`` (module docstring), with
+    perturbations of standard deviation ``sigma`` (the number of pairs is the state's).
 
     ``loss`` is the mean meta-loss of the ``+`` and ``-`` runs (there is no unperturbed
     run); ``aux`` holds their mean training loss and the number of pairs restarted.
     ``key`` (typed) draws the perturbations, independent across runs and pairs.
     """
-    delta = perturbations(key, meta_params, config)  # (B, P, ...)
+    pairs = state.runs.step.shape[1]  # (B, P, 2)
+    delta = perturbations(key, meta_params, config.meta_batch, pairs, sigma)  # (B, P, ...)
     thetas = antithetic(meta_params, delta)
     runs, terms = pair_segment(thetas, state.runs, task, optimizer, config)
     losses, done = terms["meta_loss"], terms["reset"][..., 0]  # (K, B, P, 2), (K, B, P)
     diff = losses[..., 0] - losses[..., 1]
     # the iterates after a restart inside the segment saw only this segment's delta
     restarted = (jnp.cumsum(done, axis=0) - done) > 0
-    scale = 1.0 / (2 * config.es_sigma**2 * config.segment * diff[0].size)
+    scale = 1.0 / (2 * sigma**2 * config.segment * diff[0].size)
     w_old = jnp.sum(jnp.where(restarted, 0.0, diff), axis=0) * scale  # (B, P)
     w_new = jnp.sum(jnp.where(restarted, diff, 0.0), axis=0) * scale
     xi = jax.tree.map(jnp.add, state.accumulator, delta)
@@ -106,12 +114,24 @@ def pes_gradient(
 @dataclasses.dataclass(frozen=True)
 class PES:
     """:func:`pes_gradient` as an :class:`~.estimator.Estimator`; its state is a
-    :class:`PESState`."""
+    :class:`PESState`.
 
-    name: str = "pes"
+    Attributes:
+      sigma: standard deviation of the perturbations (for a hyperparameter with a domain,
+        of its ``u = log theta`` or ``logit theta``, :mod:`.domains`: a relative size).
+      pairs: antithetic pairs per run (``B * pairs`` pairs in all); each pair keeps its
+        own perturbed runs across meta-steps.
+    """
 
-    def init(self, runs: InnerState, meta_params: MetaParams, config: TruncatedConfig):
-        return init_pes(runs, meta_params, config)
+    name: ClassVar[str] = "pes"
+    sigma: float = 0.01
+    pairs: int = 8
+
+    def __post_init__(self) -> None:
+        check_settings(type(self).__name__, self.sigma, self.pairs)
+
+    def init(self, runs: InnerState, meta_params: MetaParams, config: SegmentConfig):
+        return init_pes(runs, meta_params, config, pairs=self.pairs)
 
     def gradient(self, meta_params, state, key, task, optimizer, config):
-        return pes_gradient(meta_params, state, key, task, optimizer, config)
+        return pes_gradient(meta_params, state, key, task, optimizer, config, sigma=self.sigma)

@@ -22,7 +22,6 @@ from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.inner.unroll import checkpointed_scan, remat_segment, train_step
 from l2l_jax.tasks.family import as_family
 from l2l_jax.truncated import tasks
-from l2l_jax.truncated.config import TruncatedConfig
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -100,7 +99,7 @@ def advance(
     run: InnerState,
     family,
     optimizer: InnerOptimizer,
-    config: TruncatedConfig,
+    config: tasks.SegmentConfig,
 ) -> tuple[InnerState, dict[str, Array], Array]:
     """One inner step of one run, before any restart: ``(advanced, terms, done)``.
 
@@ -136,7 +135,7 @@ def inner_step(
     run: InnerState,
     family,
     optimizer: InnerOptimizer,
-    config: TruncatedConfig,
+    config: tasks.SegmentConfig,
 ) -> tuple[InnerState, dict[str, Array]]:
     """One inner step of one run, its meta-loss term, and the reset at the horizon.
 
@@ -154,7 +153,7 @@ def segment(
     runs: InnerState,
     family,
     optimizer: InnerOptimizer,
-    config: TruncatedConfig,
+    config: tasks.SegmentConfig,
     *,
     batch_ndim: int = 0,
     batched_params: bool = False,
@@ -201,7 +200,7 @@ def segment_loss(
     run: InnerState,
     family,
     optimizer: InnerOptimizer,
-    config: TruncatedConfig,
+    config: tasks.SegmentConfig,
 ) -> tuple[Array, tuple[InnerState, dict[str, Array]]]:
     """``K`` inner steps of one run: ``(meta_loss, (new_run, aux))``.
 

@@ -1,7 +1,9 @@
 """One meta-step: estimate, skip if non-finite, update (state: :class:`~.state.TruncatedState`).
 
-:func:`meta_step` is the jitted unit of work (:func:`make_meta_step`); the estimator named
-by :attr:`TruncatedConfig.estimator` (:func:`~.estimator.get`) supplies the gradient.
+:func:`meta_step` is the jitted unit of work (:func:`make_meta_step`); the estimator object
+:attr:`TruncatedConfig.estimator` (:class:`~.estimator.Estimator`) supplies the gradient.
+A learned optimizer comes in through its own ``as_inner_optimizer()``
+(:func:`.tasks.as_inner`): nothing here knows learned optimizers.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import optax
 from jax.sharding import Mesh
 
 from l2l_jax import xla
-from l2l_jax.learned.adapters import as_inner_optimizer
 from l2l_jax.tasks.family import as_family, example_task
-from l2l_jax.truncated import domains, estimator, sharding, tasks
+from l2l_jax.truncated import domains, sharding, tasks
 from l2l_jax.truncated.config import TruncatedConfig, default_meta_optimizer
 from l2l_jax.truncated.runs import make_init_runs
 from l2l_jax.truncated.state import TruncatedState
@@ -53,7 +54,7 @@ def init_state(
     otherwise); the meta-optimizer's and the estimator's states are built for their
     unconstrained values.
     """
-    inner = as_inner_optimizer(optimizer)
+    inner = tasks.as_inner(optimizer)
     family = as_family(task)
     tasks.check_task(example_task(family), inner, config)
     k_meta, k_runs, k_es = jax.random.split(key, 3)
@@ -76,7 +77,7 @@ def init_state(
     return TruncatedState(
         meta_params=meta_params,
         opt_state=tx.init(u),
-        inner=estimator.get(config.estimator).init(runs, u, config),
+        inner=config.estimator.init(runs, u, config),
         key=jax.random.key_data(k_es),
         step=jnp.zeros((), jnp.int32),
         nonfinite_count=jnp.zeros((), jnp.int32),
@@ -105,13 +106,13 @@ def meta_step(
     state keeps ``theta``. Other meta-parameters (a learned optimizer's weights) are
     estimated and updated as they are.
     """
-    inner = as_inner_optimizer(optimizer)
+    inner = tasks.as_inner(optimizer)
     tx = _wrap(meta_optimizer or default_meta_optimizer(config))
     key, k_es = jax.random.split(jax.random.wrap_key_data(state.key))
     # named hyperparameters are estimated, perturbed and updated as u (.domains)
     u = domains.to_unconstrained(state.meta_params, inner)
     opt_u = domains.reparameterize(inner, state.meta_params)
-    loss, grad, runs, aux = estimator.get(config.estimator).gradient(
+    loss, grad, runs, aux = config.estimator.gradient(
         u, state.inner, k_es, as_family(task), opt_u, config
     )
     # A non-finite value poisons the step too (as in metagrad.minimize).
@@ -151,7 +152,7 @@ def make_meta_step(
     that layout for the new state; the task is replicated. Inputs placed otherwise are
     moved first (free when they already are).
     """
-    inner = as_inner_optimizer(optimizer)
+    inner = tasks.as_inner(optimizer)
     tx = meta_optimizer or default_meta_optimizer(config)
     if mesh is not None:
         sharding.check_mesh(mesh, config)

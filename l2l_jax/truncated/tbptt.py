@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import jax
 
 from l2l_jax.inner.optimizers import InnerOptimizer
-from l2l_jax.truncated.config import TruncatedConfig
 from l2l_jax.truncated.runs import InnerState, batched_segment
+from l2l_jax.truncated.tasks import SegmentConfig
 
 Array = jax.Array
 MetaParams = chex.ArrayTree
@@ -20,7 +21,7 @@ def tbptt_gradient(
     runs: InnerState,
     task,
     optimizer: InnerOptimizer,
-    config: TruncatedConfig,
+    config: SegmentConfig,
 ) -> tuple[Array, MetaParams, InnerState, dict[str, Array]]:
     """Truncated backpropagation: ``(loss, grad, new_runs, aux)``.
 
@@ -38,11 +39,12 @@ def tbptt_gradient(
 
 @dataclasses.dataclass(frozen=True)
 class TBPTT:
-    """:func:`tbptt_gradient` as an :class:`~.estimator.Estimator`; its state is the runs."""
+    """:func:`tbptt_gradient` as an :class:`~.estimator.Estimator` (no settings); its state
+    is the runs."""
 
-    name: str = "tbptt"
+    name: ClassVar[str] = "tbptt"
 
-    def init(self, runs: InnerState, meta_params: MetaParams, config: TruncatedConfig):
+    def init(self, runs: InnerState, meta_params: MetaParams, config: SegmentConfig):
         return runs
 
     def gradient(self, meta_params, state, key, task, optimizer, config):
