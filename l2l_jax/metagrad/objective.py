@@ -7,6 +7,10 @@ One argument, ``grad``, chooses how its gradient is computed; the value is the s
   ``jax.custom_vjp`` so ``jax.grad`` uses it; memory does not grow with t.
 * ``"stable"``: no unroll; the log-space closed form and the ratio formula of
   Wang et al. (2021), Eq. 1-2 (see :mod:`l2l_jax.metagrad.stable`). Finite for any t.
+* ``"logscaled"``: reverse mode through the unroll with the adjoint and the accumulated
+  meta-gradient carried with a shared power-of-two log-scale (see
+  :mod:`l2l_jax.metagrad.logscaled`): any task and optimizer, objectives of the final
+  iterate; finite wherever the forward iterates are and the meta-gradient is representable.
 
 ``batched=True`` takes a batch of tasks (a task pytree with a leading axis of size ``m``,
 e.g. ``tasks.LeastSquares.sample_batch``) and returns the mean of the per-task objective
@@ -26,9 +30,9 @@ from l2l_jax import input_checks
 from l2l_jax import objectives as objectives_lib
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 from l2l_jax.inner.unroll import MaxNorm, Remat, remat_segment, unroll
-from l2l_jax.metagrad import stable
+from l2l_jax.metagrad import logscaled, stable
 
-METHODS = ("autodiff", "forward", "stable")
+METHODS = ("autodiff", "forward", "stable", "logscaled")
 
 
 def _twice(x):
@@ -119,10 +123,18 @@ class MetaObjective:
             stable.log_loss_fn(task, optimizer, self.objective, self.steps)  # fail early
         elif grad == "forward":
             self._fn = jax.jit(self._forward)
+        elif grad == "logscaled":
+            logscaled.check(self.objective, max_norm=max_norm)
+            self._log_scaled = logscaled.objective_fn(
+                optimizer, self.objective, steps=self.steps, remat=remat
+            )
+            self._fn = jax.jit(self._unrolled)
         else:
             self._fn = jax.jit(self._unrolled)
 
     def _one_task(self, hparams, task, key):
+        if self.grad == "logscaled":
+            return self._log_scaled(hparams, task, key)
         result = unroll(
             task,
             self.optimizer,
@@ -183,7 +195,8 @@ def meta_objective(
       objective: a function of an :class:`~l2l_jax.inner.UnrollResult` or a built-in
         name (``"last_loss"``, ``"log_loss"``, ``"mean_loss"``, ``"tbt"``, ``"tbv"``).
       steps: the unroll length ``t >= 1``.
-      grad: ``"autodiff"``, ``"forward"`` or ``"stable"`` (see the module docstring).
+      grad: ``"autodiff"``, ``"forward"``, ``"stable"`` or ``"logscaled"`` (see the module
+        docstring).
       key: PRNG key for stochastic inner optimizers (fixed: F is deterministic). With
         ``batched=True``, task ``i`` uses ``jax.random.split(key, m)[i]``.
       max_norm: truncation radius ``R`` of footnote 3 (a positive scalar or a function
@@ -191,13 +204,14 @@ def meta_objective(
         Not available with ``grad="stable"``.
       batched: ``task`` is a batch with one leading axis of ``m`` tasks; ``F`` is the mean
         over tasks of the per-task objective (Eq. 3-4), by ``jax.vmap``. Works with
-        ``grad="autodiff"`` and ``"forward"``.
+        ``grad="autodiff"``, ``"forward"`` and ``"logscaled"``.
       remat: bounded memory for ``grad="autodiff"`` through long unrolls: ``None`` (off),
         a segment length ``s`` (the unroll's scan runs in segments of ``s`` steps under
         :func:`jax.checkpoint`: memory ~ ``steps / s + s`` instead of ~ ``steps``, for
         about one extra forward pass), or ``True`` for ``s = ceil(sqrt(steps))``. Values
-        are unchanged and gradients agree up to float rounding. No effect on
-        ``"forward"`` (whose memory is already flat) or ``"stable"`` (no unroll).
+        are unchanged and gradients agree up to float rounding. With ``"logscaled"``: the
+        same segments (every ``s``-th state stored, one segment recomputed at a time). No
+        effect on ``"forward"`` (whose memory is already flat) or ``"stable"`` (no unroll).
 
     Returns:
       A callable ``F``; ``jax.value_and_grad(F)(eta)`` gives value and meta-gradient.
