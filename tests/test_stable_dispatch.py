@@ -127,7 +127,7 @@ def _weight_decay_sgd(learning_rate):
 
 # User-built optimizers: (label, optimizer, whether stable must accept it). Names mean
 # nothing to stable: an undeclared update is refused under any name (the first four are the
-# issue's table, where stable used to return another optimizer's value), a declared one is
+# optimizers a name-based dispatch would misread), a declared one is
 # checked on a probe (a false declaration is refused), a true one is accepted under any name.
 USER = [
     ("nesterov named momentum", lambda: _sgd("momentum", True, True), False),

@@ -1,32 +1,38 @@
 """Log-space meta-objectives with stable meta-gradients, for the combinations where
 they exist.
 
-The route is chosen by what the optimizer is, never by its ``name``: the linear update it
-declares (``linear_update``: ``"gd"``, ``"momentum"`` for heavy ball, ``"nesterov"``; set by
-``inner.gd()``, ``inner.momentum()``, ``inner.nesterov()``, or declared with
-``inner.from_optax(..., linear_update=...)``) and the diagonal preconditioner it records.
-The declaration is checked on a probe (a few steps of the optimizer's own ``update`` on a
-small quadratic against the declared step) before it is trusted; an optimizer that declares
-none (Adam, any undeclared optax chain, a learned optimizer) or samples minibatches is
-refused with a ``ValueError`` pointing to ``grad="autodiff"``.
+The route is chosen by what the optimizer and the task declare, never by a name or a type:
 
-* GD on :class:`~l2l_jax.tasks.Quadratic` and :class:`~l2l_jax.tasks.LeastSquares`
-  (TbT): no unroll, through :func:`~l2l_jax.closed_forms.spectral.log_gd_loss` (a
-  ``jax.custom_vjp`` implementing the ratio formula of Wang et al. 2021, Eq. 1-2, in log
-  space). A rule is registered per task type; each returns ``eta -> log f(w_t)``.
-* Linear inner dynamics (GD, heavy-ball momentum ``inner.momentum()``, Nesterov
-  ``inner.nesterov()``) on a quadratic (:class:`~l2l_jax.tasks.Quadratic` in its
-  eigenbasis, or the mean dynamics of :class:`~l2l_jax.tasks.NQM`) and on
-  :class:`~l2l_jax.tasks.LeastSquares` (the distance to the ERM solution in the
-  eigenbasis of ``X^T X / n``; training loss, or validation loss for ``tbv``): the
-  projective forward mode of :mod:`l2l_jax.metagrad.projective`, ``hparams -> log f(w_t)``
-  with the meta-gradient in every hyperparameter (learning rate and momentum). Least
-  squares here is untruncated (no ``max_norm``).
-* The same optimizers with a fixed diagonal preconditioner ``P > 0`` (``inner.gd(...,
-  preconditioner=p)``): the change of variables ``u = P^(-1/2) w`` (and ``P^(-1/2) v``)
-  turns them into the plain optimizer on ``H~ = P^(1/2) H P^(1/2)`` with the same loss
-  values (least squares: the features ``X P^(1/2)``), so the routes above apply to that
-  problem. ``P`` is a constant of the optimizer: no meta-gradient flows to it.
+* the optimizer: the linear update it declares (``linear_update``: ``"gd"``,
+  ``"momentum"`` for heavy ball, ``"nesterov"``; set by ``inner.gd()``,
+  ``inner.momentum()``, ``inner.nesterov()``, or declared with ``inner.from_optax(...,
+  linear_update=...)``) and the diagonal preconditioner it records. The declaration is
+  checked on a probe (a few steps of the optimizer's own ``update`` on a small quadratic
+  against the declared step) before it is trusted; an optimizer that declares none (Adam,
+  any undeclared optax chain, a learned optimizer) or samples minibatches is refused with
+  a ``ValueError`` pointing to ``grad="autodiff"``.
+* the task: its linear dynamics (:class:`~l2l_jax.tasks.linear.LinearDynamicsTask`, a
+  ``linear_dynamics(preconditioner)`` method returning the curvatures, the start's
+  eigen-coordinates relative to the minimizer and the losses' constants; built in:
+  ``tasks.Quadratic``, the mean dynamics of ``tasks.NQM``, ``tasks.LeastSquares``). A task
+  without the method, or a batch of tasks, is refused the same way.
+
+Then:
+
+* GD on the training loss, where the dynamics allow it (``gd_closed_form``): no unroll,
+  :func:`~l2l_jax.closed_forms.spectral.log_gd_loss` (a ``jax.custom_vjp`` implementing
+  the ratio formula of Wang et al. 2021, Eq. 1-2, in log space) with weights
+  ``lambda_i e_i^2 / 2``, the residual added in log space.
+* Otherwise (heavy ball, Nesterov, GD on a validation loss or where the task asks for it):
+  the projective forward mode of :mod:`l2l_jax.metagrad.projective`, ``hparams -> log
+  f(w_t)`` with the meta-gradient in every hyperparameter (learning rate and momentum), on
+  the training loss (``residual + 1/2 sum lambda e^2``) or, for ``tbv``, the validation
+  loss of the dynamics. Untruncated (no ``max_norm``).
+* A fixed diagonal preconditioner ``P > 0`` (``inner.gd(..., preconditioner=p)``): the
+  change of variables ``u = P^(-1/2) w`` (and ``P^(-1/2) v``) turns the step into the plain
+  optimizer's on ``P^(1/2) H P^(1/2)`` with the same loss values; the task returns those
+  dynamics (``linear_dynamics(preconditioner=p)``) and the routes above apply. ``P`` is a
+  constant of the optimizer: no meta-gradient flows to it.
 """
 
 from __future__ import annotations
@@ -37,101 +43,106 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import input_checks
-from l2l_jax.closed_forms import spectral, spectral_ls
+from l2l_jax.closed_forms import spectral
 from l2l_jax.inner.optimizers import LINEAR_UPDATES, InnerOptimizer, linear_update_of
 from l2l_jax.metagrad import projective
-from l2l_jax.tasks.least_squares import LeastSquares
-from l2l_jax.tasks.nqm import NQM
-from l2l_jax.tasks.quadratic import Quadratic
+from l2l_jax.tasks.linear import LinearDynamics, LinearDynamicsTask
 
 Array = jnp.ndarray
 LogLossFn = Callable[[Array], Array]
 
-_RULES: dict[type, Callable[[object, int], LogLossFn]] = {}
-
-
-def register(task_type: type, rule: Callable[[object, int], LogLossFn]) -> None:
-    """Register ``rule(task, steps) -> (eta -> log f(w_t))`` for GD on ``task_type``."""
-    _RULES[task_type] = rule
-
 
 def supported() -> str:
-    names = ", ".join(f"tasks.{t.__name__}" for t in _RULES)
-    linear = ", ".join(f"tasks.{t.__name__}" for t in _LINEAR_TASKS)
+    """What ``grad="stable"`` accepts, for its error messages."""
     kinds = ", ".join(map(repr, projective.STEPS))
     return (
-        f"grad='stable' supports inner.gd() on {names}, and inner.gd(), inner.momentum() and "
-        f"inner.nesterov() on {linear} (full batch, one task, optionally with a diagonal "
-        "preconditioner=; or any optimizer that declares the same linear update, as "
+        "grad='stable' supports inner.gd() on tasks.Quadratic, tasks.NQM, tasks.LeastSquares "
+        "and any task that declares its linear dynamics (a linear_dynamics(preconditioner) "
+        "method returning tasks.LinearDynamics: tasks.LinearDynamicsTask), and inner.momentum() "
+        "and inner.nesterov() on the same tasks (full batch, one task, optionally with a "
+        "diagonal preconditioner=; or any optimizer that declares the same linear update, as "
         f"inner.from_optax(..., linear_update=) does with one of {kinds}: the name decides "
-        "nothing), with the objectives last_loss, log_loss and tbt, and tbv on "
-        "tasks.LeastSquares (or any objective with a from_log_loss(log_f, steps) method)"
+        "nothing), with the objectives last_loss, log_loss and tbt, and tbv on a task with "
+        "validation rows (tasks.LeastSquares) (or any objective with a "
+        "from_log_loss(log_f, steps) method)"
     )
 
 
-_LINEAR_TASKS = (Quadratic, NQM, LeastSquares)
+def _refuse(problems: list[str]) -> None:
+    """The ``ValueError`` listing ``problems`` against :func:`supported`."""
+    raise ValueError(
+        f"{supported()}; got {', '.join(problems)}. "
+        "Use grad='autodiff' or grad='forward' for this combination."
+    )
 
 
-def _linear_problem(task, validation: bool):
-    """``(lam, w0, finish, data)`` of the task's linear dynamics in its eigenbasis for
-    :func:`projective.log_loss_fn`: a quadratic's curvatures and start (NQM: already
-    diagonal); for least squares the distance to the min-norm ERM solution, ``-beta``
-    (``w0 = 0``), with the training loss (the ERM residual added) or, with
-    ``validation``, the validation loss."""
-    if isinstance(task, NQM):
-        return task.curvature, task.init_params(), None, ()
-    if isinstance(task, Quadratic):
-        return task.eigenvalues, task.coefficients, None, ()
-    valid = (task.x_valid, task.y_valid) if validation else (None, None)
-    spec = spectral_ls.decompose(task.x_train, task.y_train, *valid)
-    lam, start = spec.eigenvalues, -spec.coords
-    if not validation:
-        return lam, start, projective.quadratic_terms, (lam, spec.residual)
-    residual0 = spec.y_valid - spec.valid_features @ spec.coords
-    n_valid = jnp.asarray(spec.y_valid.shape[0], lam.dtype)
-    return lam, start, projective.validation_terms, (spec.valid_features, residual0, n_valid)
-
-
-def _preconditioned(task, optimizer: InnerOptimizer):
-    """The task in ``u = P^(-1/2) w`` (module doc), on which the optimizer without ``P``
-    takes the same steps with the same losses; ``task`` itself when there is no ``P``.
-
-    Quadratic: the diagonal task of ``P^(1/2) H P^(1/2)``'s eigenvalues and ``P^(-1/2)
-    w0`` in its eigenbasis, decomposed in float64 on the host when concrete (float32 tasks
-    lose only the final rounding, as ``Quadratic``'s own decomposition does); NQM (mean
-    dynamics): curvature ``P h``; least squares: features ``X P^(1/2)``, ``w_star / P^(1/2)``.
-    """
+def _checked_preconditioner(task, optimizer: InnerOptimizer):
+    """The optimizer's diagonal ``P`` (``None`` for none), or a ``ValueError`` unless it
+    is one array of the parameters' shape."""
     p = getattr(optimizer, "preconditioner", None)
     if p is None:
-        return task
+        return None
     w0 = task.init_params()
-    if not isinstance(p, jnp.ndarray) or p.shape != w0.shape:
+    if not isinstance(p, jnp.ndarray) or p.shape != jnp.shape(w0):
         shape = getattr(p, "shape", type(p).__name__)
         raise ValueError(
             f"grad='stable' needs the preconditioner as one array of the parameters' shape "
-            f"{w0.shape}, got {shape}."
+            f"{jnp.shape(w0)}, got {shape}."
         )
-    sqrt_p = jnp.sqrt(p.astype(task.dtype))
-    if isinstance(task, LeastSquares):
-        x, xv, ws = task.x_train * sqrt_p, task.x_valid * sqrt_p, task.w_star / sqrt_p
-        return LeastSquares(x, task.y_train, xv, task.y_valid, ws, task.sigma)
-    if isinstance(task, NQM):
-        return Quadratic.from_spectrum(task.curvature * p.astype(task.dtype), w0 / sqrt_p)
-    if input_checks.is_concrete(task.hessian) and input_checks.is_concrete(sqrt_p):
-        s = np.asarray(sqrt_p, np.float64)
-        h = s[:, None] * np.asarray(task.hessian, np.float64) * s[None, :]
-        lam, vec = np.linalg.eigh(0.5 * (h + h.T))
-        coef = vec.T @ (np.asarray(w0, np.float64) / s)
-        return Quadratic.from_spectrum(lam.astype(task.dtype), coef.astype(task.dtype))
-    hessian = sqrt_p[:, None] * task.hessian * sqrt_p[None, :]
-    moved = Quadratic(hessian, w0 / sqrt_p)
-    return Quadratic.from_spectrum(moved.eigenvalues, moved.coefficients)
+    return p
 
 
-def _gd_rule(task, kind: str | None, validation: bool):
-    """The registered closed form for GD's training loss on ``task``'s type, or ``None``."""
-    return _RULES.get(type(task)) if kind == "gd" and not validation else None
+def _checked_dynamics(task, dyn) -> LinearDynamics:
+    """``dyn`` if it is a :class:`LinearDynamics` of one task (``(r,)`` eigenvalues and
+    start of one shape), else a ``TypeError``/``ValueError`` naming the task's method."""
+    name = f"{type(task).__name__}.linear_dynamics()"
+    if not isinstance(dyn, LinearDynamics):
+        raise TypeError(f"{name} must return tasks.LinearDynamics, got {type(dyn).__name__}.")
+    lam_shape, start_shape = jnp.shape(dyn.eigenvalues), jnp.shape(dyn.start)
+    if len(lam_shape) != 1 or start_shape != lam_shape:
+        raise ValueError(
+            f"{name} must return eigenvalues and start as (r,) arrays of one shape, got "
+            f"{lam_shape} and {start_shape}."
+        )
+    if (dyn.valid_features is None) != (dyn.valid_residual is None):
+        raise ValueError(
+            f"{name} must return valid_features and valid_residual together (the validation "
+            "loss ||valid_residual - valid_features e||^2 / (2 n)), or neither."
+        )
+    return dyn
+
+
+def _gd_closed_form(dyn: LinearDynamics, steps: int) -> LogLossFn:
+    """``eta -> log f(w_t)`` of GD's training loss, ``log(residual + sum_i v_i (1 - eta
+    lambda_i)^(2t))`` with ``v_i = lambda_i e_i^2 / 2`` (Wang et al. 2021, Eq. 1-2 in log
+    space, :func:`spectral.log_gd_loss`; the residual added by ``logaddexp``)."""
+    lam = dyn.eigenvalues
+    dtype = lam.dtype
+    log_w = spectral.log_weights_from_coefficients(lam, dyn.start)
+    t = jnp.asarray(steps, dtype)
+    res = dyn.residual
+
+    def log_f(eta):
+        log_sum = spectral.log_gd_loss(jnp.asarray(eta, dtype), log_w, lam, t)
+        if res is None:
+            return log_sum
+        log_res = jnp.where(res > 0, jnp.log(jnp.where(res > 0, res, 1)), -jnp.inf)
+        return jnp.logaddexp(log_sum, log_res)
+
+    return log_f
+
+
+def _projective_problem(dyn: LinearDynamics, validation: bool):
+    """``(finish, data)`` of :func:`projective.log_loss_fn` for the dynamics' training loss
+    (``residual + 1/2 sum lambda e^2``; ``None``: the plain quadratic) or, with
+    ``validation``, their validation loss."""
+    lam = dyn.eigenvalues
+    if validation:
+        n_valid = jnp.asarray(dyn.valid_residual.shape[0], lam.dtype)
+        return projective.validation_terms, (dyn.valid_features, dyn.valid_residual, n_valid)
+    if dyn.residual is None:
+        return None, ()
+    return projective.quadratic_terms, (lam, dyn.residual)
 
 
 # The probe of :func:`_check_declaration`: hyperparameters, curvatures, steps, tolerance.
@@ -184,54 +195,50 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
     """``hparams -> objective`` evaluated in log space (``eta`` or ``{"learning_rate":
     eta}`` for GD, the optimizer's dict otherwise), or a ``ValueError`` saying what works.
 
-    The closed form is chosen by the linear update the optimizer declares
-    (:func:`~l2l_jax.inner.optimizers.linear_update_of`), checked on a probe
-    (:func:`_check_declaration`); an optimizer that declares none is refused, whatever its
-    ``name``."""
+    The route is chosen by the linear update the optimizer declares
+    (:func:`~l2l_jax.inner.optimizers.linear_update_of`, checked on a probe by
+    :func:`_check_declaration`) and by the task's linear dynamics
+    (:class:`~l2l_jax.tasks.linear.LinearDynamicsTask`); an optimizer that declares none,
+    or a task without dynamics, is refused whatever its name or type."""
     kind = linear_update_of(optimizer)
-    declared = kind in projective.STEPS
-    full_batch = optimizer.batch_size is None
     validation = getattr(objective, "loss_of", "train") == "valid"
-    rule = _gd_rule(task, kind, validation)
-    linear = isinstance(task, _LINEAR_TASKS) and not getattr(task, "batch_shape", ())
     problems = []
-    if not declared:
+    if kind not in projective.STEPS:
         problems.append(
             f"optimizer {optimizer.name!r}, which declares no linear update "
             f"(linear_update={kind!r})"
         )
-    elif not full_batch:
+    elif optimizer.batch_size is not None:
         problems.append(
             f"optimizer {optimizer.name!r}, which samples minibatches "
             f"(batch_size={optimizer.batch_size})"
         )
-    if type(task) not in _RULES and not isinstance(task, _LINEAR_TASKS):
-        problems.append(f"task {type(task).__name__}")
-    elif not problems and rule is None and not linear:
+    if not isinstance(task, LinearDynamicsTask):
         problems.append(
-            f"optimizer {optimizer.name!r} (linear_update={kind!r}) on task {type(task).__name__}"
+            f"task {type(task).__name__}, which declares no linear dynamics (no "
+            "linear_dynamics method)"
         )
+    elif getattr(task, "batch_shape", ()):
+        problems.append(f"task {task!r}, a batch of tasks (batch_shape={task.batch_shape})")
     if not hasattr(objective, "from_log_loss"):
         problems.append(f"objective {getattr(objective, 'name', objective)!r}")
-    elif validation and not isinstance(task, LeastSquares):
-        problems.append(f"objective {objective.name!r} on task {type(task).__name__}")
     if problems:
-        raise ValueError(
-            f"{supported()}; got {', '.join(problems)}. "
-            "Use grad='autodiff' or grad='forward' for this combination."
-        )
-    if getattr(optimizer, "preconditioner", None) is not None:
-        task = _preconditioned(task, optimizer)
-        rule = _gd_rule(task, kind, validation)
+        _refuse(problems)
+    p = _checked_preconditioner(task, optimizer)
+    dyn = _checked_dynamics(task, task.linear_dynamics(preconditioner=p))
+    if validation and dyn.valid_features is None:
+        task_name = type(task).__name__
+        _refuse([f"objective {objective.name!r} on task {task_name} (no validation rows)"])
     _check_declaration(optimizer, kind)
-    t = jnp.asarray(steps, task.dtype)
-    if rule is not None:
-        log_f = rule(task, steps)
+    dtype = dyn.eigenvalues.dtype
+    t = jnp.asarray(steps, dtype)
+    if kind == "gd" and not validation and dyn.gd_closed_form:
+        log_f = _gd_closed_form(dyn, steps)
         eta_of = lambda h: h["learning_rate"] if isinstance(h, Mapping) else h
         return lambda hparams: objective.from_log_loss(log_f(eta_of(hparams)), t)
-    lam, w0, finish, data = _linear_problem(task, validation)
-    log_f = projective.log_loss_fn(projective.STEPS[kind], lam, w0, steps, finish, data)
-    dtype = task.dtype
+    finish, data = _projective_problem(dyn, validation)
+    step = projective.STEPS[kind]
+    log_f = projective.log_loss_fn(step, dyn.eigenvalues, dyn.start, steps, finish, data)
 
     def fn(hparams):
         values = optimizer.as_dict(hparams)
@@ -239,26 +246,3 @@ def log_loss_fn(task, optimizer: InnerOptimizer, objective, steps: int) -> LogLo
         return objective.from_log_loss(log_f(theta), t)
 
     return fn
-
-
-def _quadratic_rule(task: Quadratic, steps: int) -> LogLossFn:
-    lam = task.eigenvalues
-    log_w = spectral.log_weights_from_coefficients(lam, task.coefficients)
-    t = jnp.asarray(steps, task.dtype)
-    return lambda eta: spectral.log_gd_loss(jnp.asarray(eta, task.dtype), log_w, lam, t)
-
-
-register(Quadratic, _quadratic_rule)
-
-
-def _least_squares_rule(task: LeastSquares, steps: int) -> LogLossFn:
-    """``log`` of the training loss of ``w_t`` (untruncated TbT, Eq. 3 per task).
-
-    One eigendecomposition of ``X^T X / n``, then :func:`spectral_ls.log_tbt_loss`: the
-    ratio formula in log space plus the ERM residual, finite for any ``t``.
-    """
-    spec = spectral_ls.decompose(task.x_train, task.y_train)
-    return lambda eta: spectral_ls.log_tbt_loss(spec, jnp.asarray(eta, task.dtype), steps)
-
-
-register(LeastSquares, _least_squares_rule)

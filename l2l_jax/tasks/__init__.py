@@ -6,11 +6,13 @@ and ``batch_loss(params, indices)``; a :class:`ValidationTask` adds ``num_valid`
 ``valid_loss`` and ``valid_batch_loss``. ``LeastSquares`` also has the ground truth
 (``test_error``); ``NQM`` is the noisy quadratic model (minibatch gradient noise with
 covariance following the curvature); :func:`nnx_task` makes any Flax NNX model, loss and
-arrays a task.
+arrays a task. A task whose loss under a linear optimizer is a quadratic in the iterate
+declares its :class:`LinearDynamics` (:class:`LinearDynamicsTask`, ``grad="stable"``).
 """
 
 from l2l_jax.tasks.base import MinibatchTask, Task, ValidationTask
 from l2l_jax.tasks.least_squares import LeastSquares
+from l2l_jax.tasks.linear import LinearDynamics, LinearDynamicsTask
 from l2l_jax.tasks.mnist import MnistMLP
 from l2l_jax.tasks.nnx_task import NNXTask, nnx_task
 from l2l_jax.tasks.nqm import NQM
@@ -19,6 +21,8 @@ from l2l_jax.tasks.quadratic import Quadratic
 __all__ = [
     "NQM",
     "LeastSquares",
+    "LinearDynamics",
+    "LinearDynamicsTask",
     "MinibatchTask",
     "MnistMLP",
     "NNXTask",

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax import input_checks
+from l2l_jax.closed_forms import spectral_ls
+from l2l_jax.tasks.linear import LinearDynamics
 
 Array = jnp.ndarray
 
@@ -189,12 +191,32 @@ class LeastSquares:
         return jnp.sum((params - self.w_star) ** 2)
 
     def test_rmse(self, params: Array) -> Array:
-        """``||w - w*||`` (the test RMSE of the issue's evaluation)."""
+        """``||w - w*||`` (the test RMSE of Wang et al.'s Section 4 evaluation)."""
         return jnp.sqrt(self.test_error(params))
 
     def train_rmse(self, params: Array) -> Array:
         """``sqrt((1/n1) sum_i (y_i - <w, x_i>)^2) = sqrt(2 loss(w))``."""
         return jnp.sqrt(2.0 * self.loss(params))
+
+    def linear_dynamics(self, preconditioner: Array | None = None) -> LinearDynamics:
+        """The run from ``w0 = 0`` as the distance to the min-norm ERM solution,
+        ``e_0 = -beta`` in the eigenbasis of ``X^T X / n1`` (:func:`spectral_ls.decompose`,
+        one eigendecomposition): training loss ``residual + 1/2 sum lambda e^2``, validation
+        loss ``||r0 - X_valid U e||^2 / (2 n2)`` with ``r0`` the ERM solution's validation
+        residual (none when ``n2 = 0``). With a diagonal ``P``: the features ``X P^(1/2)``
+        (the task in ``u = P^(-1/2) w``, whose own ERM solution ``u`` starts from 0 too)."""
+        x, xv = self.x_train, self.x_valid
+        if preconditioner is not None:
+            sqrt_p = jnp.sqrt(jnp.asarray(preconditioner).astype(self.dtype))
+            x, xv = x * sqrt_p, xv * sqrt_p
+        spec = spectral_ls.decompose(x, self.y_train, xv, self.y_valid)
+        start = -spec.coords
+        if self.num_valid == 0:
+            return LinearDynamics(spec.eigenvalues, start, spec.residual)
+        residual0 = spec.y_valid - spec.valid_features @ spec.coords
+        return LinearDynamics(
+            spec.eigenvalues, start, spec.residual, spec.valid_features, residual0
+        )
 
     def __repr__(self) -> str:
         batch = f"batch_shape={self.batch_shape}, " if self.batch_shape else ""

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax import input_checks
+from l2l_jax.tasks.linear import LinearDynamics
 
 Array = jnp.ndarray
 
@@ -277,6 +278,17 @@ class NQM:
         geometric = jnp.where(r == 1, steps, (1 - rt) / jnp.where(r == 1, 1.0, 1 - r))
         second = rt * jnp.square(params) + eta**2 * self.gradient_variance(batch_size) * geometric
         return 0.5 * jnp.sum(self.curvature * second)
+
+    def linear_dynamics(self, preconditioner: Array | None = None) -> LinearDynamics:
+        """The mean dynamics (full batch, one task): the diagonal quadratic ``h``, already in
+        its eigenbasis, from ``init_params()``; with a diagonal ``P``, curvature ``P h`` and
+        start ``P^(-1/2) w_0``. GD on it runs through the projective forward mode, as heavy
+        ball and Nesterov do (``gd_closed_form=False``)."""
+        w0 = self.init_params()
+        if preconditioner is None:
+            return LinearDynamics(self.curvature, w0, gd_closed_form=False)
+        p = jnp.asarray(preconditioner).astype(self.dtype)
+        return LinearDynamics(self.curvature * p, w0 / jnp.sqrt(p), gd_closed_form=False)
 
     def __repr__(self) -> str:
         batch = f"batch_shape={self.batch_shape}, " if self.batch_shape else ""

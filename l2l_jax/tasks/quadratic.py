@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax import input_checks
+from l2l_jax.tasks.linear import LinearDynamics
 
 Array = jnp.ndarray
 
@@ -173,6 +174,27 @@ class Quadratic:
     def strong_convexity(self) -> Array:
         """``alpha``, the smallest eigenvalue of ``H``."""
         return self.eigenvalues[0]
+
+    # -- linear dynamics (grad="stable") -----------------------------------------------
+    def linear_dynamics(self, preconditioner: Array | None = None) -> LinearDynamics:
+        """``H``'s spectrum and ``w0`` in its eigenbasis (the minimizer is 0): GD, heavy ball
+        and Nesterov act per eigen-direction (Wang et al. 2021, Sec. 3.1).
+
+        With a diagonal ``preconditioner`` ``P``: the spectrum of ``P^(1/2) H P^(1/2)`` and
+        ``P^(-1/2) w0`` in its eigenbasis, decomposed in float64 on the host when concrete
+        (a float32 task loses only the final rounding, as the cached decomposition does).
+        """
+        if preconditioner is None:
+            return LinearDynamics(self.eigenvalues, self.coefficients)
+        sqrt_p = jnp.sqrt(jnp.asarray(preconditioner).astype(self.dtype))
+        if input_checks.is_concrete(self.hessian) and input_checks.is_concrete(sqrt_p):
+            s = np.asarray(sqrt_p, np.float64)
+            h = s[:, None] * np.asarray(self.hessian, np.float64) * s[None, :]
+            lam, vec = np.linalg.eigh(0.5 * (h + h.T))
+            coef = vec.T @ (np.asarray(self.w0, np.float64) / s)
+            return LinearDynamics(jnp.asarray(lam, self.dtype), jnp.asarray(coef, self.dtype))
+        lam, vec = _eigh(sqrt_p[:, None] * self.hessian * sqrt_p[None, :])
+        return LinearDynamics(lam, vec.T @ (self.w0 / sqrt_p))
 
     def __repr__(self) -> str:
         return f"Quadratic(dim={self.dim}, dtype={self.dtype})"
