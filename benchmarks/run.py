@@ -32,6 +32,7 @@ from benchmarks import (
     flops,
     learned,
     least_squares,
+    logscaled,
     memory,
     methods,
     momentum,
@@ -57,6 +58,7 @@ GROUPS = {
     "nominal": nominal,
     "memory": memory,
     "scaling": scaling,
+    "logscaled": logscaled,
 }
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
