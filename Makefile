@@ -75,7 +75,7 @@ figures: $(STAMP)
 ## figures-check: rerun the quick experiments (registry group "quick") under
 ## OUT/figures-check and compare them with results/ number by number: bit for bit when a stored file was
 ## written on this host (CPU, extensions, XLA_FLAGS' --xla_cpu_max_isa, jax/jaxlib), else at the level
-## of claims within the tolerance table of scripts/compare_results.py (MODE=bitwise|claims forces one);
+## of claims within the tolerance table of experiments/compare_rules.py (MODE=bitwise|claims forces one);
 ## writes results/figures_check.{json,md} and fails on a difference
 # check_figures,TARGET,GROUP: rerun GROUP under OUT/TARGET, compare with results/, report in results/TARGET.{json,md} (- as _)
 define check_figures

@@ -1,19 +1,16 @@
-"""scripts/compare_results.py: the check behind `make figures-check`."""
+"""experiments.compare (scripts/compare_results.py): the check behind `make figures-check`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import compare as compare_results
+from experiments import compare_rules
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "compare_results", ROOT / "scripts/compare_results.py"
-)
-compare_results = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare_results)
 
 
 def test_equal_close_and_different_numbers():
@@ -123,27 +120,27 @@ def test_another_host_compares_claims_within_the_table(tmp_path):
 def test_every_rule_has_a_reason_and_compiles():
     import re
 
-    for rules in compare_results.RULES.values():
+    for rules in compare_rules.RULES.values():
         for pattern, tol, why in rules:
             re.compile(pattern)
             assert (
-                set(tol) <= {"rel", "abs", "skip", "per_seed", "float32_range", "ls"}
+                set(tol) <= {"rel", "abs", "skip", "per_seed", "float32_range", "resolve"}
                 and len(why) > 20
             )
-    assert compare_results.rule_for("fig1", "/trajectories/stable[3]")[1] == compare_results.F32
-    assert compare_results.rule_for("fig4b", "/details/0/x") is not None
-    assert compare_results.rule_for("fig1", "/unnamed") is None
+    assert compare_rules.rule_for("fig1", "/trajectories/stable[3]")[1] == compare_rules.F32
+    assert compare_rules.rule_for("fig4b", "/details/0/x") is not None
+    assert compare_rules.rule_for("fig1", "/unnamed") is None
 
 
 def _fig4(per_seed_values, runs):
     """A minimal fig4-like results file: per-seed numbers and the evaluation's runs."""
     names = ("tbt", "prodigy", "sgd")
     per_seed = [
-        {"seed": s, **{k: dict(zip(names, v, strict=True)) for k in compare_results.PER_SEED_KEYS}}
+        {"seed": s, **{k: dict(zip(names, v, strict=True)) for k in compare_rules.PER_SEED_KEYS}}
         for s, v in enumerate(per_seed_values)
     ]
     evaluation = {
-        n: {fam: {"final": {"runs": runs}} for fam in compare_results.PER_SEED_KEYS.values()}
+        n: {fam: {"final": {"runs": runs}} for fam in compare_rules.PER_SEED_KEYS.values()}
         for n in names
     }
     details = {
@@ -157,8 +154,8 @@ def test_per_seed_bounds_by_family():
     stored = _fig4(
         [(76.0, 77.0, 81.5), (72.0, 72.0, 80.9), (74.0, 75.0, 81.6)], [0.73, 0.757, 0.796]
     )
-    b = compare_results.per_seed_bounds(stored, 0)
-    s_run = compare_results._sd([73.0, 75.7, 79.6])
+    b = compare_rules.per_seed_bounds(stored, 0)
+    s_run = compare_rules._sd([73.0, 75.7, 79.6])
     assert b[("test_acc", "sgd")][0] == 0.5  # 5 flips per run of 1000 digits
     assert abs(b[("test_acc", "prodigy")][0] - 3 * 2**0.5 * s_run / 3**0.5) < 1e-12
     assert abs(b[("test_acc", "tbt")][0] - 3 * 2**0.5 * max(2.0, s_run)) < 1e-12
@@ -169,16 +166,16 @@ def test_fig4_on_another_host_uses_the_derived_bounds(tmp_path):
     old["environment"] = _env(xla_cpu_max_isa=_other_isa())
     old["details"]["0"]["meta_loss"] = [1.0, 0.5]
     new = json.loads(json.dumps(old)) | {"environment": _env()}
-    for key in compare_results.PER_SEED_KEYS:
+    for key in compare_rules.PER_SEED_KEYS:
         new["per_seed"][0][key] |= {"tbt": 71.6, "prodigy": 76.3, "sgd": 81.52}
     new["details"]["0"]["meta_loss"] = [1.0, 0.7]  # a record, not a claim: skipped
     rc, res, _ = _run(tmp_path, new, old, name="fig4b")
     assert rc == 0 and res["mode"] == "claims" and res["skipped"] >= 1, res
-    for key in compare_results.PER_SEED_KEYS:
+    for key in compare_rules.PER_SEED_KEYS:
         new["per_seed"][0][key]["sgd"] = 80.9  # 0.6 points: more than 5 flips per run
     rc, res, _ = _run(tmp_path, new, old, name="fig4b")
     assert rc == 1 and {d[0] for d in res["differ"]} == {
-        f"/per_seed[0]/{k}/sgd" for k in compare_results.PER_SEED_KEYS
+        f"/per_seed[0]/{k}/sgd" for k in compare_rules.PER_SEED_KEYS
     }
 
 
@@ -252,3 +249,61 @@ def test_least_squares_tuned_step_sizes_within_their_derived_tolerances(tmp_path
         new["settings"][0]["eta_grid_best_tbt"] = grid[k]
         rc, res, _ = _run(tmp_path, new, old, "fig2")
         assert "/settings[0]/eta_grid_best_tbt" in [d[0] for d in res["differ"]], k
+
+
+def _towers(acc_seeds):
+    """A towers-like file: one row (sgd, height 1), lr0 points with 3 seeds each."""
+    acc = [sum(s) / len(s) for s in acc_seeds]
+    row = {
+        "variant": "sgd",
+        "height": 1,
+        "test_accuracy": acc,
+        "test_accuracy_seeds": acc_seeds,
+        "spread": max(acc) - min(acc),
+    }
+    return {
+        "environment": {"jax": "0.10.2"},
+        "settings": {"n_test": 1000},
+        "rows": [row],
+        "spread": {"sgd": {"1": row["spread"]}},
+    }
+
+
+def test_towers_points_within_their_seeds_spread(tmp_path):
+    seeds = [[0.85, 0.86, 0.87], [0.30, 0.10, 0.20]]  # the second: chaotic, a wide spread
+    old = _towers(seeds)
+    bound = 3 * 2**0.5 * 0.01 / 3**0.5  # 3 sqrt(2) s / sqrt(3), s = 0.01
+    new = _towers([[0.85 + bound * 0.9, 0.86, 0.87], [0.45, 0.40, 0.42]])
+    new["rows"][0]["test_accuracy"][0] = 0.86 + bound * 0.9
+    rc, res, _ = _run(tmp_path, new, old, "towers")
+    assert rc == 0, res["differ"]
+    new["rows"][0]["test_accuracy"][0] = 0.86 + bound * 1.1
+    rc, res, _ = _run(tmp_path, new, old, "towers")
+    assert "/rows[0]/test_accuracy[0]" in [d[0] for d in res["differ"]]
+
+
+def test_sweep_converged_runs_within_steps_unconverged_not_compared(tmp_path):
+    def sweep(converged_at, final_eta, success):
+        cell = {"converged_at": converged_at, "final_eta": final_eta, "success": success}
+        return {"environment": {"jax": "0.10.2"}, "config": {"meta_steps": 1000}, "cells": [cell]}
+
+    rc, res, _ = _run(tmp_path, sweep(230, 0.03533, True), sweep(209, 0.03533, True), "sweep")
+    assert rc == 0, res["differ"]
+    rc, res, _ = _run(tmp_path, sweep(260, 0.03533, True), sweep(209, 0.03533, True), "sweep")
+    assert [d[0] for d in res["differ"]] == ["/cells[0]/converged_at"]  # 51 > 50 steps
+    rc, res, _ = _run(tmp_path, sweep(None, 0.0351, False), sweep(994, 0.0353, False), "sweep")
+    assert rc == 0 and res["skipped"] == 2
+    rc, res, _ = _run(tmp_path, sweep(994, 0.0353, True), sweep(994, 0.0353, False), "sweep")
+    assert "/cells[0]/success" in [d[0] for d in res["differ"]]  # the claim itself
+
+
+def test_health_meta_gradients_within_a_decade(tmp_path):
+    def health(g):
+        return {"environment": {"jax": "0.10.2"}, "mnist": {"rows": [{"meta_gradient_abs": g}]}}
+
+    old = health({"100": 0.057, "400": None})
+    rc, res, _ = _run(tmp_path, health({"100": 0.026, "400": None}), old, "health")
+    assert rc == 0, res["differ"]
+    for new in ({"100": 0.0056, "400": None}, {"100": 0.057, "400": 1.0}):
+        rc, res, _ = _run(tmp_path, health(new), old, "health")
+        assert rc == 1

@@ -7,7 +7,6 @@ The claims themselves are computed over seeds by ``fig5`` from the stored result
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,17 +16,11 @@ import numpy as np
 import pytest
 
 from configs import fig4a, fig4b, fig4c, fig5, mnist_lopt
-from experiments import cli, common
+from experiments import cli, common, compare_rules
 from experiments import mnist_lopt as exp
 from experiments import mnist_report as report
 from l2l_jax import learned
 from l2l_jax.data import mnist as mnist_data
-
-_spec = importlib.util.spec_from_file_location(
-    "compare_results", Path(__file__).resolve().parents[1] / "scripts/compare_results.py"
-)
-compare_results = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare_results)
 
 
 def tiny(cfg):
@@ -293,7 +286,7 @@ def test_rerunning_a_stored_seed_reproduces_its_numbers(tmp_path):
     number must be equal, bit for bit. On another host (or an unknown one: the stored
     fig4b file predates the CPU record; it was written on a CPU with AVX-512 and AMX)
     XLA compiles other code and the float32 rounding differs, so each per-seed
-    accuracy is held to a bound, ``compare_results.per_seed_bounds`` (docs/reliability.md,
+    accuracy is held to a bound, ``compare_rules.per_seed_bounds`` (docs/reliability.md,
     "Stored results on another host"):
 
     * sgd, adam, warm_start: nothing is adapted or meta-trained, rounding can only flip
@@ -319,7 +312,7 @@ def test_rerunning_a_stored_seed_reproduces_its_numbers(tmp_path):
     data = mnist_data.load(cfg.source)
     rerun = exp.run_seed(cfg, cfg.seeds[0], data, tmp_path, progress=False)
     same = common.same_host(stored["environment"])
-    bounds = compare_results.per_seed_bounds(stored, 0)
+    bounds = compare_rules.per_seed_bounds(stored, 0)
     print(
         f"host: this {common.this_host()}; stored {common.host_fingerprint(stored['environment'])}"
     )
