@@ -316,7 +316,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
 
 
 def make_checks(rows: list[dict]) -> dict:
-    """The issue's acceptance, per variant: spread at height 2 < spread at height 0; with
+    """The claim, per variant: spread at height 2 < spread at height 0; with
     the size of the reduction, whether the spread is non-increasing in height and, per
     height, the lr0 whose mean accuracy is below 50% (so a pass carried by a few failing
     lr0 is visible). ``spread_shrinks_height0_to_height2_all`` covers the variants that
