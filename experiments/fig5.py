@@ -48,26 +48,28 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
 
 
 def claims_table(results: dict[str, Any]) -> str:
-    """Markdown: each claim, passed or failed (or not checked), with its numbers."""
+    """Markdown: each pre-registered test (one-sided, paired by seed), its numbers and its
+    verdict."""
     rows = [
-        "| claim | result | numbers (points; mean [95% t-interval] over seeds) |",
-        "|---|---|---|",
+        "| claim (one-sided, paired by seed) | verdict | mean | one-sided 95% bound | "
+        "95% interval | p | seeds (n) | seeds for power 0.8 |",
+        "|---|---|---:|---:|---|---:|---|---:|",
     ]
-    for claim, entry in results["claims"].items():
-        verdict = {True: "**true**", False: "**false**", None: "not checked"}[entry["passed"]]
-        numbers = "; ".join(f"{k}: {_stat(v)}" for k, v in entry.items() if k != "passed")
-        rows.append(f"| {claim} | {verdict} | {numbers} |")
+    for entry in results["claims"].values():
+        if entry["verdict"] == "not run":
+            rows.append(f"| {entry['claim']} | not run | | | | | | |")
+            continue
+        lo, hi = entry.get("ci95", [None, None])
+        fmt = lambda v, f="+.1f": "–" if v is None else format(v, f)
+        seeds = entry.get("seeds", list(range(entry["n"])))
+        rows.append(
+            f"| {entry['claim']} | **{entry['verdict']}** | {fmt(entry['mean'])} | "
+            f"> {fmt(entry['lower95'])} | [{fmt(lo)}, {fmt(hi)}] | {fmt(entry['p'], '.3f')} | "
+            f"{seeds} ({entry['n']}) | {entry.get('seeds_for_power') or '–'} |"
+        )
     for name, why in results["missing"].items():
-        rows.append(f"| ({name} missing) | | {why} |")
+        rows.append(f"| ({name} missing) | | | | | | {why} | |")
     return "\n".join(rows)
-
-
-def _stat(stat) -> str:
-    if stat is None:
-        return "missing"
-    lo, hi = stat["ci95"]
-    interval = "" if lo is None else f" [{lo:.1f}, {hi:.1f}]"
-    return f"{stat['mean']:+.1f}{interval} (n={stat['n']})"
 
 
 def summarize(results: dict[str, Any]) -> str:
