@@ -298,11 +298,45 @@ def _forward(step, theta, z0, xs, steps: int, segment: int | None):
     return (_run(step, theta, z, tail, rest) if rest else z), (bounds, z)
 
 
+def adjoint_start(mu_hat: Tree, e_mu: Array, theta: Tree) -> tuple:
+    """The carry ``(mu_hat, e_mu, G_hat, E)`` of :func:`adjoint_step` at the end of an
+    unroll: the adjoint ``2^(e_mu) mu_hat`` there and an empty sum ``G = 0`` (shaped like
+    ``theta``). A zero adjoint is ``mu_hat = 0`` with any ``e_mu``."""
+    zero = jax.tree.map(jnp.zeros_like, theta)
+    return mu_hat, jnp.asarray(e_mu, jnp.int32), zero, jnp.asarray(_ZERO, jnp.int32)
+
+
+def adjoint_step(pullback: Callable, carry: tuple, out: tuple[Tree, Array] | None = None):
+    """One step of the log-scaled adjoint recursion (module doc, Eq. 1), backwards.
+
+    ``pullback`` is the VJP (:func:`jax.vjp`) of one step ``(theta, z_k) -> z_(k+1)``, or
+    of ``(theta, z_k) -> (z_(k+1), y_k)`` when the objective also depends on a per-step
+    output ``y_k`` (a meta-loss term), whose cotangent is ``2^(e_y) y_hat`` with ``out =
+    (y_hat, e_y)``, ``max |y_hat| <= 1``. ``carry = (mu_hat, e_mu, G_hat, E)`` holds the
+    adjoint of ``z_(k+1)`` and the sum so far (:func:`adjoint_start`); the result holds
+    those of ``z_k``. Both cotangents are brought to the larger of their two exponents
+    before the one VJP (it is linear in them), so neither overflows and a part below the
+    other's last digit underflows as it would round away in the sum.
+    """
+    mu, e_mu, acc, e_acc = carry
+    live = _max_abs(mu) > 0  # a zero adjoint must not set the scale of the output's part
+    e_mu = jnp.where(live, e_mu, _ZERO)
+    if out is None:
+        common = e_mu
+        ct_theta, ct_z = pullback(mu)
+    else:
+        y_hat, e_y = out
+        common = jnp.maximum(e_mu, e_y)
+        ct_theta, ct_z = pullback((_ldexp(mu, e_mu - common), _ldexp(y_hat, e_y - common)))
+    acc, e_acc = _accumulate(acc, e_acc, ct_theta, common)
+    mu, e = _normalized(ct_z)
+    return mu, common + e, acc, e_acc
+
+
 def _pull_back(step, theta, carry, states, xs, length: int):
     """The log-scaled adjoint recursion of the module doc over ``length`` stored states."""
 
     def body(carry, inputs):
-        mu, e_mu, acc, e_acc = carry
         z, x = inputs
         floats, others, structure = _partition(z)
 
@@ -310,10 +344,7 @@ def _pull_back(step, theta, carry, states, xs, length: int):
             return _partition(step(th, _combine(fl, others, structure), x))[0]
 
         _, pullback = jax.vjp(advance, theta, floats)
-        ct_theta, ct_z = pullback(mu)
-        acc, e_acc = _accumulate(acc, e_acc, ct_theta, e_mu)
-        mu, e = _normalized(ct_z)
-        return (mu, e_mu + e, acc, e_acc), None
+        return adjoint_step(pullback, carry), None
 
     return jax.lax.scan(body, carry, (states, xs), length=length, reverse=True)[0]
 
@@ -382,7 +413,7 @@ def _zero_cotangent(x):
     return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
 
-def _result(value, g_hat, e_g) -> LogScaledGrad:
+def log_scaled_grad(value: Array, g_hat: Tree, e_g: Array) -> LogScaledGrad:
     """:class:`LogScaledGrad` from ``g = 2^(e_g) g_hat`` (``max |g_hat|`` in ``[1/2, 1)``)."""
     norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g_hat)))
     safe = jnp.where(norm == 0, 1, norm)  # a NaN norm stays NaN
@@ -446,7 +477,7 @@ def value_and_grad(
     segment = remat_segment(remat, steps)
     value, saved = _forward_pass(task, optimizer, objective, hparams, key, steps, segment)
     g_hat, e_g = _meta_gradient(optimizer, steps, segment, saved)
-    return _result(value, g_hat, e_g)
+    return log_scaled_grad(value, g_hat, e_g)
 
 
 def _forward_pass(task, optimizer, objective, hparams, key, steps: int, segment: int | None):
@@ -500,8 +531,11 @@ def objective_fn(
 __all__ = [
     "HOMOGENEOUS",
     "LogScaledGrad",
+    "adjoint_start",
+    "adjoint_step",
     "check",
     "final_iterate_objective",
+    "log_scaled_grad",
     "objective_fn",
     "terminal",
     "value_and_grad",

@@ -16,7 +16,9 @@ One file per piece, in pipeline order:
   horizon, a segment of ``K`` steps in one :func:`jax.lax.scan`.
 * :mod:`.estimator`: the interface of the meta-gradient estimators (:class:`Estimator`) and
   their registry of names (:data:`ESTIMATORS`); one file each, an object holding its own
-  settings: :mod:`.tbptt` (:class:`TBPTT`, truncated backpropagation), :mod:`.es`
+  settings: :mod:`.tbptt` (:class:`TBPTT`, truncated backpropagation),
+  :mod:`.logscaled_tbptt` (:class:`LogScaledTBPTT`, the same by the log-scaled reverse
+  pass, finite past float32's overflow), :mod:`.es`
   (:class:`ES`, antithetic truncated ES), :mod:`.pes` (:class:`PES`, persistent ES,
   unbiased across truncations).
 * :mod:`.domains`: named hyperparameters (learning rate, ``eps``, decays) learned in an
@@ -42,6 +44,7 @@ from l2l_jax.truncated.config import (
 )
 from l2l_jax.truncated.es import ES, es_gradient
 from l2l_jax.truncated.estimator import ESTIMATORS, Estimator
+from l2l_jax.truncated.logscaled_tbptt import LogScaledTBPTT, logscaled_tbptt_gradient
 from l2l_jax.truncated.loop import TruncatedResult, meta_train
 from l2l_jax.truncated.pes import PES, PESState, pes_gradient
 from l2l_jax.truncated.runs import (
@@ -73,6 +76,7 @@ __all__ = [
     "TBPTT",
     "Estimator",
     "InnerState",
+    "LogScaledTBPTT",
     "PESState",
     "TruncatedConfig",
     "TruncatedResult",
@@ -86,6 +90,7 @@ __all__ = [
     "host_value",
     "init_state",
     "inner_step",
+    "logscaled_tbptt_gradient",
     "make_meta_step",
     "meta_batch_mesh",
     "meta_step",

@@ -26,6 +26,7 @@ import jax
 
 from l2l_jax.inner.optimizers import InnerOptimizer
 from l2l_jax.truncated.es import ES
+from l2l_jax.truncated.logscaled_tbptt import LogScaledTBPTT
 from l2l_jax.truncated.pes import PES
 from l2l_jax.truncated.runs import InnerState
 from l2l_jax.truncated.tasks import SegmentConfig
@@ -65,7 +66,12 @@ class Estimator(Protocol):
 
 
 # The registry of names: name -> class, default-constructed for a bare name.
-ESTIMATORS: dict[str, type] = {"tbptt": TBPTT, "es": ES, "pes": PES}
+ESTIMATORS: dict[str, type] = {
+    "tbptt": TBPTT,
+    "es": ES,
+    "pes": PES,
+    "tbptt_logscaled": LogScaledTBPTT,
+}
 
 
 def resolve(spec: str | Mapping[str, Any] | Estimator) -> Estimator:
