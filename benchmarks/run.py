@@ -37,6 +37,7 @@ from benchmarks import (
     methods,
     momentum,
     nominal,
+    optax_cost,
     scaling,
     towers,
 )
@@ -59,6 +60,7 @@ GROUPS = {
     "memory": memory,
     "scaling": scaling,
     "logscaled": logscaled,
+    "optax_cost": optax_cost,
 }
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"

@@ -358,6 +358,11 @@ class MLPLOpt(common.NetOptimizer):
         reverse pass recomputes the activations with matrix products), and each tensor's
         step under ``jax.checkpoint``, so reverse mode through an unroll stores only the
         step's inputs.
+
+        Each tensor has its own fused loop, on purpose: one MLP pass over all tensors at
+        once (their feature columns concatenated, the steps split back) measured 1.6-4x
+        slower on CPU, as the concatenation and the per-tensor normalization of a flat
+        vector cost more than the loops saved (``docs/performance.md``).
         """
         chex.assert_trees_all_equal_shapes(grads, params)
         for accumulators in (*state.momentum, *state.second_moment):
