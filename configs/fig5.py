@@ -3,7 +3,8 @@
 Not a new run: it reads the ``results.json`` of fig4a, fig4b and fig4c (``results``),
 reports the training accuracy of the fig4b setting (Fig. 5: TbT fits the noisy labels,
 TbV does not) and decides the four claims by the pre-registered one-sided paired tests of
-:func:`experiments.mnist_report.claims` over meta-training seeds. Run it after the three settings (``make figures`` does).
+:func:`experiments.mnist_report.claims` over meta-training seeds. Run it after the three
+settings (``make figures`` does).
 """
 
 import ml_collections
