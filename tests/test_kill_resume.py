@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 WORKER = Path(__file__).with_name("kill_worker.py")
 STEPS = 24
@@ -40,6 +41,7 @@ def _kill_after(out: Path, step: int) -> int:
     return last
 
 
+@pytest.mark.slow  # two processes, one killed mid-run: end to end (make test-slow)
 def test_killed_meta_training_resumes_bit_exactly(tmp_path):
     straight = tmp_path / "straight"
     proc = _start(straight)

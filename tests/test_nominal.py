@@ -479,6 +479,7 @@ def test_config_defaults_and_dict_roundtrip():
         N.NominalConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
 
+@pytest.mark.slow  # the page's end-to-end example: meta-training, then optax (make test-slow)
 def test_docs_example_meta_trains_with_truncated_unrolls_then_runs_in_optax():
     doc = Path(__file__).resolve().parents[1] / "docs" / "nominal.md"
     blocks = re.findall(r"^```python[ \t]*\n(.*?)^```[ \t]*$", doc.read_text(), re.M | re.S)
