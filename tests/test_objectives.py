@@ -37,6 +37,7 @@ def train(objective, steps: int = 3):
     )
 
 
+@pytest.mark.slow  # meta-trains end to end; docs/extending.md's example runs in make test
 def test_a_user_objective_reaches_meta_training():
     """The user's copy of TbV meta-trains bit for bit like the built-in one; adding a
     constant adds it to every meta-loss and leaves the meta-gradient, so the meta-

@@ -41,7 +41,9 @@ def test_noisy_labels_redraws_exactly_round_pn_positions():
     assert bool(jnp.all(noisy_labels(labels, 0.0, jax.random.key(3)) == labels))
 
 
-@pytest.mark.parametrize("objective", [pytest.param("tbt", marks=pytest.mark.slow), "tbv"])
+# end to end (a meta-batch of MNIST runs through their restarts): make test-slow
+@pytest.mark.parametrize("objective", ["tbt", "tbv"])
+@pytest.mark.slow
 def test_meta_batch_runs_train_on_different_digits_and_restarts_redraw(objective):
     data = _data()
     family = MnistFamily.from_data(

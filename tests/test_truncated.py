@@ -105,7 +105,9 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+# PES keeps state of its own across meta-steps: the case resume must carry (TBPTT's resume is
+# the multi-process test's, make test-slow)
+@pytest.mark.parametrize("estimator", [pytest.param("tbptt", marks=pytest.mark.slow), "pes"])
 def test_resume_is_bit_exact(tmp_path, estimator):
     """PES carries state of its own (each pair's runs and accumulated perturbation):
     it must come back exactly too."""
