@@ -10,12 +10,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # builds the wheel from a copy of the repository (make test-slow)
 def test_the_wheel_holds_l2l_jax_only(tmp_path):
     # a copy of the repository (less results, docs and caches): setuptools writes build/
     # and *.egg-info beside pyproject.toml, which must not touch the checkout
@@ -47,6 +44,8 @@ def test_the_wheel_holds_l2l_jax_only(tmp_path):
 def test_the_old_meta_names_forward_with_a_deprecation_warning():
     """``l2l_jax.meta`` was split into ``metagrad`` and ``truncated``; the names the
     documentation promised still work, and say where they went."""
+    import pytest
+
     from l2l_jax import meta, metagrad, truncated
 
     with pytest.warns(DeprecationWarning, match=r"l2l_jax\.metagrad\.minimize"):

@@ -212,7 +212,6 @@ def test_tbptt_gradient_matches_hand_written_unroll():
     assert optax.tree.norm(grad) > 0
 
 
-@pytest.mark.slow  # ES against TBPTT over many perturbations (make test-slow)
 def test_es_agrees_with_tbptt_direction():
     task = linreg()
     cfg = dataclasses.replace(TINY_CFG, estimator=truncated.ES(sigma=1e-3, pairs=2048))
@@ -271,7 +270,6 @@ def test_run_reinitializes_at_horizon():
 # -- non-finite meta-gradients ---------------------------------------------------------------------
 
 
-@pytest.mark.slow  # metagrad.minimize and tbptt_logscaled test the skip in make test
 def test_nonfinite_meta_steps_are_skipped_and_counted(tmp_path):
     task = linreg(scale=np.nan)
     res = truncated.meta_train(
