@@ -99,7 +99,6 @@ def _check(problem, optimizer, method, steps, x64, eta):
                 assert np.all(leaf < 1), name
 
 
-@pytest.mark.slow  # with test_fuzz_1000_configurations in make test-slow
 @settings(max_examples=6)
 @given(configurations(max_steps=300))
 def test_fuzz_never_crashes_and_never_applies_a_nonfinite_step(config):

@@ -23,7 +23,6 @@ def _run(name, out, *overrides):
     return cli.main([name, "--out", str(out), "--no-progress", *SMALL, *overrides])
 
 
-@pytest.mark.slow  # float64 unrolls of a fig2 setting (make test-slow)
 def test_setting_matches_the_unroll():
     """eta* of the grid search and the test/train RMSE agree with unrolled GD (float64)."""
     cfg = cli.load_config("fig2")

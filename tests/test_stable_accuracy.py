@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import mpmath
 import numpy as np
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -116,7 +115,6 @@ def test_stable_float32(d, log_kappa, seed, log_t, kind, frac, idx):
     _run("float32", d, log_kappa, seed, log_t, kind, frac, idx)
 
 
-@pytest.mark.slow  # the float32 case above runs in make test; float64 in make test-slow
 @_with_corners
 @given(**params)
 def test_stable_float64(d, log_kappa, seed, log_t, kind, frac, idx):

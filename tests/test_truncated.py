@@ -193,7 +193,6 @@ def hand_written_segment(meta_params, run, task, lopt, cfg):
     return sum(terms) / len(terms)
 
 
-@pytest.mark.slow  # the estimator contract test checks TBPTT against jax.grad in make test
 def test_tbptt_gradient_matches_hand_written_unroll():
     task = linreg()
     state = truncated.init_state(jax.random.key(1), task, TINY_LOPT, TINY_CFG)
