@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -73,6 +74,7 @@ def _experiment(path: Path) -> Experiment | None:
     )
 
 
+@functools.cache  # the sources are read once per process (the CLI asks more than once)
 def experiments() -> tuple[Experiment, ...]:
     """Every registered experiment, in ``ORDER``."""
     found = [_experiment(p) for p in sorted(PACKAGE.glob("*.py"))]
