@@ -17,7 +17,11 @@ Run ``i`` of ``evaluate(task, optimizer, hparams, steps, key=key)`` is reproduci
     init_key, data_key = run_keys(key, runs)[i]
     inner.unroll(task.with_init_key(init_key), optimizer, hparams, steps, key=data_key)
 
-(same initialization, same minibatch indices, same final parameters).
+(same initialization, same minibatch indices, same final parameters). Every metric, and
+``EvalResult.params``, is taken at the optimizer's evaluation parameters
+(:func:`~l2l_jax.inner.optimizers.evaluation_params_of`): the iterate itself, except for an
+optimizer that declares others (Schedule-Free's averaged iterate, ``from_optax(...,
+eval_params=optax.contrib.schedule_free_eval_params)``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 from l2l_jax import inner, input_checks, xla
 from l2l_jax.inner import tuning
-from l2l_jax.inner.optimizers import HParams, InnerOptimizer
+from l2l_jax.inner.optimizers import HParams, InnerOptimizer, evaluation_params_of
 from l2l_jax.inner.rollout import record_points, rollout_from_keys
 
 Array = jax.Array
@@ -57,7 +61,8 @@ class EvalResult:
       test_acc: ``(runs, n_evals)`` on the given test set, ``None`` without one.
       test_acc_noisy: ``(runs, n_evals)`` on the test images against ``noisy_test_labels``
         (the paper's code noised its test labels at the training rate), ``None`` without.
-      params: the final parameters of every run (leaves with a leading ``runs`` axis).
+      params: the final evaluation parameters of every run (leaves with a leading ``runs``
+        axis): the final iterate, or the optimizer's ``evaluation_params`` of it.
     """
 
     steps: Array
@@ -156,6 +161,11 @@ def evaluate(
     step 0, after every chunk and at the last step. ``hparams``: a scalar step size for
     ``inner.sgd``, the meta-parameters for ``learned.inner_optimizer``.
 
+    Every metric is computed at the evaluation parameters
+    ``inner.optimizers.evaluation_params_of(optimizer, w, opt_state)``: ``w`` itself, or
+    e.g. Schedule-Free's averaged iterate ``x`` rather than the iterate ``y`` its gradients
+    are taken at (Defazio et al. 2024) when ``optimizer`` declares ``eval_params``.
+
     The task must provide ``with_init_key``, ``loss``, ``batch_loss``, ``accuracy`` and, for
     validation metrics, ``num_valid``/``valid_loss``/``valid_images``/``valid_labels``
     (:class:`l2l_jax.tasks.MnistMLP` does).
@@ -196,11 +206,14 @@ def _evaluate_fn(optimizer, steps: int, eval_every: int, per_run_task: bool) -> 
     (:func:`l2l_jax.xla.cached` on the optimizer and the static arguments)."""
 
     def one_run(task, hparams, keys, test_x, test_y):
-        record = lambda run_task, w, _: _metrics(run_task, w, test_x, test_y)
-        (params, _), metrics = rollout_from_keys(
+        def record(run_task, w, opt_state):
+            params = evaluation_params_of(optimizer, w, opt_state)
+            return _metrics(run_task, params, test_x, test_y)
+
+        (w, opt_state), metrics = rollout_from_keys(
             task, optimizer, hparams, steps, keys, record=record, every=eval_every
         )
-        return params, metrics
+        return evaluation_params_of(optimizer, w, opt_state), metrics
 
     task_axis = 0 if per_run_task else None
     build = lambda: xla.jit(jax.vmap(one_run, in_axes=(task_axis, None, 0, None, None)))

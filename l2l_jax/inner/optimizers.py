@@ -16,6 +16,11 @@ An optimizer whose update is one of the linear steps of :data:`LINEAR_UPDATES` s
 its ``linear_update`` attribute (:func:`gd`, :func:`momentum`, :func:`nesterov`,
 :func:`sgd`, or :func:`from_optax` with ``linear_update=``); ``grad="stable"`` decides its
 closed form by that declaration (:func:`linear_update_of`), never by ``name``.
+
+An optimizer meant to be scored at other parameters than those its gradients are taken at
+(Schedule-Free AdamW's averaged iterate ``x``, Defazio et al. 2024) says so with an
+``evaluation_params`` method (:class:`OptaxInner`, from :func:`from_optax` with
+``eval_params=``); :func:`evaluation_params_of` reads it and is the identity otherwise.
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ class InnerOptimizer(Protocol):
     optimizer takes, or ``None`` (absent) for any other update. It is not part of the
     protocol: a learned optimizer or :class:`~l2l_jax.analysis.stability.ScaledStep` has
     none; read it with :func:`linear_update_of`.
+
+    Optional method ``evaluation_params(params, opt_state)``: the parameters the
+    optimizer is to be evaluated at after a step to ``(params, opt_state)`` (e.g.
+    Schedule-Free's averaged iterate); absent means ``params``. Not part of the protocol
+    either; read it with :func:`evaluation_params_of`.
 
     Implementations: :class:`OptaxInner` (any optax optimizer, :func:`from_optax`),
     :class:`l2l_jax.learned.LearnedInnerOptimizer` (hyperparameters = meta-parameters) and
@@ -111,6 +121,10 @@ class OptaxInner:
         times ``preconditioner``; ``None`` when it takes no such step (Adam, weight decay,
         any optax chain not declared). ``grad="stable"`` uses it to choose its closed form
         and checks it on a probe before trusting it (``metagrad.stable``).
+      eval_params: ``None`` (evaluate at ``params``) or ``fn(factory_state, params)``,
+        the parameters to evaluate at, called with the state of the wrapped optax
+        factory (``opt_state.inner_state``: ``inject_hyperparams`` wraps it), e.g.
+        ``optax.contrib.schedule_free_eval_params``. See :meth:`evaluation_params`.
     """
 
     name: str
@@ -120,12 +134,20 @@ class OptaxInner:
     defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
     preconditioner: Any = dataclasses.field(default=None, compare=False)
     linear_update: str | None = None
+    eval_params: Callable[[Any, Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.eval_params is not None and not callable(self.eval_params):
+            raise TypeError(
+                f"eval_params must be None or a function (state, params) -> params such as "
+                f"optax.contrib.schedule_free_eval_params, got {type(self.eval_params).__name__}."
+            )
 
     def __hash__(self) -> int:
         # hashable (a static argument of jax.jit) although ``defaults`` is a dict
         items = tuple(sorted(self.defaults.items()))
         fields = (self.name, self.hparam_names, self.transform, self.batch_size, items)
-        return hash((*fields, self.linear_update))
+        return hash((*fields, self.linear_update, self.eval_params))
 
     @property
     def scalar_hparams(self) -> bool:
@@ -176,6 +198,13 @@ class OptaxInner:
         updates, state = self.transform.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    def evaluation_params(self, params, opt_state):
+        """The parameters to evaluate at: ``params`` without ``eval_params``, else
+        ``eval_params(opt_state.inner_state, params)`` (the factory's own state)."""
+        if self.eval_params is None:
+            return params
+        return self.eval_params(opt_state.inner_state, params)
+
     def _with_hparams(self, state, params, hparams):
         values = self.as_dict(hparams)
         dtype = jnp.result_type(*[jnp.asarray(p) for p in jax.tree_util.tree_leaves(params)])
@@ -191,6 +220,7 @@ def from_optax(
     batch_size: int | None = None,
     defaults: Mapping[str, float] | None = None,
     linear_update: str | None = None,
+    eval_params: Callable[[Any, Any], Any] | None = None,
     **static,
 ) -> OptaxInner:
     """Wrap an optax optimizer factory so ``hparam_names`` become differentiable inputs.
@@ -202,6 +232,11 @@ def from_optax(
     linear_update="gd")``), so that ``grad="stable"`` accepts it; ``hparam_names`` must then
     be that step's. ``name`` never implies it. ``grad="stable"`` checks the declaration on a
     probe and refuses an optimizer whose update differs.
+
+    ``eval_params`` (``fn(state, params) -> params``, called with ``factory``'s own state)
+    names the parameters to evaluate at, e.g. Schedule-Free's averaged iterate:
+    ``from_optax(optax.contrib.schedule_free_adamw, ("learning_rate",),
+    eval_params=optax.contrib.schedule_free_eval_params)`` (:meth:`OptaxInner.evaluation_params`).
     """
     hparam_names = tuple(hparam_names)
     if not hparam_names:
@@ -218,7 +253,16 @@ def from_optax(
         batch_size=batch_size,
         defaults=dict(defaults or {}),
         linear_update=linear_update,
+        eval_params=eval_params,
     )
+
+
+def evaluation_params_of(optimizer, params, opt_state):
+    """The parameters ``optimizer`` is evaluated at after reaching ``(params, opt_state)``:
+    its ``evaluation_params(params, opt_state)`` when it has one (e.g. Schedule-Free's
+    averaged iterate), else ``params`` (SGD, Adam, learned optimizers, ...)."""
+    fn = getattr(optimizer, "evaluation_params", None)
+    return params if fn is None else fn(params, opt_state)
 
 
 def linear_update_of(optimizer) -> str | None:
