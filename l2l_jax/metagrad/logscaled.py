@@ -24,11 +24,23 @@ included:
   both are brought to the larger of their two exponents (a log-sum-exp with exact powers
   of two), and the sum is renormalized;
 * the terminal cotangent of a log objective is scale-free: ``d J / d w_t = (1/t) grad
-  f(w_t) / f(w_t)``. On a task whose loss is homogeneous (``f(c w) = c^p f(w)``:
-  :class:`~l2l_jax.tasks.Quadratic`, :class:`~l2l_jax.tasks.NQM`, :data:`HOMOGENEOUS`),
-  ``f`` is evaluated at ``w_hat = 2^(-e) w_t`` (``2^e`` the power of two of ``max |w_t|``):
-  ``log f(w_t) = log f(w_hat) + p e log 2`` and ``d log f / d w = 2^(-e) grad f(w_hat) /
-  f(w_hat)``, finite even where ``f(w_t)`` itself over- or underflows.
+  f(w_t) / f(w_t) = (1/t) grad log f(w_t)``. ``log f`` is the task's own log-space loss
+  where it declares one (``log_loss`` / ``log_valid_loss``,
+  :mod:`l2l_jax.tasks.log_space`; the pass asks the task, never its type), finite even
+  where ``f(w_t)`` itself over- or underflows. Built in: :class:`~l2l_jax.tasks.Quadratic`
+  and :class:`~l2l_jax.tasks.NQM` (homogeneous: ``f`` at ``w_t / 2^e``; every finite
+  ``w_t`` whose largest entry is a normal float), :class:`~l2l_jax.tasks.LeastSquares`
+  (``w_t`` and the residual divided by their powers of two; every finite ``w_t``) and
+  :class:`~l2l_jax.tasks.MnistMLP` (cross-entropy from the logits: wherever the logits'
+  differences are finite, not where the MLP itself overflows). Elsewhere ``log f =
+  log(task.loss(w_t))``: ``+-inf`` where ``f(w_t)`` over- or underflows, and the pass's
+  value and gradient with it. The gradient of ``log f`` is pulled back with the seed
+  ``2^(floor(e / 2))`` (``2^e`` the power of two of ``max |w_t|``), whose exponent is
+  taken off again (exact): ``grad log f`` scales like ``1 / |w_t|`` (exactly so for a
+  homogeneous loss), so the cotangents inside ``log f`` (about ``2^(e/2)`` times their
+  unseeded size) and the result (about ``2^(-e/2)``) stay in the normal range where the
+  unseeded result, ``2^(-e)`` times a moderate number, would not (``|w_t|`` near ``2^127``
+  or ``2^-126``, where XLA flushes subnormals to 0).
 
 The result is the meta-gradient as a direction and a log-norm (:class:`LogScaledGrad`),
 both finite whenever the forward iterates are; the float meta-gradient ``2^E G_hat`` is
@@ -64,16 +76,16 @@ import numpy as np
 
 from l2l_jax import input_checks
 from l2l_jax import objectives as objectives_lib
+from l2l_jax.closed_forms.scaling import exponent as _exponent
+from l2l_jax.closed_forms.scaling import ldexp as _ldexp
+from l2l_jax.closed_forms.scaling import max_abs as _max_abs
 from l2l_jax.inner.optimizers import HParams, InnerOptimizer
 from l2l_jax.inner.unroll import Remat, remat_segment, train_step
-from l2l_jax.tasks.nqm import NQM
-from l2l_jax.tasks.quadratic import Quadratic
+from l2l_jax.tasks import log_space
 
 Array = jax.Array
 Tree = chex.ArrayTree
 
-# task type -> degree p of its (full-batch) loss: f(c w) = c^p f(w) for every c > 0
-HOMOGENEOUS: dict[type, int] = {Quadratic: 2, NQM: 2}
 # exponent of an all-zero tree: below every float's range, far from int32 overflow
 _ZERO = -(2**24)
 
@@ -83,8 +95,9 @@ class LogScaledGrad:
     """A meta-gradient ``g = d J / d theta`` and the objective's value ``J``.
 
     Attributes:
-      value: ``J``, the objective (for log objectives on :data:`HOMOGENEOUS` tasks,
-        finite even where ``f(w_t)`` over- or underflows).
+      value: ``J``, the objective (for log objectives on a task with a log-space loss,
+        :mod:`l2l_jax.tasks.log_space`, finite even where ``f(w_t)`` over- or
+        underflows).
       direction: ``g / ||g||_2``, a pytree like the hyperparameters (zeros when ``g = 0``).
       log_norm: ``log ||g||_2`` (``-inf`` when ``g = 0``), finite where ``g`` itself is
         not representable.
@@ -100,7 +113,7 @@ class LogScaledGrad:
     saturated: Array
 
 
-# -- exact power-of-two scaling ---------------------------------------------------------------
+# -- pytrees at a power-of-two scale (the scaling: closed_forms.scaling) ----------------------
 
 
 def _is_float(x) -> bool:
@@ -120,63 +133,6 @@ def _combine(floats, others, structure) -> Tree:
     treedef, mask = structure
     floats, others = iter(floats), iter(others)
     return jax.tree.unflatten(treedef, [next(floats) if m else next(others) for m in mask])
-
-
-def _max_abs(tree) -> Array:
-    """The largest magnitude over the leaves (in the widest of their dtypes)."""
-    leaves = jax.tree.leaves(tree)
-    dtype = jnp.result_type(*leaves)
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype) for x in leaves]))
-
-
-def _int_type(dtype):
-    return jnp.int64 if jnp.finfo(dtype).bits == 64 else jnp.int32
-
-
-def _exponent(x: Array) -> Array:
-    """``e`` with ``|x|`` in ``[2^(e-1), 2^e)`` (``frexp``'s exponent) for a normal ``x``,
-    read from its bits; ``0`` for zero, subnormal and non-finite ``x`` (so a NaN or inf
-    propagates unscaled)."""
-    if jnp.dtype(x.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
-        ok = jnp.isfinite(x) & (x != 0)
-        return jnp.where(ok, jnp.frexp(jnp.where(ok, x, 1))[1], 0).astype(jnp.int32)
-    info = jnp.finfo(x.dtype)
-    bits = jax.lax.bitcast_convert_type(x, _int_type(x.dtype))
-    field = ((bits >> info.nmant) & (2 ** (info.bits - 1 - info.nmant) - 1)).astype(jnp.int32)
-    normal = (field > 0) & (field < 2 * info.maxexp - 1)
-    return jnp.where(normal, field - (info.maxexp - 2), 0)
-
-
-def _power_of_two(n: Array, dtype) -> Array:
-    """``2^n`` for an integer ``n`` in the normal exponent range of ``dtype``, built from
-    its bits (exact)."""
-    info = jnp.finfo(dtype)
-    biased = (n.astype(_int_type(dtype)) + (info.maxexp - 1)) << info.nmant
-    return jax.lax.bitcast_convert_type(biased, dtype)
-
-
-def _ldexp(tree, shift: Array) -> Tree:
-    """``tree * 2^shift``: exact unless the result leaves the normal range (then ``0`` or
-    ``+-inf``, as the true product rounds). The shift is applied as two powers of two of
-    the same sign, each in the normal exponent range, so the intermediate product lies
-    between the input and the result. Shifts are clipped to twice that range, beyond
-    which a value of magnitude in ``[2^-1, 1)`` (all this module scales that far) is 0
-    or inf anyway."""
-    factors = {}
-
-    def scale(x):
-        dtype = jnp.dtype(x.dtype)
-        if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
-            return jnp.ldexp(x, jnp.clip(shift, -(2**12), 2**12).astype(jnp.int32))
-        if dtype not in factors:
-            info = jnp.finfo(dtype)
-            n = jnp.clip(shift, 2 * info.minexp, 2 * (info.maxexp - 1)).astype(jnp.int32)
-            half = n >> 1  # floor(n / 2): same sign as n
-            factors[dtype] = (_power_of_two(half, dtype), _power_of_two(n - half, dtype))
-        first, second = factors[dtype]
-        return x * first * second
-
-    return jax.tree.map(scale, tree)
 
 
 def _normalized(tree) -> tuple[Tree, Array]:
@@ -210,44 +166,30 @@ def final_iterate_objective(objective) -> bool:
     )
 
 
-def _loss_of(objective, task) -> Callable:
-    """The loss whose log a ``from_log_loss`` objective takes: ``task.loss``, or
-    ``task.valid_loss`` when the objective says ``loss_of = "valid"``."""
-    return task.valid_loss if getattr(objective, "loss_of", "train") == "valid" else task.loss
-
-
-def _degree(objective, task) -> int | None:
-    """The homogeneity degree of the objective's loss on this task, or ``None``."""
-    if getattr(objective, "loss_of", "train") != "train":
-        return None
-    return HOMOGENEOUS.get(type(task))
-
-
 def terminal(objective, task, w: Tree, steps: int) -> tuple[Array, Tree, Array]:
     """``(J, mu_hat, e)``: the objective at ``w = w_t`` and its cotangent ``d J / d w =
     2^e mu_hat`` (module doc).
 
     For a ``from_log_loss`` objective, ``J = objective.from_log_loss(log f(w), t)`` and
-    ``d J / d w = (d J / d log f) grad log f(w)``, with ``log f`` evaluated at the rescaled
-    iterate on a homogeneous task; otherwise ``J = objective.iterate_loss(task, w)`` and
-    its cotangent by :func:`jax.vjp`.
+    ``d J / d w = (d J / d log f) grad log f(w)``, with ``log f`` the task's log-space loss
+    where it has one (:func:`l2l_jax.tasks.log_space.log_loss_fn`; the training loss, or
+    the validation loss when the objective says ``loss_of = "valid"``) and its gradient
+    pulled back with a seed ``2^k`` (module doc); otherwise ``J =
+    objective.iterate_loss(task, w)`` and its cotangent by :func:`jax.vjp`.
     """
     if not hasattr(objective, "from_log_loss"):
         value, pullback = jax.vjp(lambda x: objective.iterate_loss(task, x), w)
         (ct,) = pullback(jnp.ones_like(value))
         ct, e = _normalized(ct)
         return value, ct, e
-    loss = _loss_of(objective, task)
-    degree = _degree(objective, task)
-    e_w = jnp.zeros((), jnp.int32) if degree is None else _exponent(_max_abs(w))
-    w_hat = _ldexp(w, -e_w)
-    log_f_hat, direction = jax.value_and_grad(lambda x: jnp.log(loss(x)))(w_hat)
-    log_two = jnp.log(jnp.asarray(2.0, log_f_hat.dtype))
-    log_f = log_f_hat + (degree or 0) * e_w.astype(log_f_hat.dtype) * log_two
+    log_loss = log_space.log_loss_fn(task, getattr(objective, "loss_of", "train"))
+    log_f, pullback = jax.vjp(log_loss, w)
+    k = _exponent(_max_abs(w)) >> 1  # floor(e / 2): the seed 2^k (module doc)
+    (direction,) = pullback(_ldexp(jnp.ones_like(log_f), k))  # 2^k grad log f(w)
     value, slope = jax.value_and_grad(objective.from_log_loss)(log_f, steps)
     mantissa, e_slope = jnp.frexp(slope)
     ct, e_ct = _normalized(jax.tree.map(lambda d: mantissa * d, direction))
-    return value, ct, e_ct + e_slope.astype(jnp.int32) - e_w
+    return value, ct, e_ct + e_slope.astype(jnp.int32) - k
 
 
 # -- forward and log-scaled backward passes ---------------------------------------------------
@@ -529,7 +471,6 @@ def objective_fn(
 
 
 __all__ = [
-    "HOMOGENEOUS",
     "LogScaledGrad",
     "adjoint_start",
     "adjoint_step",

@@ -19,6 +19,7 @@ import numpy as np
 
 from l2l_jax import input_checks
 from l2l_jax.closed_forms import spectral_ls
+from l2l_jax.tasks import log_space
 from l2l_jax.tasks.linear import LinearDynamics
 
 Array = jnp.ndarray
@@ -171,12 +172,18 @@ class LeastSquares:
 
     def valid_loss(self, params: Array) -> Array:
         """Validation loss ``(1/(2 n2)) sum_i (y'_i - <w, x'_i>)^2``: Eq. 4's ``Delta_TbV``."""
-        if self.num_valid == 0:
-            raise ValueError(
-                "valid_loss needs validation data, but n_valid = 0: sample the task with "
-                "n_valid >= 1 (train-by-validation, Eq. 4)."
-            )
+        self._require_valid("valid_loss")
         return _half_mse(self.x_valid, self.y_valid, params)
+
+    def log_loss(self, params: Array) -> Array:
+        """``log`` of :meth:`loss` in log space (:func:`~l2l_jax.tasks.log_space.log_half_mse`):
+        finite for every finite ``w`` down to residuals with a normal largest entry."""
+        return log_space.log_half_mse(self.x_train, self.y_train, params)
+
+    def log_valid_loss(self, params: Array) -> Array:
+        """``log`` of :meth:`valid_loss` in log space, as :meth:`log_loss`."""
+        self._require_valid("log_valid_loss")
+        return log_space.log_half_mse(self.x_valid, self.y_valid, params)
 
     def batch_loss(self, params: Array, indices: Array) -> Array:
         """Unbiased estimate of :meth:`loss` from the training rows ``indices`` (SGD)."""
@@ -185,6 +192,13 @@ class LeastSquares:
     def valid_batch_loss(self, params: Array, indices: Array) -> Array:
         """Unbiased estimate of :meth:`valid_loss` from the validation rows ``indices``."""
         return _half_mse(self.x_valid[indices], self.y_valid[indices], params)
+
+    def _require_valid(self, name: str) -> None:
+        if self.num_valid == 0:
+            raise ValueError(
+                f"{name} needs validation data, but n_valid = 0: sample the task with "
+                "n_valid >= 1 (train-by-validation, Eq. 4)."
+            )
 
     def test_error(self, params: Array) -> Array:
         """``||w - w*||^2``; the population loss is ``(||w - w*||^2 + sigma^2) / 2``."""

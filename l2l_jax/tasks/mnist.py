@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax.data import mnist as mnist_data
+from l2l_jax.tasks import log_space
 
 Array = jnp.ndarray
 Params = dict[str, dict[str, Array]]
@@ -230,12 +231,28 @@ class MnistMLP:
 
     def valid_loss(self, params: Params) -> Array:
         """Mean cross-entropy on the validation rows (train-by-validation, Eq. 4 per task)."""
+        self._require_valid("valid_loss")
+        return cross_entropy(params, self.valid_images, self.valid_labels)
+
+    def log_loss(self, params: Params) -> Array:
+        """``log`` of :meth:`loss` from the logits, in log space
+        (:func:`~l2l_jax.tasks.log_space.log_mean_cross_entropy`): finite wherever the
+        logits' differences are, including where the mean cross-entropy underflows to 0
+        (margins above about ``17 + log 9`` in float32) or overflows. Not covered: the MLP's own
+        activations or logits overflowing."""
+        return log_cross_entropy(params, self.train_images, self.train_labels)
+
+    def log_valid_loss(self, params: Params) -> Array:
+        """``log`` of :meth:`valid_loss` in log space, as :meth:`log_loss`."""
+        self._require_valid("log_valid_loss")
+        return log_cross_entropy(params, self.valid_images, self.valid_labels)
+
+    def _require_valid(self, name: str) -> None:
         if self.num_valid == 0:
             raise ValueError(
-                "valid_loss needs validation data, but n_valid = 0: build the task with "
+                f"{name} needs validation data, but n_valid = 0: build the task with "
                 "MnistMLP.from_data(..., n_valid=N) (train-by-validation, Eq. 4)."
             )
-        return cross_entropy(params, self.valid_images, self.valid_labels)
 
     def valid_batch_loss(self, params: Params, indices: Array) -> Array:
         """Mean cross-entropy on the validation rows ``indices``."""
@@ -300,6 +317,12 @@ def cross_entropy(params: Params, images: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy ``-log softmax(logits)[label]``."""
     logp = jax.nn.log_softmax(mlp_logits(params, images), axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1))
+
+
+def log_cross_entropy(params: Params, images: Array, labels: Array) -> Array:
+    """``log`` of :func:`cross_entropy`, in log space from the logits
+    (:func:`~l2l_jax.tasks.log_space.log_mean_cross_entropy`)."""
+    return log_space.log_mean_cross_entropy(mlp_logits(params, images), labels)
 
 
 def accuracy(params: Params, images: Array, labels: Array) -> Array:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax import input_checks
+from l2l_jax.tasks import log_space
 from l2l_jax.tasks.linear import LinearDynamics
 
 Array = jnp.ndarray
@@ -224,6 +225,12 @@ class NQM:
         """``f(w) = 1/2 sum_i h_i w_i^2`` (the noiseless loss)."""
         chex.assert_shape(params, (self.dim,))
         return 0.5 * jnp.sum(self.curvature * jnp.square(params))
+
+    def log_loss(self, params: Array) -> Array:
+        """``log f(w)`` of the noiseless loss in log space
+        (:func:`~l2l_jax.tasks.log_space.log_homogeneous`, degree 2): finite for every
+        finite ``w`` with a normal largest entry, where ``f(w)`` over- or underflows."""
+        return log_space.log_homogeneous(self.loss, params, degree=2)
 
     def gradient(self, params: Array) -> Array:
         """``grad f(w) = h * w``."""

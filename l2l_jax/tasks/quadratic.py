@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax import input_checks
+from l2l_jax.tasks import log_space
 from l2l_jax.tasks.linear import LinearDynamics
 
 Array = jnp.ndarray
@@ -148,6 +149,12 @@ class Quadratic:
     def loss(self, params: Array) -> Array:
         """``f(w) = 1/2 w^T H w``."""
         return 0.5 * params @ (self.hessian @ params)
+
+    def log_loss(self, params: Array) -> Array:
+        """``log f(w)`` in log space (:func:`~l2l_jax.tasks.log_space.log_homogeneous`,
+        degree 2): finite for every finite ``w`` with a normal largest entry, where ``f(w)``
+        over- or underflows."""
+        return log_space.log_homogeneous(self.loss, params, degree=2)
 
     def batch_loss(self, params: Array, indices: Array) -> Array:
         """Unbiased estimate of ``f`` from the columns ``indices`` of ``factor``."""
