@@ -10,7 +10,7 @@ OUT    ?= runs
 help:
 	@awk '/^## /{sub(/^## /, ""); print}' $(MAKEFILE_LIST)
 
-.PHONY: help setup run test test-isa test-slow lint bench bench-estimators bench-group accelerator-check docs figures figures-check figures-check-mnist clean
+.PHONY: help setup run test test-isa test-slow lint bench bench-estimators bench-group accelerator-check docs figures figures-fig4 figures-check figures-check-mnist clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,13 @@ accelerator-check:
 figures: $(STAMP)
 	$(PY) -m experiments --runs | while read -r name out args; do \
 		$(PY) -m experiments $$name --out results/$$out $$args || exit 1; done
+
+## figures-fig4: the learned optimizer on MNIST (docs/experiments/fig4.md) into results/: meta_tune, then
+## fig4a-c, then fig5's claims; long on 2 cores (the cost per seed is in each table). Interrupted, the
+## same command resumes: per seed, and within a seed from its meta-training checkpoints
+figures-fig4: $(STAMP)
+	for e in meta_tune fig4a fig4b fig4c fig5; do \
+		$(PY) -m experiments $$e --out results/$$e || exit 1; done
 
 ## figures-check: rerun the quick experiments (registry group "quick") under
 ## OUT/figures-check and compare them with results/ number by number: bit for bit when a stored file was

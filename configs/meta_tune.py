@@ -1,11 +1,21 @@
-"""Measured meta-training settings for Figures 4-5 (``experiments.meta_tune``).
+"""The tuning protocol of Figures 4-5 (``experiments.meta_tune``): one procedure chooses the
+learned optimizer's start and meta-learning rate for **both** objectives, on a seed and a
+pool of digits that no reported seed uses.
 
-On one setting's meta-training family (default: ``fig4b``, the hardest for TbV), the
-learned optimizer is meta-trained from the warm start for every combination of meta
-learning rate, PES perturbation scale and meta-batch in the grid, ``meta_steps`` each,
-and scored every ``select_every`` meta-steps by its mean meta-loss on ``select_tasks``
-held-out draws. The combination with the lowest held-out meta-loss is then continued to
-``long_steps`` meta-steps, to see where the curve flattens.
+On the setting's tuning pool (``tuning_pool_fraction`` of the training digits, split off by
+``tuning_pool_seed``) with its ``tuning_seed``:
+
+1. **start**: the warm start is evaluated at every ``descent_scales`` value on draws of
+   the setting's family (default fig4b: 1000 digits, 20% label noise) for ``horizon``
+   steps; the chosen scale is the largest whose training accuracy is at most the
+   setting's ``start_train_acc_max`` (a start that does not already memorize);
+2. **meta learning rate**: from that start, each objective is meta-trained with every
+   ``meta_lrs`` value by the setting's own protocol (cosine decay, held-out score on
+   ``select_tasks`` draws, until converged); per objective the rate with the lowest final
+   held-out score among the converged runs is chosen.
+
+The choices are what ``configs/mnist_lopt.py`` sets (``descent_scale``, ``meta_lr``); a test
+checks that they agree with the stored ``results/meta_tune/results.json``.
 """
 
 import ml_collections
@@ -17,21 +27,11 @@ SETTINGS = {"fig4a": fig4a, "fig4b": fig4b, "fig4c": fig4c}
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
-    cfg.setting = "fig4b"  # whose data, architecture and horizon are used
+    cfg.setting = "fig4b"  # whose data, architecture, horizon and protocol are used
     cfg.preset = preset  # the preset of that setting
-    cfg.objective = "tbv"  # "tbv" or "tbt"
-    cfg.seed = 0  # pools, held-out draws and the warm start (as seed 0 of the setting)
-    cfg.meta_lrs = (3e-3, 1e-2, 3e-2)  # the meta-optimizer's learning rates
-    cfg.es_sigmas = (0.01, 0.03)  # PES perturbation standard deviations
-    cfg.meta_batches = (8,)  # inner runs per meta-step
-    cfg.meta_steps = 100  # meta-steps per combination (fig4's budget before this measurement)
-    cfg.select_every = 25  # held-out score every this many meta-steps
-    cfg.select_tasks = 8  # held-out draws per score
-    cfg.long_steps = 500  # continue the best combination to this many steps (0: skip)
-    # "flattened": the best score of the last `flat_window` meta-steps improves on the
-    # best before them by less than `flat_rtol` (relative)
-    cfg.flat_window = 150
-    cfg.flat_rtol = 0.02
+    cfg.objectives = ("tbt", "tbv")  # tuned by the same procedure
+    cfg.descent_scales = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)  # the start's step scale
+    cfg.meta_lrs = (3e-3, 1e-2, 3e-2)  # the meta-optimizer's peak learning rates
     return cfg
 
 

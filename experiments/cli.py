@@ -100,11 +100,11 @@ def check_out(out: Path) -> None:
 
 
 def _check_mnist(cfg: ml_collections.ConfigDict) -> None:
-    from experiments import mnist_lopt
+    from experiments import mnist_lopt, mnist_meta
 
     mnist_lopt.check_config(cfg)
     for objective in mnist_lopt.OBJECTIVES:
-        mnist_lopt.truncated_config(cfg, objective)  # TruncatedConfig's consistency checks
+        mnist_meta.truncated_config(cfg, objective)  # TruncatedConfig's consistency checks
 
 
 def _check_ood(cfg: ml_collections.ConfigDict) -> None:

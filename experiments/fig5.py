@@ -28,7 +28,13 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
         rerun = f"`python -m experiments {name} --out {path.parent}`"
         if path.exists():
             stored = json.loads(path.read_text())
-            if "per_seed" in stored:
+            if "per_seed" in stored and not stored.get("complete", True):
+                done, wanted = stored["seeds_done"], stored["config"]["seeds"]
+                missing[name] = (
+                    f"{path} is partial ({len(done)} of {len(wanted)} seeds): finish it with "
+                    f"the same command, {rerun}"
+                )
+            elif "per_seed" in stored:
                 loaded[name] = stored
             else:
                 missing[name] = f"{path} has no per_seed results (an older protocol): run {rerun}"

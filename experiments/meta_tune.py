@@ -1,18 +1,18 @@
-"""Meta-training settings of the MNIST learned optimizer chosen by measurement
-(``configs/meta_tune.py``; Figures 4-5 of Wang et al. 2021).
+"""The tuning protocol of Figures 4-5 (``configs/meta_tune.py``): the learned optimizer's
+start and meta learning rate, chosen for both objectives by one procedure on a seed and a
+pool of digits held apart from every reported seed.
 
-For every combination of meta learning rate, PES perturbation scale ``es_sigma`` and
-meta-batch in the grid, the learned optimizer is meta-trained from the setting's warm
-start on its meta-training family and scored on held-out draws
-(:func:`~experiments.mnist_lopt.meta_train_selected`). Curves are compared at
-equal compute (inner steps run, ``meta_steps * meta_batch * 2 * es_pairs * segment``).
-The best combination (lowest held-out meta-loss) is continued to ``long_steps``, and
-:func:`flattened` says whether its curve has flattened by then.
+1. :func:`start_scales`: the warm start's training accuracy after ``horizon`` steps for
+   every scale of the grid; the largest scale at most ``start_train_acc_max`` is chosen;
+2. :func:`experiments.mnist_meta.meta_train_selected` for every objective and meta
+   learning rate, from that start, by the setting's own protocol (until converged); per
+   objective the lowest final held-out score among converged runs is chosen.
+
+Resumes from the checkpoints in ``out`` (one directory per objective and rate).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ import numpy as np
 from configs import meta_tune as meta_tune_config
 from experiments import common
 from experiments import mnist_lopt as mnist
+from experiments import mnist_meta as meta
+from l2l_jax import evaluation
 from l2l_jax.data import mnist as mnist_data
 
 PAGE = "experiments/fig4.md"  # the documentation page (experiments/registry.py)
@@ -31,151 +33,206 @@ GROUP = "mnist"
 ORDER = 90
 
 
-def combinations(cfg: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    """Every ``{"meta_lr", "es_sigma", "meta_batch"}`` of the grid."""
-    grid = itertools.product(cfg.meta_lrs, cfg.es_sigmas, cfg.meta_batches)
-    return [{"meta_lr": float(a), "es_sigma": float(s), "meta_batch": int(b)} for a, s, b in grid]
+def start_scales(base, cfg, data, families, lopt, k_lopt, k_eval) -> list[dict[str, Any]]:
+    """Training and test accuracy (%) of the warm start at every ``descent_scales`` value,
+    after ``horizon`` steps on ``runs`` draws of the tuning pool's family."""
+    tasks = mnist.draws(families["eval"], k_eval, int(base.runs))
+    optimizer = meta.lopt_inner(lopt, int(base.batch_size))
+    rows = []
+    for scale in cfg.descent_scales:
+        setting = base.copy_and_resolve_references()
+        setting.descent_scale = float(scale)
+        params = mnist.initial_meta_params(setting, lopt, k_lopt)
+        result = evaluation.evaluate(
+            tasks,
+            optimizer,
+            params,
+            int(base.horizon),
+            key=k_eval,
+            runs=int(base.runs),
+            eval_every=int(base.horizon),
+            test_images=data.test_images,
+            test_labels=data.test_labels,
+        )
+        rows.append(
+            {
+                "descent_scale": float(scale),
+                "train_acc": 100 * float(result.mean("train_acc")[-1]),
+                "test_acc": 100 * float(result.mean("test_acc")[-1]),
+            }
+        )
+    return rows
 
 
-def _name(combo: dict[str, Any]) -> str:
-    return f"lr{combo['meta_lr']:g}_sigma{combo['es_sigma']:g}_B{combo['meta_batch']}"
+def choose_scale(rows: list[dict[str, Any]], bound: float) -> float | None:
+    """The largest scale whose training accuracy is at most ``bound`` (%), or None."""
+    ok = [r["descent_scale"] for r in rows if r["train_acc"] <= bound]
+    return max(ok) if ok else None
 
 
-def inner_steps_per_meta_step(setting: ml_collections.ConfigDict, meta_batch: int) -> int:
-    """Inner steps one PES meta-step runs: ``B`` runs, ``es_pairs`` antithetic pairs of
-    two, ``K`` steps each."""
-    return int(meta_batch) * 2 * int(setting.es_pairs) * int(setting.segment)
-
-
-def flattened(scores: list[dict[str, Any]], window: int, rtol: float) -> dict[str, Any]:
-    """Whether the best held-out score of the last ``window`` meta-steps improves on the
-    best before them by less than ``rtol`` (relative); ``None`` if the curve is shorter
-    than ``window`` plus one earlier score or any score is not finite."""
-    last = scores[-1]["step"]
-    before = [s["score"] for s in scores if s["step"] <= last - window]
-    recent = [s["score"] for s in scores if s["step"] > last - window]
-    if not before or not recent or not np.all(np.isfinite(before + recent)):
-        return {"flat": None, "improvement": None, "window": window, "rtol": rtol}
-    b, r = min(before), min(recent)
-    improvement = (b - r) / abs(b)
+def choose_rate(grid: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The objective's rate with the lowest final held-out score among its converged runs
+    (all its runs if none converged, flagged ``converged: False``)."""
+    runs = [g for g in grid if g["objective"] == objective]
+    converged = [g for g in runs if g["convergence"]["converged"]]
+    pool = converged or runs
+    best = min(pool, key=lambda g: g["final_score"])
     return {
-        "flat": bool(improvement < rtol),
-        "improvement": improvement,
-        "window": window,
-        "rtol": rtol,
+        "meta_lr": best["meta_lr"],
+        "final_score": best["final_score"],
+        "converged": bool(converged),
     }
 
 
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Meta-train every combination, continue the best, write ``results.json``,
-    ``table.md`` and ``meta_tune.png``. Resumes from the checkpoints in ``out``."""
+    """Choose the start's scale, then meta-train every objective at every rate; write
+    ``results.json``, ``table.md`` and ``meta_tune.png``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.objective not in mnist.OBJECTIVES:
-        raise ValueError(f"objective must be one of {mnist.OBJECTIVES}, got {cfg.objective!r}.")
+    for objective in cfg.objectives:
+        if objective not in mnist.OBJECTIVES:
+            raise ValueError(f"objectives must be among {mnist.OBJECTIVES}, got {objective!r}.")
     base = meta_tune_config.setting_config(cfg)
-    base.select_every, base.select_tasks = int(cfg.select_every), int(cfg.select_tasks)
-    base.seeds = (int(cfg.seed),)
     mnist.check_config(base)
     start = time.perf_counter()
     data = mnist_data.load(base.source)
-    k_pool, k_lopt, _, _, k_meta, _ = jax.random.split(jax.random.key(int(cfg.seed)), 6)
-    family = mnist.build_families(base, data, k_pool)[cfg.objective]
+    seed = int(base.tuning_seed)
+    k_pool, k_lopt, _, k_eval, k_meta, _ = jax.random.split(jax.random.key(seed), 6)
+    tuning = base.copy_and_resolve_references()
+    tuning.disjoint_eval = False  # the tuning pool is small: held-out draws come from it too
+    rows = mnist.tuning_rows(base, data)
+    families = mnist.build_families(tuning, data, k_pool, rows=rows)
     lopt = mnist.learned_optimizer(base)
-    start_params = mnist.initial_meta_params(base, lopt, k_lopt)
-    key = jax.random.fold_in(k_meta, mnist.OBJECTIVES.index(cfg.objective))
 
-    def train(combo: dict[str, Any], steps: int) -> dict[str, Any]:
-        setting = base.copy_and_resolve_references()
-        setting.update(combo)
-        setting.meta_steps = int(steps)
-        t0 = time.perf_counter()
-        _, record = mnist.meta_train_selected(
-            setting, family, cfg.objective, lopt, start_params, key, out / _name(combo), progress
+    scales = start_scales(base, cfg, data, families, lopt, k_lopt, k_eval)
+    scale = choose_scale(scales, float(base.start_train_acc_max))
+    if scale is None:
+        raise ValueError(
+            f"no descent_scales value gives a start with training accuracy <= "
+            f"{base.start_train_acc_max}%: {scales}; add smaller scales."
         )
-        per_step = inner_steps_per_meta_step(setting, combo["meta_batch"])
-        return {
-            **combo,
-            "meta_steps": int(steps),
-            "heldout": record["heldout"],
-            "best_score": min(s["score"] for s in record["heldout"]),
-            "chosen_step": record["chosen_step"],
-            "inner_steps": [s["step"] * per_step for s in record["heldout"]],
-            "meta_loss": record["meta_loss"],
-            "meta_step_seconds_total": record["meta_step_seconds_total"],
-            "seconds_this_call": time.perf_counter() - t0,
-        }
+    tuning.descent_scale = scale
+    start_params = mnist.initial_meta_params(tuning, lopt, k_lopt)
 
-    grid = [train(c, cfg.meta_steps) for c in combinations(cfg)]
-    best = min(range(len(grid)), key=lambda i: grid[i]["best_score"])
-    chosen = {k: grid[best][k] for k in ("meta_lr", "es_sigma", "meta_batch")}
-    long = None
-    if int(cfg.long_steps) > int(cfg.meta_steps):
-        long = train(chosen, cfg.long_steps)
-        long["flattened"] = flattened(long["heldout"], int(cfg.flat_window), float(cfg.flat_rtol))
+    grid = []
+    for i, objective in enumerate(mnist.OBJECTIVES):
+        if objective not in cfg.objectives:
+            continue
+        for lr in cfg.meta_lrs:
+            setting = tuning.copy_and_resolve_references()
+            setting.meta_lr = {o: float(lr) for o in mnist.OBJECTIVES}
+            directory = out / f"{objective}_lr{float(lr):g}"
+            mnist.guard_checkpoints(setting, directory)
+            _, record = meta.meta_train_selected(
+                setting,
+                families[objective],
+                objective,
+                lopt,
+                start_params,
+                jax.random.fold_in(k_meta, i),
+                directory,
+                progress,
+                mnist.draws,
+            )
+            grid.append({"objective": objective, "meta_lr": float(lr), **record})
+    chosen = {
+        "descent_scale": scale,
+        "meta_lr": {o: choose_rate(grid, o) for o in cfg.objectives},
+    }
     results = {
         "experiment": "meta_tune",
         "config": cfg.to_dict(),
         "setting_config": base.to_dict(),
+        "tuning": {
+            "seed": seed,
+            "pool_rows": rows.tolist(),
+            "pool_size": int(rows.size),
+        },
         "environment": common.environment(),
+        "start_scales": scales,
         "grid": grid,
         "chosen": chosen,
-        "long": long,
-        "start_score": grid[0]["heldout"][0]["score"],
         "timings": {"total_s": time.perf_counter() - start},
     }
+    results["config_agrees"] = differences(base, chosen) == []
     results["table"] = table(results)
     results["figures"] = [figure(results, out / "meta_tune.png")]
-    return common.save_results(out, results)
+    saved = common.save_results(out, results)
+    if not results["config_agrees"]:
+        raise ValueError(
+            f"meta_tune chose what the setting's config does not use: "
+            f"{'; '.join(differences(base, chosen))}. Set these in configs/mnist_lopt.py, "
+            f"then run the settings (results in {out})."
+        )
+    return saved
+
+
+def differences(base: ml_collections.ConfigDict, chosen: dict[str, Any]) -> list[str]:
+    """Where the setting's config differs from meta_tune's choices (``[]``: it agrees)."""
+    out = []
+    if base.descent_scale != chosen["descent_scale"]:
+        out.append(f"descent_scale = {chosen['descent_scale']:g} (config: {base.descent_scale:g})")
+    for objective, choice in chosen["meta_lr"].items():
+        if meta.meta_lr(base, objective) != choice["meta_lr"]:
+            out.append(
+                f"meta_lr.{objective} = {choice['meta_lr']:g} (config: "
+                f"{meta.meta_lr(base, objective):g})"
+            )
+    return out
 
 
 def table(results: dict[str, Any]) -> str:
-    """Markdown: each combination's held-out meta-loss at the end and at its best."""
+    """Markdown: the start's accuracy per scale, then each run's held-out curve summary."""
+    bound = results["setting_config"]["start_train_acc_max"]
     rows = [
-        "| meta lr | PES sigma | meta-batch | held-out meta-loss at the end | best (step) "
-        "| s/meta-step |",
-        "|---|---|---|---|---|---|",
+        f"Start (warm start's accuracy after {results['setting_config']['horizon']} steps, "
+        f"tuning pool, seed {results['tuning']['seed']}; chosen: the largest scale with "
+        f"training accuracy <= {bound:g}%):",
+        "",
+        "| descent_scale | train acc. (%) | test acc. (%) |",
+        "|---:|---:|---:|",
     ]
-    for g in results["grid"] + ([results["long"]] if results["long"] else []):
-        end = g["heldout"][-1]["score"]
+    for r in results["start_scales"]:
+        mark = " **(chosen)**" if r["descent_scale"] == results["chosen"]["descent_scale"] else ""
         rows.append(
-            f"| {g['meta_lr']:g} | {g['es_sigma']:g} | {g['meta_batch']} | {end:.3f} "
-            f"(step {g['meta_steps']}) | {g['best_score']:.3f} ({g['chosen_step']}) | "
-            f"{g['meta_step_seconds_total'] / max(1, g['meta_steps']):.2f} |"
+            f"| {r['descent_scale']:g}{mark} | {r['train_acc']:.1f} | {r['test_acc']:.1f} |"
         )
-    rows.append("")
-    rows.append(f"Held-out meta-loss of the warm start: {results['start_score']:.3f}.")
-    if results["long"]:
-        f = results["long"]["flattened"]
-        verdict = {True: "flattened", False: "still falling", None: "undecided"}[f["flat"]]
-        imp = "n/a" if f["improvement"] is None else f"{100 * f['improvement']:.1f}%"
+    rows += [
+        "",
+        "| objective | meta lr | held-out: start → final (best) | converged (movement) | "
+        "meta-steps | s/meta-step |",
+        "|---|---:|---|---|---:|---:|",
+    ]
+    for g in results["grid"]:
+        c = g["convergence"]
+        move = "–" if c["movement"] is None else f"{100 * c['movement']:.2f}%"
+        chosen = results["chosen"]["meta_lr"].get(g["objective"], {}).get("meta_lr")
+        mark = " **(chosen)**" if chosen == g["meta_lr"] else ""
         rows.append(
-            f"Chosen combination continued to {results['long']['meta_steps']} meta-steps: "
-            f"{verdict} (last {f['window']} steps improved the best score by {imp}; "
-            f"threshold {100 * f['rtol']:.0f}%)."
+            f"| {g['objective'].upper()} | {g['meta_lr']:g}{mark} | "
+            f"{g['heldout'][0]['score']:.3f} → {g['final_score']:.3f} ({g['chosen_score']:.3f}) | "
+            f"{'yes' if c['converged'] else 'no'} ({move}) | {g['meta_steps']} | "
+            f"{g['meta_step_seconds_total'] / max(1, g['meta_steps']):.2f} |"
         )
     return "\n".join(rows)
 
 
 def figure(results: dict[str, Any], path: Path) -> str:
-    """Held-out meta-loss against inner steps run, one line per combination."""
+    """Held-out meta-loss against meta-steps, one panel per objective, a line per rate."""
     plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    curves = results["grid"] + ([results["long"]] if results["long"] else [])
-    for i, g in enumerate(curves):
-        label = f"lr {g['meta_lr']:g}, sigma {g['es_sigma']:g}, B {g['meta_batch']}"
-        style = "-" if i < len(results["grid"]) else "k--"
-        ax.plot(
-            g["inner_steps"],
-            [s["score"] for s in g["heldout"]],
-            style,
-            marker=".",
-            label=label + (" (continued)" if i >= len(results["grid"]) else ""),
-        )
-    ax.set_xlabel("inner steps run by meta-training")
-    ax.set_ylabel(f"held-out meta-loss ({results['config']['objective'].upper()})")
-    ax.set_title(f"{results['config']['setting']}: meta-training settings")
-    ax.legend(fontsize=7)
+    objectives = list(dict.fromkeys(g["objective"] for g in results["grid"]))
+    fig, axes = plt.subplots(1, len(objectives), figsize=(4.6 * len(objectives), 3.6))
+    for ax, objective in zip(np.atleast_1d(axes), objectives, strict=True):
+        for g in (g for g in results["grid"] if g["objective"] == objective):
+            steps = [s["step"] for s in g["heldout"]]
+            ax.plot(
+                steps, [s["score"] for s in g["heldout"]], marker=".", label=f"lr {g['meta_lr']:g}"
+            )
+        ax.set_xlabel("meta-step")
+        ax.set_ylabel(f"held-out meta-loss ({objective.upper()})")
+        ax.set_title(f"meta_tune: {objective.upper()} (tuning seed and pool)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return common.save_figure(fig, path)
 
 

@@ -63,6 +63,36 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def convergence_table(details: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    """Per objective and seed: the convergence criterion of its held-out curve
+    (``experiments.mnist_meta.convergence``), the meta-steps run, the chosen step and the
+    chosen and final scores; ``all_converged`` over every seed and objective."""
+    rows = {}
+    for seed, d in details.items():
+        for objective, record in d["meta_training"].items():
+            c = record["convergence"]
+            rows.setdefault(objective, {})[str(seed)] = {
+                "converged": c["converged"],
+                "movement": c.get("movement"),
+                "meta_steps": record["meta_steps"],
+                "chosen_step": record["chosen_step"],
+                "chosen_score": record["chosen_score"],
+                "final_score": record["final_score"],
+                "start_score": record["heldout"][0]["score"],
+            }
+    flags = [r["converged"] for per in rows.values() for r in per.values()]
+    return {"per_objective": rows, "all_converged": bool(flags) and all(flags)}
+
+
+def cost_per_seed(details: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    """Wall-clock seconds per seed (tuning the baselines, meta-training each objective,
+    evaluation, total) and their mean, so a user can plan a partial rerun."""
+    per = {str(seed): dict(d["timings"]) for seed, d in details.items()}
+    keys = sorted({k for t in per.values() for k in t})
+    mean = {k: float(np.mean([t[k] for t in per.values() if k in t])) for k in keys}
+    return {"per_seed": per, "mean": mean}
+
+
 ALPHA = 0.05  # one-sided level of every pre-registered test
 POWER = 0.8  # for the number of seeds a test needs
 
@@ -159,27 +189,69 @@ def table(results: dict[str, Any]) -> str:
     """Markdown: per optimizer, the mean over seeds and 95% interval of the final test
     accuracy (clean and noisy test labels) and training accuracy (%), then per seed."""
     summary, labels = results["summary"], results["labels"]
+    later = results.get("summary_at_eval_horizon")
+    cfg = results["config"]
     n = len(results["per_seed"])
+    horizons = f"{cfg['horizon']} steps"
     rows = [
-        "| optimizer | test acc. (%) | test acc., noisy labels (%) | train acc. (%) |",
-        "|---|---|---|---|",
+        f"| optimizer | test acc. (%), {horizons} | test acc., noisy labels (%) | "
+        f"train acc. (%) | test acc. (%), {cfg.get('eval_horizon', '–')} steps | "
+        "train acc. (%), same |",
+        "|---|---|---|---|---|---|",
     ]
     for key, label in labels.items():
         cells = [_cell(summary[m][key]) for m in METRIC_KEYS]
+        cells += [_cell(later[m][key]) for m in ("test_acc", "train_acc")] if later else ["", ""]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    rows.append(f"| **TbV - TbT** | {_cell(summary['tbv_minus_tbt_test'])} | | |")
+    gap_later = _cell(later["tbv_minus_tbt_test"]) if later else ""
+    rows.append(f"| **TbV - TbT** | {_cell(summary['tbv_minus_tbt_test'])} | | | {gap_later} | |")
+    status = (
+        ""
+        if results.get("complete", True)
+        else (f" **Partial: {n} of {len(cfg['seeds'])} seeds** (the run has not finished).")
+    )
     rows += [
         "",
         f"Mean over {n} meta-training seeds [95% t-interval]; each seed's number is "
-        f"the mean of {results['config']['runs']} evaluation runs on fresh draws.",
+        f"the mean of {cfg['runs']} evaluation runs on fresh draws.{status}",
         "",
     ]
+    if "convergence" in results:
+        rows += [convergence_markdown(results), ""]
     rows.append("| seed | " + " | ".join(labels[k] for k in labels) + " |")
     rows.append("|---" * (len(labels) + 1) + "|")
     for r in results["per_seed"]:
         rows.append(
             f"| {r['seed']} | " + " | ".join(f"{r['test_acc'][k]:.1f}" for k in labels) + " |"
         )
+    return "\n".join(rows)
+
+
+def convergence_markdown(results: dict[str, Any]) -> str:
+    """Markdown: per objective and seed, whether the held-out curve met the criterion, its
+    movement over the window, the meta-steps run and the chosen step; the cost per seed."""
+    conv, cfg = results["convergence"], results["config"]
+    rows = [
+        f"Convergence (held-out score moves by <= {100 * cfg['converge_rtol']:g}% over the "
+        f"last {cfg['converge_window']} meta-steps, {cfg['select_tasks']} held-out draws): "
+        f"**{'every seed and objective' if conv['all_converged'] else 'NOT every run'}**.",
+        "",
+        "| objective | seed | converged | movement | meta-steps | chosen step | score: start "
+        "→ chosen / final |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for objective, per in conv["per_objective"].items():
+        for seed, r in per.items():
+            move = "–" if r["movement"] is None else f"{100 * r['movement']:.2f}%"
+            rows.append(
+                f"| {LABELS[objective]} | {seed} | {'yes' if r['converged'] else 'no'} | {move} | "
+                f"{r['meta_steps']} | {r['chosen_step']} | {r['start_score']:.3f} → "
+                f"{r['chosen_score']:.3f} / {r['final_score']:.3f} |"
+            )
+    cost = results.get("cost_per_seed", {}).get("mean", {})
+    if cost:
+        parts = ", ".join(f"{k.removesuffix('_s')} {v / 60:.1f} min" for k, v in cost.items())
+        rows += ["", f"Cost per seed (mean wall-clock on this run's host): {parts}."]
     return "\n".join(rows)
 
 
@@ -233,7 +305,33 @@ def figures(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     files.append(common.save_figure(fig, out / "meta_training.png"))
+    files.append(heldout_figure(name, cfg, details, out / "heldout.png"))
     return files
+
+
+def heldout_figure(name: str, cfg, details: dict, path: Path) -> str:
+    """The held-out score against meta-steps, one panel per objective and one line per
+    seed, the criterion's window drawn bold (``heldout.png``)."""
+    plt = common.pyplot()
+    objectives = sorted({o for d in details.values() for o in d["meta_training"]})
+    fig, axes = plt.subplots(1, len(objectives), figsize=(4.6 * len(objectives), 3.4))
+    for ax, objective in zip(np.atleast_1d(axes), objectives, strict=True):
+        for seed, d in details.items():
+            record = d["meta_training"][objective]
+            steps = np.asarray([h["step"] for h in record["heldout"]])
+            scores = np.asarray(
+                [np.inf if h["score"] is None else h["score"] for h in record["heldout"]]
+            )
+            (line,) = ax.plot(steps, scores, marker=".", lw=1, label=f"seed {seed}")
+            window = steps >= steps[-1] - int(cfg.converge_window)
+            ax.plot(steps[window], scores[window], color=line.get_color(), lw=3, alpha=0.6)
+            ax.plot([record["chosen_step"]], [record["chosen_score"]], "k*", ms=7)
+        ax.set_title(f"{name}: {objective.upper()} (bold: last {cfg.converge_window} steps)")
+        ax.set_xlabel("meta-step")
+        ax.set_ylabel(f"held-out meta-loss ({cfg.select_tasks} draws)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return common.save_figure(fig, path)
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -242,7 +340,8 @@ def summary(results: dict[str, Any]) -> str:
     return (
         f"{results['experiment']}: {cfg['n_samples'] or 'all'} digits per task of "
         f"{cfg['source']}, label noise {cfg['label_noise']}, horizon {cfg['horizon']}, "
-        f"{cfg['meta_steps']} meta-steps per objective ({cfg['estimator']}), seeds "
+        f"{cfg['meta_steps']}-{cfg.get('meta_steps_max', cfg['meta_steps'])} meta-steps per "
+        f"objective (until converged; {cfg['estimator']}), seeds "
         f"{list(cfg['seeds'])}, {cfg['runs']} evaluation draws per seed\n"
         + results["table"]
         + f"\n  time: {results['timings']['total_s']:.0f} s"

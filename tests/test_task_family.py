@@ -65,6 +65,19 @@ def test_meta_batch_runs_train_on_different_digits_and_restarts_redraw(objective
     assert all(np.isfinite(m["meta_loss"]) for m in run.metrics)
 
 
+def test_split_pool_of_given_rows_stays_inside_them():
+    data = _data(80)
+    rows = np.arange(10, 70, 2)  # 30 of the 80 digits
+    train_rows, eval_rows = split_pool(data, 1 / 3, jax.random.key(1), rows=rows)
+    assert len(eval_rows) == 10 and len(train_rows) == 20
+    assert set(train_rows) | set(eval_rows) == set(rows) and not set(train_rows) & set(eval_rows)
+    # without rows: every training digit, as before
+    whole = split_pool(data, 0.25, jax.random.key(1), rows=np.arange(80))
+    np.testing.assert_array_equal(whole[1], split_pool(data, 0.25, jax.random.key(1))[1])
+    with pytest.raises(ValueError, match="rows must be"):
+        split_pool(data, 0.25, jax.random.key(1), rows=np.asarray([3, 80]))
+
+
 def test_evaluation_pool_shares_no_digit_with_the_meta_training_pool():
     data = _data(80)
     train_rows, eval_rows = split_pool(data, 0.25, jax.random.key(1))

@@ -236,13 +236,22 @@ class MnistView:
 
 
 def split_pool(
-    data: mnist_data.MnistData, eval_fraction: float, key: chex.PRNGKey
+    data: mnist_data.MnistData,
+    eval_fraction: float,
+    key: chex.PRNGKey,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint ``(meta_train_rows, eval_rows)`` of ``data``'s training digits: a random
-    ``eval_fraction`` of them (rounded up) for evaluation, the rest for meta-training."""
+    """Disjoint ``(meta_train_rows, eval_rows)`` of ``data``'s training digits (or of the
+    training ``rows`` given): a random ``eval_fraction`` of them (rounded up) for
+    evaluation, the rest for meta-training."""
     if not 0 < eval_fraction < 1:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}.")
-    n = data.num_train
-    k = math.ceil(eval_fraction * n)
-    perm = np.asarray(jax.random.permutation(key, n))
+    rows = np.arange(data.num_train) if rows is None else np.asarray(rows)
+    if rows.ndim != 1 or rows.size < 2 or rows.min() < 0 or rows.max() >= data.num_train:
+        raise ValueError(
+            f"rows must be >= 2 indices of training digits in [0, {data.num_train}), "
+            f"got shape {rows.shape}."
+        )
+    k = math.ceil(eval_fraction * rows.size)
+    perm = rows[np.asarray(jax.random.permutation(key, rows.size))]
     return np.sort(perm[k:]), np.sort(perm[:k])
