@@ -9,8 +9,10 @@ and the Experiments section of the documentation's navigation (``scripts/mkdocs_
 Module constants, read from the source without importing it (no jax at ``--list`` time):
 
 * ``PAGE``: the documentation page, relative to ``docs/`` (several experiments may share one);
-* ``GROUP``: ``"quick"`` (minutes on 2 CPU cores; ``make figures-check``) or ``"mnist"``
-  (meta-trains a learned optimizer; ``make figures-check-mnist``);
+* ``GROUP``: ``"quick"`` (minutes on 2 CPU cores; ``make figures-check``), ``"mnist"``
+  (meta-trains a learned optimizer; ``make figures-check-mnist``) or ``"timed"``
+  (meta-trains for a wall-clock budget, so a rerun takes another number of steps and
+  cannot repeat its numbers: ``make figures`` runs it, no figures-check compares it);
 * ``ORDER``: position in ``make figures`` and in the navigation (an experiment that reads
   another's results comes after it);
 * ``RUNS`` (optional): ``{results folder: [extra CLI arguments]}`` when ``make figures``
@@ -26,7 +28,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 CONFIGS = PACKAGE.parent / "configs"
-GROUPS = ("quick", "mnist")
+GROUPS = ("quick", "mnist", "timed")
 _FIELDS = ("PAGE", "GROUP", "ORDER", "RUNS")
 
 
