@@ -115,7 +115,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     start_params = mnist.initial_meta_params(tuning, lopt, k_lopt)
 
     grid = []
-    for i, objective in enumerate(mnist.OBJECTIVES):
+    for objective in mnist.OBJECTIVES:
         if objective not in cfg.objectives:
             continue
         for lr in cfg.meta_lrs:
@@ -123,16 +123,8 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
             setting.meta_lr = {o: float(lr) for o in mnist.OBJECTIVES}
             directory = out / f"{objective}_lr{float(lr):g}"
             mnist.guard_checkpoints(setting, directory)
-            _, record = meta.meta_train_selected(
-                setting,
-                families[objective],
-                objective,
-                lopt,
-                start_params,
-                jax.random.fold_in(k_meta, i),
-                directory,
-                progress,
-                mnist.draws,
+            _, record = mnist.meta_train_objective(
+                setting, families, objective, lopt, start_params, k_meta, directory, progress
             )
             grid.append({"objective": objective, "meta_lr": float(lr), **record})
     chosen = {

@@ -171,6 +171,7 @@ def build_families(
     ``pools`` records the sizes and the digits shared with the tuning pool (0 for the
     reported seeds).
     """
+    held = tuning_rows(cfg, data)
     rows = reported_rows(cfg, data) if rows is None else np.sort(np.asarray(rows))
     if cfg.disjoint_eval:
         train_rows, eval_rows = split_pool(data, cfg.eval_pool_fraction, key, rows=rows)
@@ -201,10 +202,8 @@ def build_families(
             "evaluation": len(eval_rows),
             "disjoint": bool(cfg.disjoint_eval),
             "shared_digits": len(np.intersect1d(train_rows, eval_rows)),
-            "tuning_pool": len(tuning_rows(cfg, data)),
-            "shared_with_tuning_pool": len(
-                np.intersect1d(np.union1d(train_rows, eval_rows), tuning_rows(cfg, data))
-            ),
+            "tuning_pool": len(held),
+            "shared_with_tuning_pool": len(np.intersect1d(np.union1d(train_rows, eval_rows), held)),
         },
     }
 
@@ -249,6 +248,18 @@ def save_learned(path: Path, lopt: learned.MLPLOpt, meta_params) -> None:
     if path.exists():
         shutil.rmtree(path)
     learned.save(path, lopt, meta_params)
+
+
+def meta_train_objective(
+    cfg, families, objective: str, lopt, start_params, k_meta: jax.Array, directory: Path, progress
+):
+    """:func:`experiments.mnist_meta.meta_train_selected` of ``objective`` on its family, with
+    the objective's meta-training key ``fold_in(k_meta, OBJECTIVES.index(objective))``: the
+    settings' seeds and meta_tune train by this one call."""
+    key = jax.random.fold_in(k_meta, OBJECTIVES.index(objective))
+    return meta.meta_train_selected(
+        cfg, families[objective], objective, lopt, start_params, key, directory, progress, draws
+    )
 
 
 def sgd_grid(cfg: ml_collections.ConfigDict) -> np.ndarray:
@@ -350,18 +361,10 @@ def run_seed(
     directory.mkdir(parents=True, exist_ok=True)
     guard_checkpoints(cfg, directory)
     trained, meta_records = {}, {}
-    for i, objective in enumerate(OBJECTIVES):
+    for objective in OBJECTIVES:
         t0 = time.perf_counter()
-        trained[objective], meta_records[objective] = meta.meta_train_selected(
-            cfg,
-            families[objective],
-            objective,
-            lopt,
-            start_params,
-            jax.random.fold_in(k_meta, i),
-            directory,
-            progress,
-            draws,
+        trained[objective], meta_records[objective] = meta_train_objective(
+            cfg, families, objective, lopt, start_params, k_meta, directory, progress
         )
         clock[f"meta_training_{objective}_s"] = time.perf_counter() - t0
         save_learned(seed_dir / f"lopt_{objective}", lopt, trained[objective])
