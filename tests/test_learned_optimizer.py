@@ -166,21 +166,31 @@ def test_normalization_of_huge_tiny_and_zero_tensors():
         assert bool(jnp.all(jnp.isfinite(g)))
 
 
+PAPER_LOPT = learned.MLPLOpt()
+
+
+@jax.jit
+def _extreme_step(meta_params, grads, state, params):
+    """One update and the meta-gradient of its sum; the gradients are arguments, so every
+    scale below runs this one program."""
+
+    def total(mp):
+        updates, new_state = PAPER_LOPT.update(mp, grads, state, params)
+        return sum(jnp.sum(u) for u in jax.tree.leaves(updates)), (updates, new_state)
+
+    (_, (updates, new_state)), meta_grad = jax.value_and_grad(total, has_aux=True)(meta_params)
+    return updates, new_state, meta_grad
+
+
 @pytest.mark.parametrize("scale", [1e30, 1e-30, 0.0])
 def test_extreme_gradients_give_finite_steps_and_meta_gradients(scale):
-    lopt = learned.MLPLOpt()
+    lopt = PAPER_LOPT
     meta_params = lopt.init_meta_params(jax.random.key(0))
     params = _params(jnp.float32)
     grads = jax.tree.map(lambda p: scale * jnp.sign(p + 0.1) * (1 + jnp.abs(p)), params)
-
-    def total(mp, state):
-        updates, new_state = lopt.update(mp, grads, state, params)
-        return sum(jnp.sum(u) for u in jax.tree.leaves(updates)), (updates, new_state)
-
     state = lopt.init(params)
-    value_and_grad = jax.jit(jax.value_and_grad(total, has_aux=True))
     for _ in range(3):  # accumulators with history, as well as the first step
-        (_, (updates, state)), meta_grad = value_and_grad(meta_params, state)
+        updates, state, meta_grad = _extreme_step(meta_params, grads, state, params)
         for tree in (updates, state, meta_grad):
             assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree))
         assert max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates)) < 0.02
@@ -223,8 +233,8 @@ def test_meta_gradient_of_unrolled_loss_matches_finite_differences():
             (w, _), _ = jax.lax.scan(step, (w0, lopt.init(w0)), None, length=steps)
             return jnp.log(task.loss(w))
 
-        value, grad = jax.jit(jax.value_and_grad(loss))(meta_params)
-        loss = jax.jit(loss)
+        value_and_grad = jax.jit(jax.value_and_grad(loss))
+        value, grad = value_and_grad(meta_params)
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
         initial = float(jnp.log(task.loss(task.init_params())))
         assert abs(float(value) - initial) > 1e-2  # the meta-parameters matter
@@ -241,7 +251,7 @@ def test_meta_gradient_of_unrolled_loss_matches_finite_differences():
                 new = jax.tree.map(lambda a: a, meta_params)
                 new[layer] = dict(new[layer])
                 new[layer][name] = meta_params[layer][name].at[idx].add(delta)
-                return float(loss(new))
+                return float(value_and_grad(new)[0])  # the same program: no forward-only compile
 
             fd = (shifted(h) - shifted(-h)) / (2 * h)
             analytic = float(grad[layer][name][idx])
@@ -394,18 +404,20 @@ def _fused_params(dtype):
     }
 
 
-def _unrolled_loss(update, meta_params, params, steps=3):
-    """A loss of the parameters after ``steps`` updates on ``sum(sin(p) * c)``."""
+def _unrolled_loss(update, meta_params, params, steps=3, *, with_steps=False):
+    """A loss of the parameters after ``steps`` updates on ``sum(sin(p) * c)``; with
+    ``with_steps``, also every step's ``(updates, new_state)`` stacked (an aux output)."""
     lopt_state = learned.MLPLOpt(SMALL).init(params)
 
     def body(carry, t):
         p, s = carry
         g = jax.grad(lambda q: sum(jnp.sum(jnp.sin(x + t) * x) for x in jax.tree.leaves(q)))(p)
         u, s = update(meta_params, g, s, p)
-        return (optax.apply_updates(p, u), s), None
+        return (optax.apply_updates(p, u), s), (u, s)
 
-    (p, _), _ = jax.lax.scan(body, (params, lopt_state), jnp.arange(steps, dtype=float))
-    return sum(jnp.sum(jnp.cos(x) * x) for x in jax.tree.leaves(p))
+    (p, _), per_step = jax.lax.scan(body, (params, lopt_state), jnp.arange(steps, dtype=float))
+    loss = sum(jnp.sum(jnp.cos(x) * x) for x in jax.tree.leaves(p))
+    return (loss, per_step) if with_steps else loss
 
 
 def _assert_trees_close(actual, desired, rtol):
@@ -431,13 +443,21 @@ def test_fused_update_and_meta_gradients_match_the_reference_form(first_order, d
         meta_params = _random_meta_params(lopt, 2, dtype, scale=0.5)
         params = _fused_params(dtype)
         ref = functools.partial(_reference_update, lopt)
-        state = lopt.init(params)
-        grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
-        new, ref_out = (jax.jit(f)(meta_params, grads, state, params) for f in (lopt.update, ref))
-        _assert_trees_close(new, ref_out, rtol)
-        grad = jax.jit(jax.grad(functools.partial(_unrolled_loss, lopt.update), (0, 1)))
-        grad_ref = jax.jit(jax.grad(functools.partial(_unrolled_loss, ref), (0, 1)))
-        _assert_trees_close(grad(meta_params, params), grad_ref(meta_params, params), rtol)
+        # One program per form: the meta-gradients of the unroll, and (aux) its forward
+        # pass, the updates and optimizer states of its three steps (a first step from
+        # zero accumulators, then two with history).
+        (grad, per_step), (grad_ref, per_step_ref) = (
+            jax.jit(
+                jax.grad(
+                    functools.partial(_unrolled_loss, f, with_steps=True), (0, 1), has_aux=True
+                )
+            )(meta_params, params)
+            for f in (lopt.update, ref)
+        )
+        for i in range(3):
+            at_i = functools.partial(jax.tree.map, lambda x, i=i: x[i])
+            _assert_trees_close(at_i(per_step), at_i(per_step_ref), rtol)
+        _assert_trees_close(grad, grad_ref, rtol)
 
 
 @pytest.mark.slow  # ~30 s of compiles

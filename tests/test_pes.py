@@ -9,6 +9,8 @@ under ``jax.grad``), and the estimators' only noise is their perturbations.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +44,10 @@ def full_horizon_gradient(theta) -> np.ndarray:
     return np.asarray([g["learning_rate"], g["momentum"]], np.float64)
 
 
-def estimate(estimator: str, segments: int = CYCLE, meta_batch: int = 256, pairs: int = 4):
-    """The mean of ``segments`` consecutive estimates at fixed ``THETA`` (no updates)."""
+@functools.cache
+def estimator_step(estimator: str, meta_batch: int, pairs: int):
+    """``(config, jitted (state, key) -> estimate at THETA)``, one per setting: a test's
+    own further steps reuse the program :func:`estimate` compiled."""
     settings = {} if estimator == "tbptt" else {"pairs": pairs}
     cfg = truncated.TruncatedConfig(
         horizon=T,
@@ -54,9 +58,14 @@ def estimate(estimator: str, segments: int = CYCLE, meta_batch: int = 256, pairs
         estimator=truncated.ESTIMATORS[estimator](**settings),
         stagger=False,
     )
-    state = truncated.init_state(jax.random.key(0), TASK, OPT, cfg, meta_params=THETA)
     est = cfg.estimator
-    step = jax.jit(lambda s, k: est.gradient(THETA, s, k, TASK, OPT, cfg))
+    return cfg, jax.jit(lambda s, k: est.gradient(THETA, s, k, TASK, OPT, cfg))
+
+
+def estimate(estimator: str, segments: int = CYCLE, meta_batch: int = 256, pairs: int = 4):
+    """The mean of ``segments`` consecutive estimates at fixed ``THETA`` (no updates)."""
+    cfg, step = estimator_step(estimator, meta_batch, pairs)
+    state = truncated.init_state(jax.random.key(0), TASK, OPT, cfg, meta_params=THETA)
     runs, total = state.inner, np.zeros(2)
     for i in range(segments):
         _, g, runs, _ = step(runs, jax.random.fold_in(jax.random.key(1), i))
@@ -100,9 +109,8 @@ def test_pes_accumulator_follows_the_runs():
     for a, b in zip(jax.tree.leaves(state.accumulator), jax.tree.leaves(summed), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
     assert np.all(np.asarray(state.runs.step) == 18)
-    _, _, after, _ = cfg.estimator.gradient(
-        THETA, state, jax.random.fold_in(jax.random.key(1), 3), TASK, OPT, cfg
-    )
+    step = estimator_step("pes", 2, 2)[1]  # the program estimate ran: no second compile
+    _, _, after, _ = step(state, jax.random.fold_in(jax.random.key(1), 3))
     last = deltas(3)
     for a, b in zip(jax.tree.leaves(after.accumulator), jax.tree.leaves(last), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -10,6 +10,8 @@ or beta moves by one rounding unit) where that is larger.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import mpmath
@@ -90,9 +92,16 @@ CASES = [
 ]
 
 
-def _check_case(task, dtype: str, steps: int, kind: str, regime: str, beta: float) -> None:
+def _stable(task, optimizer, objective: str, steps: int):
+    """The meta-objective of the cases below. A test builds one per optimizer and
+    objective and calls it at every case's ``eta``/``beta`` (its arguments): one set of
+    compiled programs, where a new meta-objective per case would trace and compile the
+    same programs again."""
+    return metagrad.meta_objective(task, optimizer, objective, steps=steps, grad="stable")
+
+
+def _check_case(f, task, dtype: str, steps: int, kind: str, regime: str, beta: float) -> None:
     lam, c = np.asarray(task.eigenvalues), np.asarray(task.coefficients)
-    f = metagrad.meta_objective(task, OPTIMIZERS[kind](), "log_loss", steps=steps, grad="stable")
     e = float(jnp.asarray(regime_eta(kind, regime, beta), dtype))
     b = float(jnp.asarray(beta, dtype))
     value, grads = jax.value_and_grad(f)(_hparams(kind, e, b, dtype))
@@ -114,8 +123,9 @@ def _check_case(task, dtype: str, steps: int, kind: str, regime: str, beta: floa
 def test_log_loss_and_gradients_match_mpmath(dtype, steps):
     with jax.enable_x64(dtype == "float64"):
         task = tasks.Quadratic.from_spectrum(LAM, COEF, dtype=jnp.dtype(dtype))
+        fs = {kind: _stable(task, OPTIMIZERS[kind](), "log_loss", steps) for kind, _, _ in CASES}
         for kind, regime, beta in CASES:
-            _check_case(task, dtype, steps, kind, regime, beta)
+            _check_case(fs[kind], task, dtype, steps, kind, regime, beta)
 
 
 def test_float32_autodiff_fails_past_the_boundary_where_stable_does_not():
@@ -166,9 +176,12 @@ def _ls_task(dtype: str):
     return tasks.LeastSquares.sample(jax.random.key(0), 4, 6, 5, 0.5, jnp.dtype(dtype))
 
 
-def _check_ls_case(task, dtype, steps, kind, objective, regime, preconditioner=None):
-    """``grad="stable"`` of ``(1/t) log`` of the training (``log_loss``) or validation
-    (``log_tbv``) loss against the mpmath affine-step reference on the original data."""
+def _check_ls_cases(task, dtype, steps, kind, regimes, preconditioner=None):
+    """``grad="stable"`` of ``(1/t) log`` of the training (``log_loss``) and validation
+    (``log_tbv``) loss in each of ``regimes``, against the mpmath affine-step reference on
+    the original data. One meta-objective per objective for all regimes
+    (:func:`_stable`); the reference gives both losses and their gradients at once, so
+    each point of it is computed once for the two objectives."""
     x, y = np.asarray(task.x_train, np.float64), np.asarray(task.y_train, np.float64)
     xv, yv = np.asarray(task.x_valid, np.float64), np.asarray(task.y_valid, np.float64)
     pn = None if preconditioner is None else np.asarray(preconditioner, np.float64)
@@ -183,19 +196,29 @@ def _check_ls_case(task, dtype, steps, kind, objective, regime, preconditioner=N
     ulps = int(np.ceil(x.shape[1] * big_l / lams.min()))
     beta = 0.0 if kind == "gd" else 0.9
     opt = OPTIMIZERS[kind](preconditioner=preconditioner)
-    e = float(jnp.asarray(regime_eta(kind, regime, beta, big_l), dtype))
-    b = float(jnp.asarray(beta, dtype))
-    f = metagrad.meta_objective(task, opt, objective, steps=steps, grad="stable")
-    value, grads = jax.value_and_grad(f)(_hparams(kind, e, b, dtype))
-    which = {"log_loss": "train", "log_tbv": "valid"}[objective]
+    objectives = {"log_loss": "train", "log_tbv": "valid"}
+    fs = {objective: _stable(task, opt, objective, steps) for objective in objectives}
 
-    def ref_at(pe, pb):
+    @functools.cache
+    def both_at(pe, pb):  # ((log train, log valid), {"train": grads, "valid": grads})
         args = (kind, pe, pb, x, y, xv, yv, steps)
         logs = reference.least_squares_log_losses(*args, preconditioner=pn)
-        grads = reference.least_squares_log_loss_grads(*args, preconditioner=pn)[which]
-        return logs[("train", "valid").index(which)] / steps, [g / steps for g in grads]
+        return logs, reference.least_squares_log_loss_grads(*args, preconditioner=pn)
 
-    _check_exact(ref_at, value, grads, e, b, kind, dtype, (kind, objective, regime, steps), ulps)
+    for regime in regimes:
+        e = float(jnp.asarray(regime_eta(kind, regime, beta, big_l), dtype))
+        b = float(jnp.asarray(beta, dtype))
+        for objective, which in objectives.items():
+
+            def ref_at(pe, pb, which=which):
+                logs, grads = both_at(pe, pb)
+                return logs[("train", "valid").index(which)] / steps, [
+                    g / steps for g in grads[which]
+                ]
+
+            value, grads = jax.value_and_grad(fs[objective])(_hparams(kind, e, b, dtype))
+            what = (kind, objective, regime, steps)
+            _check_exact(ref_at, value, grads, e, b, kind, dtype, what, ulps)
 
 
 LS_SLOW = pytest.mark.slow
@@ -222,10 +245,7 @@ def test_least_squares_train_and_validation_match_mpmath(kind, steps, dtype):
     """Least squares (n1 > d: a positive ERM residual, so the training loss does not
     vanish), train-by-train and train-by-validation as log-losses, in every regime."""
     with jax.enable_x64(dtype == "float64"):
-        task = _ls_task(dtype)
-        for objective in ("log_loss", "log_tbv"):
-            for regime in ("real", "complex", "past_boundary"):
-                _check_ls_case(task, dtype, steps, kind, objective, regime)
+        _check_ls_cases(_ls_task(dtype), dtype, steps, kind, ("real", "complex", "past_boundary"))
 
 
 def test_least_squares_stable_tbv_is_the_validation_loss_of_the_unroll():
@@ -318,9 +338,7 @@ def test_preconditioned_least_squares_matches_mpmath(kind, dtype):
     with jax.enable_x64(dtype == "float64"):
         task = _ls_task(dtype)
         p = jnp.asarray(DIAG_P[:4], dtype)
-        for objective in ("log_loss", "log_tbv"):
-            for regime in ("real", "past_boundary"):
-                _check_ls_case(task, dtype, 80, kind, objective, regime, preconditioner=p)
+        _check_ls_cases(task, dtype, 80, kind, ("real", "past_boundary"), p)
 
 
 def test_preconditioned_stable_equals_the_unroll_in_float64():

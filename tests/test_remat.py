@@ -30,23 +30,24 @@ def _task(dtype=jnp.float32) -> tasks.Quadratic:
 
 
 def _unroll_fn(task, optimizer, steps, remat, max_norm=None):
-    """Jitted ``eta -> (params, losses, truncated_at)`` and ``eta -> d final loss / d eta``."""
+    """Jitted ``eta -> ((params, losses, truncated_at), d final loss / d eta)``: one program,
+    the forward values its own forward pass (the forward-only programs of remat are
+    compared in ``test_meta_objective_remat_and_forward``)."""
     key = jax.random.key(1)
 
     def run(eta):
         r = inner.unroll(task, optimizer, eta, steps, key, max_norm=max_norm, remat=remat)
-        return r.params, r.losses, r.truncated_at
+        return r.losses[-1], (r.params, r.losses, r.truncated_at)
 
-    return jax.jit(run), jax.jit(jax.grad(lambda eta: run(eta)[1][-1]))
+    grad = jax.grad(run, has_aux=True)
+    return jax.jit(lambda eta: grad(eta)[::-1])
 
 
 def _compare(task, optimizer, steps, remat, eta, rtol, max_norm=None):
     """Forward values and gradients to ``rtol``; returns the forward values."""
-    run, grad = _unroll_fn(task, optimizer, steps, None, max_norm)
-    run_r, grad_r = _unroll_fn(task, optimizer, steps, remat, max_norm)
-    out, out_r = run(eta), run_r(eta)
+    out, g = _unroll_fn(task, optimizer, steps, None, max_norm)(eta)
+    out_r, g_r = _unroll_fn(task, optimizer, steps, remat, max_norm)(eta)
     _close(out_r, out, rtol)  # different programs: the gradients' bound (module docstring)
-    g, g_r = grad(eta), grad_r(eta)
     assert np.isfinite(g) and g != 0
     np.testing.assert_allclose(g_r, g, rtol=rtol)
     return out

@@ -179,18 +179,24 @@ def test_a_checkpoint_with_the_old_estimator_fields_resumes(tmp_path):
 
 
 def hand_written_segment(meta_params, run, task, lopt, cfg):
-    """The K steps of one run written out in Python, from the documented key conventions."""
+    """The K steps of one run written out from the documented key conventions: step ``i``
+    trains on the minibatch of ``fold_in(data, t + i)`` and scores ``w_{t+i+1}`` on that of
+    ``fold_in(eval, t + i)``. The K steps are one ``lax.scan`` body (compiled once, not K
+    times) and ``run.step`` may be traced, so the reference maps this over the runs."""
     _, k_data, k_eval, _ = jax.random.split(jax.random.wrap_key_data(run.key), 4)
-    params, state, t = run.params, run.opt_state, int(run.step)
-    terms = []
-    for i in range(cfg.segment):
-        idx = jax.random.randint(jax.random.fold_in(k_data, t + i), (cfg.batch_size,), 0, 64)
+
+    def step(carry, t):
+        params, state = carry
+        idx = jax.random.randint(jax.random.fold_in(k_data, t), (cfg.batch_size,), 0, 64)
         grads = jax.grad(task.batch_loss)(params, idx)
         updates, state = lopt.update(meta_params, grads, state, params)
         params = jax.tree.map(lambda p, u: p + u, params, updates)
-        eidx = jax.random.randint(jax.random.fold_in(k_eval, t + i), (cfg.eval_batch_size,), 0, 64)
-        terms.append(task.batch_loss(params, eidx))
-    return sum(terms) / len(terms)
+        eidx = jax.random.randint(jax.random.fold_in(k_eval, t), (cfg.eval_batch_size,), 0, 64)
+        return (params, state), task.batch_loss(params, eidx)
+
+    steps = run.step + jnp.arange(cfg.segment)
+    _, terms = jax.lax.scan(step, (run.params, run.opt_state), steps)
+    return jnp.mean(terms)
 
 
 def test_tbptt_gradient_matches_hand_written_unroll():
@@ -199,10 +205,9 @@ def test_tbptt_gradient_matches_hand_written_unroll():
     assert [int(t) for t in state.inner.step] == [0, 10]  # staggered starts
     loss, grad, _, _ = tbptt(state.meta_params, state.inner, task)
 
-    runs = [jax.tree.map(lambda x, i=i: x[i], state.inner) for i in range(2)]
-
-    def reference(mp):
-        return sum(hand_written_segment(mp, r, task, TINY_LOPT, TINY_CFG) for r in runs) / 2
+    def reference(mp):  # the mean over the two runs
+        one = lambda run: hand_written_segment(mp, run, task, TINY_LOPT, TINY_CFG)
+        return jnp.mean(jax.vmap(one)(state.inner))
 
     ref_loss, ref_grad = jax.jit(jax.value_and_grad(reference))(state.meta_params)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
