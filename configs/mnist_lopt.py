@@ -92,7 +92,7 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
     cfg.first_order = True  # no second derivatives (the paper's code)
     cfg.warm_start = "descent"  # "descent" (learned.descent_init) or "none" (random MLP)
     cfg.descent_feature = "momentum/rms[0.9]"
-    cfg.descent_scale = 0.1  # meta_tune's choice: the start's 4b training accuracy <= 80%
+    cfg.descent_scale = 0.05  # meta_tune's choice: the start's 4b training accuracy <= 80%
     cfg.start_train_acc_max = 80.0  # meta_tune picks descent_scale by this bound (%)
     # meta-training (truncated.TruncatedConfig and the meta-optimizer)
     cfg.horizon = 500  # inner steps per run in meta-training
@@ -110,7 +110,7 @@ def base(preset: str = "default") -> ml_collections.ConfigDict:
     cfg.eval_batch_size = 32  # meta-loss minibatch (training rows for TbT, validation TbV)
     cfg.meta_optimizer = "adam"  # "adam" or "rmsprop", after clip_by_global_norm(clip)
     # per objective, chosen by meta_tune (one procedure for both, on the tuning seed)
-    cfg.meta_lr = ml_collections.ConfigDict({"tbt": 1e-2, "tbv": 1e-2})
+    cfg.meta_lr = ml_collections.ConfigDict({"tbt": 3e-3, "tbv": 3e-3})
     cfg.meta_lr_schedule = "cosine"  # "cosine" (to meta_lr_end x, then constant) or "constant"
     cfg.meta_lr_end = 0.01  # the cosine's end, relative to meta_lr
     cfg.clip = 1.0
