@@ -32,10 +32,15 @@ def _shared_compilation_cache(tmp_path_factory):
     """JAX's persistent compilation cache in one folder for this session's workers: a
     program that several tests compile (the same shapes, the same function) is compiled
     once. Compiled executables are reused as they are, so results do not change; the
-    folder is new for every session, so nothing carries over between runs."""
+    folder is new for every session, so nothing carries over between runs.
+
+    A size limit turns on JAX's file lock around every read and write of the folder
+    (``jax._src.lru_cache``; without one an entry is written in place, unlocked, and
+    another worker could read it half-written); 16 GiB is never reached by the suite."""
     root = tmp_path_factory.getbasetemp()
     root = root.parent if root.name.startswith("popen-gw") else root  # xdist: shared parent
     jax.config.update("jax_compilation_cache_dir", str(root / "xla-cache"))
+    jax.config.update("jax_compilation_cache_max_size", 16 * 2**30)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     yield

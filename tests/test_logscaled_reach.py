@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from configs import logscaled_reach as config
 from experiments import logscaled_reach as exp
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 
 
 # -- pure pieces ------------------------------------------------------------------------------
@@ -176,7 +180,31 @@ def _lines(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_tiny_run_records_every_method_and_resumes(tmp_path):
-    """Minutes, nearly all compilation (three meta-steps, the evaluation, the health check)."""
+    """Minutes, nearly all compilation (three meta-steps, the evaluation, the health check).
+
+    Runs :func:`tiny_end_to_end` in a child process: a fatal error in native code (once seen
+    on CI, on an unknown host, as "worker crashed" without its message) then fails this
+    test with the child's own stderr instead of taking the pytest worker down."""
+    code = (
+        "import sys; from pathlib import Path; sys.path[:0] = sys.argv[1:3]; "
+        "import test_logscaled_reach as t; t.tiny_end_to_end(Path(sys.argv[3]))"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    child = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", code, str(ROOT), str(TESTS), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3000,
+    )
+    assert child.returncode == 0, (
+        f"the tiny run exited with {child.returncode}; its stderr ends:\n{child.stderr[-6000:]}"
+    )
+
+
+def tiny_end_to_end(tmp_path: Path) -> None:
+    """The tiny run's checks: every method recorded, resumed, rescored, continued, and a
+    changed setting refused."""
     out = tmp_path / "run"
     first = exp.run(tiny(1.0), out, progress=False)
     assert first["complete"] and first["seeds_done"] == [0, 1]
