@@ -80,45 +80,61 @@ def mlp_columns(layers: Sequence[tuple[Array, Array]], x: Sequence[Array]) -> li
     return dense_columns(h, *layers[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_mlp(head: Callable, layers: Layers, columns: tuple[Array, ...]):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_mlp(
+    head: Callable, residual_dtype: str | None, layers: Layers, columns: tuple[Array, ...]
+):
     return head(*mlp_columns(layers, columns))
 
 
-def _fused_mlp_fwd(head, layers, columns):
+def _fused_mlp_fwd(head, residual_dtype, layers, columns):
     # Saves only the inputs: the backward pass recomputes the activations (remat).
-    return _fused_mlp(head, layers, columns), (layers, columns)
+    return _fused_mlp(head, residual_dtype, layers, columns), (layers, columns)
 
 
-def _fused_mlp_bwd(head, residuals, cotangent):
+def _store(x: Array, dtype: str | None) -> Array:
+    """``x`` as the reverse pass keeps it: as it is (``dtype=None``) or rounded to ``dtype``."""
+    return x if dtype is None else x.astype(dtype)
+
+
+def _dot(a: Array, b: Array, dtype: str | None) -> Array:
+    """``a @ b``; with a residual ``dtype``, both operands in it, accumulated in float32."""
+    if dtype is None:
+        return a @ b
+    return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _fused_mlp_bwd(head, residual_dtype, residuals, cotangent):
     # Coordinates-major matrices (coordinates, features): XLA's CPU dots over the long
     # coordinate axis run ~5x faster this way than as (features, coordinates) products.
+    # residual_dtype (None: exact): X, H and dH kept in it, products accumulated in float32.
+    rd = residual_dtype
     layers, columns = residuals
     shape = columns[0].shape
     x = jnp.stack([c.reshape(-1) for c in columns], axis=-1)  # (coordinates, features)
-    inputs = [x]  # each layer's input; ReLU's derivative is read back from its output
+    inputs = [_store(x, rd)]  # each layer's input; ReLU's derivative read from its output
     for kernel, bias in layers[:-1]:
-        inputs.append(jax.nn.relu(inputs[-1] @ kernel + bias))
+        inputs.append(_store(jax.nn.relu(_dot(inputs[-1], kernel, rd) + bias), rd))
     kernel, bias = layers[-1]
-    out = inputs[-1] @ kernel + bias
+    out = _dot(inputs[-1], kernel, rd) + bias
     _, head_vjp = jax.vjp(head, *(out[:, k].reshape(shape) for k in range(out.shape[1])))
     delta = jnp.stack([d.reshape(-1) for d in head_vjp(cotangent)], axis=-1)  # d loss / d out
     grads = [None] * len(layers)
     for i in reversed(range(len(layers))):
         kernel, bias = layers[i]
         grads[i] = (
-            (inputs[i].T @ delta).astype(kernel.dtype),
-            jnp.sum(delta, axis=0).astype(bias.dtype),
+            _dot(inputs[i].T, delta, rd).astype(kernel.dtype),
+            jnp.sum(delta, axis=0, dtype=None if rd is None else jnp.float32).astype(bias.dtype),
         )
         if i > 0 and kernel.shape[1] <= _ELEMENTWISE_BACKPROP:
             # delta @ W^T over a few outputs as multiply-adds, fused with ReLU's mask:
             # one pass over the activations instead of a product and a masking pass.
             back = sum(delta[:, k : k + 1] * kernel[:, k] for k in range(kernel.shape[1]))
-            delta = jnp.where(inputs[i] > 0, back, 0)
+            delta = _store(jnp.where(inputs[i] > 0, back, 0), rd)
         else:
-            delta = delta @ kernel.T
+            delta = _dot(delta, kernel.T, rd)
             if i > 0:
-                delta = jnp.where(inputs[i] > 0, delta, 0)
+                delta = _store(jnp.where(inputs[i] > 0, delta, 0), rd)
     d_columns = tuple(delta[:, i].reshape(shape).astype(c.dtype) for i, c in enumerate(columns))
     return tuple(grads), d_columns
 
@@ -134,6 +150,7 @@ def fused_mlp(
     head: Callable[..., Any],
     layers: Sequence[tuple[Array, Array]],
     columns: Sequence[Array],
+    residual_dtype: str | None = None,
 ) -> Any:
     """``head(*mlp_columns(layers, columns))``, fast in both directions.
 
@@ -149,11 +166,19 @@ def fused_mlp(
     Columns of fewer than :data:`MIN_FUSED_SIZE` coordinates use :func:`mlp_matmul`.
     Matches autodiff of the matmul form to rounding, except where a pre-activation is
     exactly 0 (both use ReLU's derivative 0 there).
+
+    ``residual_dtype`` (opt-in; default ``None``, the exact pass above): the reverse pass
+    keeps ``X``, the hidden activations and their cotangents in that dtype (e.g.
+    ``"bfloat16"``, half the bytes of float32) and accumulates its products in float32.
+    Each stored number is rounded once (relative error ``2^-9`` for bfloat16), so the
+    gradients change by about that much; ``benchmarks/estimators.py`` measures the
+    meta-gradient's cosine and relative error against the exact pass, and its speed.
+    The forward pass is unchanged.
     """
     layers = tuple((kernel, bias) for kernel, bias in layers)
     if math.prod(jnp.shape(columns[0])) < MIN_FUSED_SIZE:
         return head(*mlp_matmul(layers, columns))
-    return _fused_mlp(head, layers, tuple(columns))
+    return _fused_mlp(head, residual_dtype, layers, tuple(columns))
 
 
 # Tensors with fewer coordinates take the matmul form: their cost is negligible, and

@@ -48,6 +48,8 @@ MetaParams = dict[str, Any]
 
 PAPER_DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 PAPER_TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+# LOptConfig.backward_dtype's choices: None, the exact reverse pass, or a reduced precision
+BACKWARD_DTYPES = (None, "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,11 @@ class LOptConfig:
       rms_eps: ``eps`` of the RMS features ``r_k = sqrt(EMA_k(g^2) + rms_eps)``.
       first_order: stop gradients through the inner gradients fed to the MLP (no second
         derivatives in meta-gradients, as in the paper's settings); ``False`` keeps them.
+      backward_dtype: ``None`` (the exact reverse pass) or ``"bfloat16"``: the MLP's
+        reverse pass keeps its matrices (features, activations, their cotangents) in
+        bfloat16 and accumulates in float32 (:func:`~l2l_jax.learned.common.fused_mlp`'s
+        ``residual_dtype``; opt-in: it changes meta-gradients by about bfloat16's
+        rounding). Steps and the forward pass are unchanged.
     """
 
     hidden_sizes: tuple[int, ...] = (32,)
@@ -74,6 +81,7 @@ class LOptConfig:
     norm_eps: float = 1e-5
     rms_eps: float = 1e-8
     first_order: bool = False
+    backward_dtype: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -88,6 +96,11 @@ class LOptConfig:
         for name in ("exp_mult", "step_mult", "norm_eps", "rms_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+        if self.backward_dtype not in BACKWARD_DTYPES:
+            raise ValueError(
+                f"backward_dtype must be one of {BACKWARD_DTYPES} (None: the exact reverse "
+                f"pass), got {self.backward_dtype!r}."
+            )
 
     @property
     def num_tensor_features(self) -> int:
@@ -391,7 +404,7 @@ class MLPLOpt(common.NetOptimizer):
             # The step features are the same for every coordinate: their share of the
             # first layer is folded into its bias.
             layers[0] = (kernel[:n], bias + steps @ kernel[n:])
-            step = common.fused_mlp(head, layers, columns)
+            step = common.fused_mlp(head, layers, columns, cfg.backward_dtype)
             return (-step).astype(jnp.result_type(p)), m, v
 
         k = len(cfg.decays)
