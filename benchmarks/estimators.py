@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, learned_setup, timing
+from benchmarks import estimators_reduced as reduced
 from benchmarks.learned_setup import LearnedPreset
 from benchmarks.peer import PEER_ESTIMATOR, PEERS_ENV, peer_section, peer_text
 from l2l_jax import learned as lopt_lib
@@ -71,7 +72,8 @@ FORWARD = ("es", "pes")
 @dataclasses.dataclass(frozen=True)
 class EstimatorsPreset:
     """The task and sizes (:class:`benchmarks.learned_setup.LearnedPreset`), the ES/PES pairs and
-    sigma, the streaming array (``stream_mb`` megabytes of float32, ``stream_iters``
+    sigma, TBPTT's opt-in ``reduced_precision`` reverse pass measured beside the exact one,
+    the streaming array (``stream_mb`` megabytes of float32, ``stream_iters``
     passes per call), the timing rounds (each function capped at ``budget_s`` seconds), and
     the peer comparison: ``peer_rounds`` rounds of subprocesses, each timing
     ``peer_repeats`` meta-steps, ``peer_timeout_s`` per subprocess; ``peer=False`` skips it
@@ -92,6 +94,9 @@ class EstimatorsPreset:
     peer_rounds: int = 2
     peer_repeats: int = 3
     peer_timeout_s: float = 900.0
+    # TBPTT with the learned optimizer's reverse pass in this dtype, timed beside the exact
+    # one with its meta-gradient's error (benchmarks.estimators_reduced; None: not measured)
+    reduced_precision: str | None = "bfloat16"
 
     def config(self, estimator: str) -> truncated.TruncatedConfig:
         """The learned group's config (TBPTT, tbt) with this estimator, pairs and sigma.
@@ -225,12 +230,15 @@ def one_step_fn(estimator: str, cfg: truncated.TruncatedConfig, lopt: Any):
     return fn, args_of
 
 
-def step_costs(preset: EstimatorsPreset, estimator: str, cell: timing.Timed) -> dict[str, Any]:
+def step_costs(
+    preset: EstimatorsPreset, estimator: str, cell: timing.Timed, lopt: Any = None
+) -> dict[str, Any]:
     """XLA's bytes and FLOPs of one inner step for the estimator's batch, and the runs in
-    that batch; the loops left in the one-step function are recorded (trip counts)."""
+    that batch; the loops left in the one-step function are recorded (trip counts).
+    ``lopt``: the learned optimizer (default: the preset's)."""
     cfg = preset.config(estimator)
     state, task = cell.args
-    fn, args_of = one_step_fn(estimator, cfg, preset.step.lopt())
+    fn, args_of = one_step_fn(estimator, cfg, lopt or preset.step.lopt())
     args = args_of(state, task)
     if estimator == "tbptt":  # like/treedef are static: close over them
         *dyn, like, treedef = args
@@ -344,9 +352,12 @@ def measure(preset: EstimatorsPreset, progress: bool = True) -> dict[str, Any]:
     """Compile every estimator's meta-step and the stream, time them in interleaved rounds,
     cost one inner step of each, then run the peer comparison (or say why not)."""
     cells = [dataclasses.replace(estimator_cell(preset, e), times=[]) for e in preset.estimators]
+    both = {"tbptt", "pes"} <= set(preset.estimators)  # its ratios need both
+    dtype = preset.reduced_precision if both else None
+    extra = [reduced.reduced_cell(preset.step, dtype)] if dtype else []
     stream = stream_cell(preset)
     timing.time_rounds(
-        [*cells, stream], preset.repeats, preset.budget_s, "time estimators", progress
+        [*cells, *extra, stream], preset.repeats, preset.budget_s, "time estimators", progress
     )
     bw = bandwidth(stream, preset.stream_iters)
     s = preset.step
@@ -362,6 +373,14 @@ def measure(preset: EstimatorsPreset, progress: bool = True) -> dict[str, Any]:
         ratio = rows["tbptt"]["run_ms_median"] / rows["pes"]["run_ms_median"]
         paired = timing.paired_ratio(by["tbptt"], by["pes"])
         per_run = per_run_ratio(ratio, preset.es_pairs)
+    low = None
+    if extra:
+        (cell,) = extra
+        lopt = reduced.reduced_step(s, dtype).lopt()
+        costs = step_costs(preset, "tbptt", cell, lopt)
+        row = roofline_row(cell, costs, bw["bytes_per_s"], s.segment, s.meta_batch)
+        over = per_run_ratio(row["run_ms_median"] / rows["pes"]["run_ms_median"], preset.es_pairs)
+        low = reduced.summary(row, by["tbptt"], cell, reduced.accuracy(s, dtype), over)
     peer = peer_section(preset, progress)
     for name, row in rows.items():
         row["peer_ratio"] = peer.get(name, {}).get("ratio")
@@ -376,6 +395,7 @@ def measure(preset: EstimatorsPreset, progress: bool = True) -> dict[str, Any]:
         "paired_tbptt_over_pes": paired,
         "tbptt_over_forward_per_run": per_run,
         "targets": targets(rows, per_run),
+        "reduced_precision": low,
         "peer": peer,
     }
 
@@ -464,6 +484,7 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
             f"{2 * p}): **{section['tbptt_over_forward_per_run']:.2f}×**.",
             "",
         ]
+    lines += reduced.render(section)
     lines += ["| target | value | met |", "|---|---:|---|"]
     for t in section["targets"]:
         value = f"{t['value']:.2f}×" if "TBPTT" in t["target"] else f"{100 * t['value']:.1f}%"

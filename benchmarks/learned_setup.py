@@ -27,6 +27,7 @@ class LearnedPreset:
     segment`` inner steps per meta-step for each of ``meta_batch`` runs of ``horizon`` inner
     steps (staggered starts, so runs re-initialize at different meta-steps). ``repeats``
     timing rounds, each implementation's samples capped at ``budget_s`` seconds.
+    ``backward_dtype``: the learned optimizer's (``LOptConfig.backward_dtype``; None: exact).
     """
 
     sizes: tuple[int, ...] = (784, 100, 20, 10)
@@ -41,6 +42,7 @@ class LearnedPreset:
     repeats: int = 5
     budget_s: float = 60.0
     seed: int = 0
+    backward_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.segment > self.horizon:
@@ -50,7 +52,10 @@ class LearnedPreset:
         """The learned optimizer (the paper's architecture unless the preset shrinks it)."""
         return learned.MLPLOpt(
             learned.LOptConfig(
-                hidden_sizes=self.hidden_sizes, decays=self.decays, time_scales=self.time_scales
+                hidden_sizes=self.hidden_sizes,
+                decays=self.decays,
+                time_scales=self.time_scales,
+                backward_dtype=self.backward_dtype,
             )
         )
 

@@ -457,6 +457,20 @@ def test_estimators_table_follows_from_its_fields(estimators_section):
         assert f"| {100 * r['roofline_fraction']:.1f}% |" in md
     assert "peer skipped: not run in the smoke preset." in md
     assert estimators_bench.claim(section) in md
+    # TBPTT with the opt-in bfloat16 reverse pass, timed in the same rounds
+    low = section["reduced_precision"]
+    row, acc = low["row"], low["accuracy"]
+    assert row["estimator"] == "tbptt-bfloat16" and acc["dtype"] == "bfloat16"
+    assert row["runs_per_inner_step"] == b and row["bytes_per_inner_step"] > 0
+    assert row["repeats"] == rows["tbptt"]["repeats"]
+    over = row["run_ms_median"] / rows["pes"]["run_ms_median"] * 2 * p
+    assert low["tbptt_over_forward_per_run"] == pytest.approx(over)
+    # the forward pass is the exact one's (two programs: rounding apart at most); the
+    # meta-gradient is rounded (above float32's error) within 32 u of bfloat16 (u = 2^-8;
+    # test_learned_optimizer's fused-MLP case, three roundings per path: about 8 u)
+    assert acc["meta_loss_reduced"] == pytest.approx(acc["meta_loss"], rel=1e-6)
+    assert 1e-5 < acc["relative_error"] < 32 * 2.0**-8 and acc["cosine"] >= 0.999
+    assert f"cosine {acc['cosine']:.6f}, relative error {acc['relative_error']:.2e}" in md
 
 
 def test_one_step_bytes_match_a_tiny_unroll():
