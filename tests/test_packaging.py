@@ -4,6 +4,7 @@ repository)."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -56,3 +57,30 @@ def test_the_old_meta_names_forward_with_a_deprecation_warning():
         assert meta.meta_objective is metagrad.meta_objective
     with pytest.raises(AttributeError, match=r"split into l2l_jax\.metagrad"):
         meta.segment_loss  # noqa: B018 (never a documented name)
+
+
+def test_a_script_written_for_the_old_meta_api_still_runs():
+    """The peer comparison's script (``../shared/peers/l2l_throughput.py``) imports
+    ``truncated`` from ``l2l_jax.meta`` and passes ``es_pairs`` to ``meta.TruncatedConfig``:
+    the package is forwarded, and the removed settings move into the estimator they meant
+    (ignored by TBPTT, as they were)."""
+    import pytest
+
+    from l2l_jax import meta, truncated
+
+    with pytest.warns(DeprecationWarning, match=r"moved to l2l_jax\.truncated$"):
+        from l2l_jax.meta import truncated as old
+    assert old is truncated
+    with pytest.warns(DeprecationWarning, match=r"l2l_jax\.truncated\.TruncatedConfig"):
+        make = meta.TruncatedConfig
+    with pytest.warns(DeprecationWarning, match=r"l2l_jax\.truncated\.init_state"):
+        assert meta.init_state is truncated.init_state
+    shape = dict(horizon=200, segment=20, meta_batch=8, batch_size=32, eval_batch_size=32)
+    new = functools.partial(truncated.TruncatedConfig, **shape)
+    pes = make(**shape, estimator="pes", es_pairs=2, es_sigma=0.03)
+    assert pes == new(estimator=truncated.PES(sigma=0.03, pairs=2))
+    assert make(**shape, estimator="es", es_pairs=1) == new(estimator=truncated.ES(pairs=1))
+    assert make(**shape, estimator="tbptt", es_pairs=1) == new(estimator="tbptt")
+    assert make(**shape) == new()
+    with pytest.raises(ValueError, match="estimator"):
+        make(**shape, estimator="nope", es_pairs=1)

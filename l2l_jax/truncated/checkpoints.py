@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax.truncated.config import MOVED_TO_ESTIMATOR, TruncatedConfig
-from l2l_jax.truncated.estimator import ESTIMATORS
+from l2l_jax.truncated.config import MOVED_TO_ESTIMATOR, TruncatedConfig, legacy_estimator
 from l2l_jax.truncated.estimator import to_dict as estimator_to_dict
 
 Array = jax.Array
@@ -62,14 +61,10 @@ def _saved_estimator(saved: Mapping[str, Any]) -> Any:
     spec = saved.get("estimator", TruncatedConfig.estimator)
     if not isinstance(spec, str):
         return spec
-    cls = ESTIMATORS.get(spec)
-    if cls is None:
+    found = legacy_estimator(spec, saved)
+    if isinstance(found, str):
         return {"name": spec}  # unknown: it will not match any config
-    own = {f.name for f in dataclasses.fields(cls)}
-    settings = {
-        new: saved[old] for old, new in MOVED_TO_ESTIMATOR.items() if old in saved and new in own
-    }
-    return estimator_to_dict(cls(**settings))
+    return estimator_to_dict(found)
 
 
 def _config_with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:

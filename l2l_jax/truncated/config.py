@@ -4,6 +4,7 @@ meta-optimizer."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import optax
@@ -16,6 +17,19 @@ from l2l_jax.truncated.estimator import Estimator
 OBJECTIVES = ("tbt", "tbv")  # the built-in names; any objectives.IterateObjective works
 # the settings that moved into the estimator object: (old field, its field there)
 MOVED_TO_ESTIMATOR = {"es_sigma": "sigma", "es_pairs": "pairs"}
+
+
+def legacy_estimator(name: Any, settings: Mapping[str, Any]) -> Any:
+    """The estimator that a name and the removed ``es_sigma``/``es_pairs`` settings
+    (:data:`MOVED_TO_ESTIMATOR`, in ``settings``) meant before estimators held their own:
+    the registered estimator with those values as its fields (those it lacks, e.g. TBPTT's,
+    were ignored then). An estimator object or an unknown name is returned as it is."""
+    if not isinstance(name, str) or name not in estimators.ESTIMATORS:
+        return name
+    cls = estimators.ESTIMATORS[name]
+    own = {f.name for f in dataclasses.fields(cls)}
+    moved = MOVED_TO_ESTIMATOR.items()
+    return cls(**{new: settings[old] for old, new in moved if old in settings and new in own})
 
 
 @dataclasses.dataclass(frozen=True)
