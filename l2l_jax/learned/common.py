@@ -170,10 +170,13 @@ def fused_mlp(
     ``residual_dtype`` (opt-in; default ``None``, the exact pass above): the reverse pass
     keeps ``X``, the hidden activations and their cotangents in that dtype (e.g.
     ``"bfloat16"``, half the bytes of float32) and accumulates its products in float32.
-    Each stored number is rounded once (relative error ``2^-9`` for bfloat16), so the
-    gradients change by about that much; ``benchmarks/estimators.py`` measures the
-    meta-gradient's cosine and relative error against the exact pass, and its speed.
-    The forward pass is unchanged.
+    Each stored number is rounded once (relative error at most ``u = 2^-8`` for bfloat16);
+    through a few layers and sums that cancel, the gradients change by a few ``u``
+    (``tests/test_learned_optimizer.py``). ``benchmarks/estimators.py`` measures the
+    meta-gradient's cosine and relative error against the exact pass, and its speed. On
+    XLA's CPU backend a dot converts bfloat16 operands to float32 copies first, so there
+    the bytes do not drop (``docs/performance.md``); the saving needs a backend whose
+    products read bfloat16. The forward pass is unchanged.
     """
     layers = tuple((kernel, bias) for kernel, bias in layers)
     if math.prod(jnp.shape(columns[0])) < MIN_FUSED_SIZE:

@@ -196,8 +196,9 @@ def second_moment_factors(x: Array, axis: Sequence[int], eps: float) -> tuple[Ar
     """``(a, b)`` with ``second_moment_normalize(x, axis, eps) == (x * a) * b`` (shapes of
     ``x`` reduced over ``axis`` with ``keepdims``): apply them one after the other.
 
-    One pass over ``x``: ``S = sum(x^2)`` and ``S' = sum((x c)^2)`` with ``c = 2^-80``
-    (XLA computes both in the loop that reads ``x``). Where ``S`` is finite, ``a = 1`` and
+    ``S = sum(x^2)`` and ``S' = sum((x c)^2)`` with ``c = 2^-80``, two reductions of ``x``
+    (no ``max|x|`` pass first; on CPU, XLA runs each as its own pass over ``x``,
+    ``docs/performance.md``). Where ``S`` is finite, ``a = 1`` and
     ``b = 1 / sqrt(eps + S / n)``. A square that underflows there is harmless: it is below
     ``1e-38``, far under ``eps``. Where ``S`` overflows (``|x|`` above ~``1e19 / sqrt(n)``
     in float32), ``a = c`` and ``b = 1 / sqrt(S' / n)``, with ``eps`` dropped as far below
