@@ -551,11 +551,12 @@ def test_meta_tune_chooses_the_start_and_rates_by_one_procedure():
         "meta_lr": {o: {"meta_lr": cfg.meta_lr[o]} for o in ("tbt", "tbv")},
     }
     assert meta_tune.differences(cfg, same) == []
+    rate = 10 * cfg.meta_lr.tbt  # not the config's
     other = {
         "descent_scale": 0.3,
-        "meta_lr": {"tbt": {"meta_lr": 3e-3}, "tbv": {"meta_lr": cfg.meta_lr.tbv}},
+        "meta_lr": {"tbt": {"meta_lr": rate}, "tbv": {"meta_lr": cfg.meta_lr.tbv}},
     }
     assert meta_tune.differences(cfg, other) == [
         f"descent_scale = 0.3 (config: {cfg.descent_scale:g})",
-        f"meta_lr.tbt = 0.003 (config: {cfg.meta_lr.tbt:g})",
+        f"meta_lr.tbt = {rate:g} (config: {cfg.meta_lr.tbt:g})",
     ]
