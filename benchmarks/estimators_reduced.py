@@ -22,9 +22,6 @@ import numpy as np
 from benchmarks import learned_setup, timing
 from benchmarks.learned_setup import LearnedPreset
 from l2l_jax import truncated
-from l2l_jax.tasks.family import as_family
-from l2l_jax.truncated import domains
-from l2l_jax.truncated.tasks import as_inner
 
 NAME = "tbptt-{dtype}"  # the row's estimator name in the group's results
 
@@ -49,16 +46,13 @@ def segment_gradient(step: LearnedPreset) -> tuple[float, np.ndarray]:
     the meta-step computes them (:func:`l2l_jax.truncated.make_meta_step`)."""
     task = learned_setup.build_task(step)
     state = learned_setup.initial_state(step, task)
-    cfg = step.config()
-    inner = as_inner(step.lopt())
-    u = domains.to_unconstrained(state.meta_params, inner)
-    opt_u = domains.reparameterize(inner, state.meta_params)
+    cfg, lopt = step.config(), step.lopt()
 
-    def loss_and_grad(u, runs):
-        loss, grad, _, _ = cfg.estimator.gradient(u, runs, None, as_family(task), opt_u, cfg)
+    def loss_and_grad(meta_params, runs):
+        _, (loss, grad, _, _) = truncated.estimate(meta_params, runs, None, task, lopt, cfg)
         return loss, grad
 
-    loss, grad = jax.jit(loss_and_grad)(u, state.inner)
+    loss, grad = jax.jit(loss_and_grad)(state.meta_params, state.inner)
     flat = np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in jax.tree.leaves(grad)])
     return float(loss), flat
 

@@ -62,7 +62,7 @@ from l2l_jax.truncated.sharding import (
     state_sharding,
 )
 from l2l_jax.truncated.state import TruncatedState
-from l2l_jax.truncated.step import init_state, make_meta_step, meta_step
+from l2l_jax.truncated.step import estimate, init_state, make_meta_step, meta_step
 from l2l_jax.truncated.tasks import (
     check_task,
 )
@@ -86,6 +86,7 @@ __all__ = [
     "check_task",
     "default_meta_optimizer",
     "es_gradient",
+    "estimate",
     "fresh_run",
     "host_value",
     "init_state",

@@ -84,6 +84,27 @@ def init_state(
     )
 
 
+def estimate(
+    meta_params: MetaParams,
+    runs: Any,
+    key: Array | None,
+    task,
+    optimizer,
+    config: TruncatedConfig,
+) -> tuple[MetaParams, tuple[Array, MetaParams, Any, dict[str, Array]]]:
+    """The estimator's meta-loss and meta-gradient of one segment, and the runs advanced.
+
+    Named hyperparameters are estimated, perturbed and updated as their unconstrained ``u``
+    (:mod:`.domains`), so the gradient is with respect to ``u``, returned first:
+    ``(u, (loss, grad, runs, aux))``. ``runs`` is the estimator's state
+    (:attr:`TruncatedState.inner`); ``key`` may be ``None`` for a deterministic estimator.
+    """
+    inner = tasks.as_inner(optimizer)
+    u = domains.to_unconstrained(meta_params, inner)
+    opt_u = domains.reparameterize(inner, meta_params)
+    return u, config.estimator.gradient(u, runs, key, as_family(task), opt_u, config)
+
+
 def meta_step(
     state: TruncatedState,
     task,
@@ -109,12 +130,7 @@ def meta_step(
     inner = tasks.as_inner(optimizer)
     tx = _wrap(meta_optimizer or default_meta_optimizer(config))
     key, k_es = jax.random.split(jax.random.wrap_key_data(state.key))
-    # named hyperparameters are estimated, perturbed and updated as u (.domains)
-    u = domains.to_unconstrained(state.meta_params, inner)
-    opt_u = domains.reparameterize(inner, state.meta_params)
-    loss, grad, runs, aux = config.estimator.gradient(
-        u, state.inner, k_es, as_family(task), opt_u, config
-    )
+    u, (loss, grad, runs, aux) = estimate(state.meta_params, state.inner, k_es, task, inner, config)
     # A non-finite value poisons the step too (as in metagrad.minimize).
     checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grad)
     updates, opt_state = tx.update(checked, state.opt_state, u)
