@@ -492,6 +492,16 @@ def test_stored_settings_meet_the_protocol(name):
             assert r["train_acc"]["tbt"] > start, f"seed {r['seed']}: TbT did not leave its start"
 
 
+# the meta-training protocol meta_tune chooses its rates under; the settings must share it
+TUNING_PROTOCOL = (
+    "sizes", "batch_size", "hidden_sizes", "first_order", "warm_start", "descent_feature",
+    "horizon", "segment", "meta_batch", "meta_steps", "meta_steps_max", "estimator",
+    "es_pairs", "es_sigma", "select_every", "select_tasks", "converge_window",
+    "converge_rtol", "eval_batch_size", "meta_optimizer", "meta_lr_schedule", "meta_lr_end",
+    "clip",
+)  # fmt: skip
+
+
 def test_stored_tuning_is_held_apart_and_is_what_the_configs_use():
     """meta_tune's seed and pool of digits are no reported seed's; its choices (the start's
     scale, the meta learning rate per objective) are the configs' values."""
@@ -504,6 +514,10 @@ def test_stored_tuning_is_held_apart_and_is_what_the_configs_use():
         np.testing.assert_array_equal(rows, exp.tuning_rows(cfg, data))
         assert not set(rows.tolist()) & set(exp.reported_rows(cfg, data).tolist())
         assert cfg.descent_scale == tune["chosen"]["descent_scale"]
+        # tuned under the protocol the settings run now (a changed schedule means re-tuning)
+        now = json.loads(json.dumps(cfg.to_dict()))
+        stale = [k for k in TUNING_PROTOCOL if tune["setting_config"][k] != now[k]]
+        assert stale == [], f"meta_tune ran with other {stale}: rerun it"
         for objective, choice in tune["chosen"]["meta_lr"].items():
             assert cfg.meta_lr[objective] == choice["meta_lr"] and choice["converged"]
     chosen = [
