@@ -12,7 +12,11 @@ On the setting's tuning pool (``tuning_pool_fraction`` of the training digits, s
 2. **meta learning rate**: from that start, each objective is meta-trained with every
    ``meta_lrs`` value by the setting's own protocol (cosine decay, held-out score on
    ``select_tasks`` draws, until converged); per objective the rate with the lowest final
-   held-out score among the converged runs is chosen.
+   held-out score among the converged runs is chosen;
+3. **the score's resolution**: at each objective's chosen run, the held-out score of
+   ``resolution_copies`` copies of its kept meta-parameters, each entry displaced by
+   Gaussian noise of SD ``resolution_eps``: the smallest movement of the score the
+   convergence criterion can attribute to meta-training rather than to the score itself.
 
 The choices are what ``configs/mnist_lopt.py`` sets (``descent_scale``, ``meta_lr``); a test
 checks that they agree with the stored ``results/meta_tune/results.json``.
@@ -32,6 +36,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     cfg.objectives = ("tbt", "tbv")  # tuned by the same procedure
     cfg.descent_scales = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)  # the start's step scale
     cfg.meta_lrs = (3e-3, 1e-2, 3e-2)  # the meta-optimizer's peak learning rates
+    # the held-out score's resolution at each chosen run (experiments.mnist_meta.score_resolution)
+    cfg.resolution_eps = 1e-6  # SD of the displacement of every meta-parameter
+    cfg.resolution_copies = 6  # displaced copies scored
     return cfg
 
 

@@ -6,7 +6,9 @@ pool of digits held apart from every reported seed.
    every scale of the grid; the largest scale at most ``start_train_acc_max`` is chosen;
 2. :func:`experiments.mnist_meta.meta_train_selected` for every objective and meta
    learning rate, from that start, by the setting's own protocol (until converged); per
-   objective the lowest final held-out score among converged runs is chosen.
+   objective the lowest final held-out score among converged runs is chosen;
+3. :func:`resolution_at`: the held-out score's own spread under tiny displacements of
+   each chosen run's kept meta-parameters (what the convergence criterion can resolve).
 
 Resumes from the checkpoints in ``out`` (one directory per objective and rate).
 """
@@ -84,6 +86,17 @@ def choose_rate(grid: list[dict[str, Any]], objective: str) -> dict[str, Any]:
     }
 
 
+def resolution_at(cfg, tuning, families, objective, lopt, k_meta, meta_params) -> dict[str, Any]:
+    """:func:`experiments.mnist_meta.score_resolution` of the objective's held-out score
+    (the draws its meta-training scored on) at ``meta_params``, its kept meta-parameters at
+    the chosen rate: which movements the convergence criterion can resolve."""
+    key = jax.random.fold_in(k_meta, mnist.OBJECTIVES.index(objective))
+    score = meta.heldout_scorer(tuning, families[objective], objective, lopt, key, mnist.draws)
+    k_noise = jax.random.fold_in(key, 7)
+    eps, copies = float(cfg.resolution_eps), int(cfg.resolution_copies)
+    return meta.score_resolution(score, meta_params, k_noise, eps, copies)
+
+
 def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict[str, Any]:
     """Choose the start's scale, then meta-train every objective at every rate; write
     ``results.json``, ``table.md`` and ``meta_tune.png``."""
@@ -114,7 +127,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
     tuning.descent_scale = scale
     start_params = mnist.initial_meta_params(tuning, lopt, k_lopt)
 
-    grid = []
+    grid, kept = [], {}
     for objective in mnist.OBJECTIVES:
         if objective not in cfg.objectives:
             continue
@@ -123,13 +136,18 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
             setting.meta_lr = {o: float(lr) for o in mnist.OBJECTIVES}
             directory = out / f"{objective}_lr{float(lr):g}"
             mnist.guard_checkpoints(setting, directory)
-            _, record = mnist.meta_train_objective(
+            best, record = mnist.meta_train_objective(
                 setting, families, objective, lopt, start_params, k_meta, directory, progress
             )
             grid.append({"objective": objective, "meta_lr": float(lr), **record})
+            kept[objective, float(lr)] = best
     chosen = {
         "descent_scale": scale,
         "meta_lr": {o: choose_rate(grid, o) for o in cfg.objectives},
+    }
+    resolution = {
+        o: resolution_at(cfg, tuning, families, o, lopt, k_meta, kept[o, c["meta_lr"]])
+        for o, c in chosen["meta_lr"].items()
     }
     results = {
         "experiment": "meta_tune",
@@ -144,6 +162,7 @@ def run(cfg: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dic
         "start_scales": scales,
         "grid": grid,
         "chosen": chosen,
+        "score_resolution": resolution,
         "timings": {"total_s": time.perf_counter() - start},
     }
     results["config_agrees"] = differences(base, chosen) == []
@@ -206,6 +225,23 @@ def table(results: dict[str, Any]) -> str:
             f"{'yes' if c['converged'] else 'no'} ({move}) | {g['meta_steps']} | "
             f"{g['meta_step_seconds_total'] / max(1, g['meta_steps']):.2f} |"
         )
+    resolution = results.get("score_resolution", {})
+    if resolution:
+        first = next(iter(resolution.values()))
+        rows += [
+            "",
+            f"The held-out score's resolution at the chosen rate's kept meta-parameters: its "
+            f"spread over {first['copies']} copies, each entry displaced by N(0, "
+            f"{first['eps']:g}^2):",
+            "",
+            "| objective | score | relative SD | relative range |",
+            "|---|---:|---:|---:|",
+        ]
+        rows += [
+            f"| {o.upper()} | {r['at_params']:.4f} | {100 * r['relative_sd']:.3f}% | "
+            f"{100 * r['relative_range']:.3f}% |"
+            for o, r in resolution.items()
+        ]
     return "\n".join(rows)
 
 

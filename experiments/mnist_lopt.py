@@ -98,9 +98,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"meta_lr.{objective} must be > 0, got {meta.meta_lr(cfg, objective)}."
             )
-    if not 0 < cfg.meta_lr_end <= 1:
+    if not 0 <= cfg.meta_lr_end <= 1:
         raise ValueError(
-            f"meta_lr_end (relative to meta_lr) must be in (0, 1], got {cfg.meta_lr_end}."
+            f"meta_lr_end (relative to meta_lr) must be in [0, 1], got {cfg.meta_lr_end}."
         )
     for name in ("valid_fraction", "eval_pool_fraction", "tuning_pool_fraction"):
         if not 0 < cfg[name] < 1:

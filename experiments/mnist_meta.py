@@ -19,10 +19,12 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -91,6 +93,55 @@ def heldout_score(
     return float(np.mean(values)) if np.all(np.isfinite(values)) else math.inf
 
 
+def heldout_scorer(
+    cfg: ml_collections.ConfigDict, family, objective: str, lopt, key: jax.Array, draw
+) -> Callable[[Any], float]:
+    """The held-out score :func:`meta_train_selected` uses with meta-training key ``key``:
+    :func:`heldout_score` on ``select_tasks`` fixed draws of ``family`` (``draw(family,
+    key, count)``), the same draws and minibatch keys at every call."""
+    _, k_heldout, k_score = jax.random.split(key, 3)
+    heldout = draw(family, k_heldout, int(cfg.select_tasks))
+    return lambda mp: heldout_score(cfg, objective, lopt, mp, heldout, k_score)
+
+
+def score_resolution(
+    score: Callable[[Any], float], meta_params, key: jax.Array, eps: float, copies: int
+) -> dict[str, Any]:
+    """How finely ``score`` resolves a change of ``meta_params``: ``score`` at ``copies``
+    copies, each entry displaced by independent Gaussian noise of standard deviation
+    ``eps`` (far smaller than a meta-step changes it), against the score at
+    ``meta_params``.
+
+    A smooth score barely moves (relative spread of order ``eps`` times its gradient); a
+    chaotic inner run (minibatch training that memorizes noisy labels) turns any
+    displacement into a new draw of the final loss, and the spread is the score's own
+    noise. The convergence criterion (:func:`convergence`) cannot see movements below it.
+    Returns the scores, their relative sample SD and range ``(max - min) / mean``.
+    """
+    if copies < 2 or not eps > 0:
+        raise ValueError(f"score_resolution needs copies >= 2 and eps > 0, got {copies}, {eps}.")
+    leaves, tree = jax.tree.flatten(meta_params)
+    scores = []
+    for k in jax.random.split(key, copies):
+        ks = jax.random.split(k, len(leaves))
+        noise = [
+            eps * jax.random.normal(kk, jnp.shape(x), jnp.result_type(x))
+            for kk, x in zip(ks, leaves, strict=True)
+        ]
+        moved = [x + n for x, n in zip(leaves, noise, strict=True)]
+        scores.append(score(jax.tree.unflatten(tree, moved)))
+    values = np.asarray(scores, np.float64)
+    mean = float(np.mean(values))
+    return {
+        "eps": float(eps),
+        "copies": int(copies),
+        "at_params": float(score(meta_params)),
+        "scores": values.tolist(),
+        "relative_sd": float(np.std(values, ddof=1) / abs(mean)),
+        "relative_range": float((np.max(values) - np.min(values)) / abs(mean)),
+    }
+
+
 def convergence(scores: list[dict[str, Any]], window: int, rtol: float) -> dict[str, Any]:
     """The convergence criterion: the held-out score moved by at most ``rtol`` over the
     last ``window`` meta-steps, ``(max - min) / |last|`` over the scores at steps ``>=
@@ -137,10 +188,9 @@ def meta_train_selected(
     ``grad_norm``, the held-out scores, the criterion, the chosen step and timings.
     """
     start = time.perf_counter()
-    k_run, k_heldout, k_score = jax.random.split(key, 3)
-    heldout = draw(family, k_heldout, int(cfg.select_tasks))
+    k_run = jax.random.split(key, 3)[0]
+    score = heldout_scorer(cfg, family, objective, lopt, key, draw)
     tx = meta_optimizer(cfg, objective)
-    score = lambda mp: heldout_score(cfg, objective, lopt, mp, heldout, k_score)
     run_dir = directory / objective
     scores, best = _load_selection(run_dir, meta_params)
     if not scores:
