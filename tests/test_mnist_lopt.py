@@ -444,6 +444,7 @@ def test_tiny_setting_end_to_end_and_resume(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_rerunning_a_stored_seed_reproduces_its_numbers(tmp_path):
     """Seed 0 of the stored fig4b results, rerun from scratch with the same config.
 
