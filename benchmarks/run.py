@@ -40,6 +40,7 @@ from benchmarks import (
     optax_cost,
     scaling,
     towers,
+    update_profile,
 )
 from benchmarks.common import ROOT, group_preset
 from benchmarks.methods import METHODS, PRESETS, Case, Preset
@@ -61,6 +62,7 @@ GROUPS = {
     "scaling": scaling,
     "logscaled": logscaled,
     "optax_cost": optax_cost,
+    "update_profile": update_profile,
 }
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"

@@ -33,6 +33,7 @@ import textwrap
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import BENCH_BEGIN as BEGIN
@@ -41,7 +42,7 @@ from conftest import BENCH_END as END
 from benchmarks import estimators as estimators_bench
 from benchmarks import flops as flops_bench
 from benchmarks import learned as learned_bench
-from benchmarks import learned_hand, learned_torch, memory, momentum, scaling
+from benchmarks import learned_hand, learned_torch, memory, momentum, scaling, update_profile
 from benchmarks import least_squares as ls_bench
 from benchmarks import run as bench
 from benchmarks import towers as towers_bench
@@ -666,3 +667,49 @@ def test_scaling_device_counts():
     assert scaling.device_counts(preset, 6) == [1, 2, 4]  # 6 does not divide 64
     assert scaling.device_counts(scaling.PRESETS["cpu-small"], 2) == [1, 2]
     assert scaling._from_json(scaling._to_json(preset)) == preset
+
+
+# -- update_profile: the learned update, whole and in parts ---------------------------------
+
+
+def test_update_profile_parts_compute_the_update():
+    """The profiled update, composed from the library's pieces, is ``MLPLOpt.update`` (to
+    float32 rounding: another program); without the fallback sums it is the same on a
+    tensor whose sums do not overflow, and the matmul MLP is the fused one."""
+    preset = update_profile.PRESETS["smoke"]
+    cfg, (meta, count, g, p, ms, vs) = update_profile.inputs(preset, jax.random.key(1))
+    lopt = learned.MLPLOpt(cfg)
+    state = learned.LOptState(
+        momentum=tuple({"w": m} for m in ms),
+        second_moment=tuple({"w": v} for v in vs),
+        count=jnp.full((preset.runs,), count),
+    )
+    ref, new = jax.vmap(lopt.update)(meta, {"w": g}, state, {"w": p})
+    axes = (0, None, 0, 0, 0, 0)
+    parts = {
+        part: jax.jit(jax.vmap(update_profile.update_part(cfg, part), in_axes=axes))
+        for part in update_profile.PARTS
+    }
+    step, m, v = parts["update"](meta, count, g, p, ms, vs)
+    np.testing.assert_allclose(step, ref["w"], rtol=1e-5, atol=1e-7)
+    # b m + (1 - b) g with terms of size ~1: a few float32 ulp of 1 where they cancel
+    for got, want in zip((*m, *v), (*new.momentum, *new.second_moment), strict=True):
+        np.testing.assert_allclose(got, want["w"], rtol=1e-6, atol=1e-6)
+    plain, *_ = parts["no_fallback"](meta, count, g, p, ms, vs)
+    np.testing.assert_allclose(plain, step, rtol=1e-5, atol=1e-7)
+    fused = parts["mlp"](meta, count, g, p, ms, vs)
+    matmul = parts["mlp_matmul"](meta, count, g, p, ms, vs)
+    np.testing.assert_allclose(-fused, matmul, rtol=1e-5, atol=1e-7)
+    total, *_ = parts["columns"](meta, count, g, p, ms, vs)
+    assert total.shape == g.shape and np.isfinite(total).all()
+
+
+def test_update_profile_section(bench_smoke):
+    section = bench_smoke[2]["update_profile"]
+    assert [r["part"] for r in section["rows"]] == list(update_profile.PARTS)
+    update = section["rows"][0]
+    assert update["fraction_of_update"] == 1.0 and update["paired_fraction"] == 1.0
+    assert all(r["run_ms_median"] > 0 and r["repeats"] >= 1 for r in section["rows"])
+    text = update_profile.render_markdown(section, "###")
+    assert text.startswith("### the learned update in parts")
+    assert "| no_fallback |" in text and "fused MLP" in text

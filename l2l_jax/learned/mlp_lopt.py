@@ -288,6 +288,21 @@ def features(
     return jnp.concatenate([per_tensor, steps], axis=-1)
 
 
+def raw_feature_columns(
+    grad: Array,
+    param: Array,
+    momentum: Sequence[Array],
+    second_moment: Sequence[Array],
+    config: LOptConfig,
+) -> list[Array]:
+    """The ``2 + 4K`` columns of :func:`tensor_features` before their normalization, as a
+    list (each of ``param.shape``); ``m/r`` multiplies by ``1/r``."""
+    m = list(momentum)
+    r = [jnp.sqrt(v + config.rms_eps) for v in second_moment]
+    inv_r = [1 / x for x in r]
+    return [grad, param, *m, *r, *(x * i for x, i in zip(m, inv_r, strict=True)), *inv_r]
+
+
 def _feature_columns(
     grad: Array,
     param: Array,
@@ -296,19 +311,31 @@ def _feature_columns(
     config: LOptConfig,
 ) -> list[Array]:
     """:func:`tensor_features` as a list of ``2 + 4K`` normalized columns (each of
-    ``param.shape``), in a form XLA fuses into its consumers: ``m/r`` multiplies by
-    ``1/r``, each column has its own reductions, and the normalization multiplies by two
-    per-column factors (:func:`second_moment_factors`)."""
-    m = list(momentum)
-    r = [jnp.sqrt(v + config.rms_eps) for v in second_moment]
-    inv_r = [1 / x for x in r]
-    columns = [grad, param, *m, *r, *(x * i for x, i in zip(m, inv_r, strict=True)), *inv_r]
+    ``param.shape``), in a form XLA fuses into its consumers: each column has its own
+    reductions, and the normalization multiplies by two per-column factors
+    (:func:`second_moment_factors`)."""
+    columns = raw_feature_columns(grad, param, momentum, second_moment, config)
     axis = tuple(range(param.ndim))
     out = []
     for c in columns:
         a, b = second_moment_factors(c, axis, config.norm_eps)
         out.append((c * a) * b)
     return out
+
+
+def mlp_layers(
+    meta_params: MetaParams, count: Array, config: LOptConfig, dtype
+) -> list[tuple[Array, Array]]:
+    """The MLP's ``(kernel, bias)`` pairs for the per-tensor columns: the step features
+    (:func:`time_features` of ``count``) are the same for every coordinate, so their share
+    of the first layer is folded into its bias."""
+    names = [f"hidden_{i}" for i in range(len(config.hidden_sizes))] + ["out"]
+    layers = [(meta_params[k]["kernel"], meta_params[k]["bias"]) for k in names]
+    n = config.num_tensor_features
+    steps = time_features(count, config.time_scales, dtype)
+    kernel, bias = layers[0]
+    layers[0] = (kernel[:n], bias + steps @ kernel[n:])
+    return layers
 
 
 def _step_head(exp_mult: float, step_mult: float, direction: Array, magnitude: Array) -> Array:
@@ -384,7 +411,6 @@ class MLPLOpt(common.NetOptimizer):
         cfg = self.config
         if cfg.first_order:
             grads = jax.lax.stop_gradient(grads)
-        names = [f"hidden_{i}" for i in range(len(cfg.hidden_sizes))] + ["out"]
         n = cfg.num_tensor_features
         head = functools.partial(_step_head, cfg.exp_mult, cfg.step_mult)
 
@@ -399,12 +425,7 @@ class MLPLOpt(common.NetOptimizer):
                 columns = [x[..., i] for i in range(n)]
             else:
                 columns = _feature_columns(g, p, m, v, cfg)
-            steps = time_features(count, cfg.time_scales, columns[0].dtype)
-            layers = [(meta_params[k]["kernel"], meta_params[k]["bias"]) for k in names]
-            kernel, bias = layers[0]
-            # The step features are the same for every coordinate: their share of the
-            # first layer is folded into its bias.
-            layers[0] = (kernel[:n], bias + steps @ kernel[n:])
+            layers = mlp_layers(meta_params, count, cfg, columns[0].dtype)
             step = common.fused_mlp(head, layers, columns, cfg.backward_dtype)
             return (-step).astype(jnp.result_type(p)), m, v
 
