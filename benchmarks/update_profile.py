@@ -3,18 +3,22 @@
 PES and ES spend their meta-step in this forward update (``learned.MLPLOpt``, one tensor,
 ``runs`` runs with their own meta-parameters, vmapped as the estimators run them). The
 update is composed from the library's pieces (:func:`update_part`), whole and in parts,
-each jitted with the library's compiler options and timed side by side in interleaved
-rounds (:mod:`benchmarks.timing`):
+each run ``steps`` times in a loop that feeds its outputs back (:func:`looped`), jitted
+with the library's compiler options and timed side by side in interleaved rounds
+(:mod:`benchmarks.timing`):
 
 * ``update``: accumulators, normalized feature columns, fused MLP (what ``update`` does);
-* ``columns``: the accumulators and the normalized columns alone (their sum is returned, so
-  no column is written out that the update would not write);
-* ``mlp``: the fused MLP alone, on given columns;
-* ``no_fallback``: the update whose normalization keeps only the plain sum of squares (not
-  the overflow fallback's scaled sum, :func:`~l2l_jax.learned.mlp_lopt.second_moment_factors`):
-  what that fallback costs;
-* ``mlp_matmul``: the MLP as matrix products on the stacked columns (``common.mlp_matmul``)
-  instead of the fused elementwise loop.
+* ``no_fallback``: the same with only the plain sum of squares in the normalization (not
+  the overflow fallback's scaled sum, :func:`~l2l_jax.learned.mlp_lopt.second_moment_factors`);
+* ``unnormalized``: accumulators, the columns as they are (no reductions), fused MLP;
+* ``unnormalized_matmul``: the same with the MLP as matrix products on the stacked columns
+  (``common.mlp_matmul``) instead of the fused elementwise loop;
+* ``accumulators``: the accumulators alone.
+
+Differences of parts give the costs: the normalization's reductions (``update -
+unnormalized``), the fallback's (``update - no_fallback``), the fused MLP with its columns
+(``unnormalized - accumulators``) against the matmul form's. Every part reads the state it
+changes (no input is loop-invariant: XLA would hoist the MLP's terms out of the loop).
 """
 
 from __future__ import annotations
@@ -33,24 +37,28 @@ from benchmarks import timing
 from l2l_jax.learned import common as lcommon
 from l2l_jax.learned import mlp_lopt
 
-PARTS = ("update", "columns", "mlp", "no_fallback", "mlp_matmul")
+PARTS = ("update", "no_fallback", "unnormalized", "unnormalized_matmul", "accumulators")
 
 
 @dataclasses.dataclass(frozen=True)
 class UpdateProfilePreset:
-    """Runs (vmapped), the tensor's shape, the MLP's hidden units and the timing budget."""
+    """Runs (vmapped), the tensor's shape, the MLP's hidden units, the updates per timed
+    call (:func:`looped`) and the timing budget."""
 
     runs: int = 16
     shape: tuple[int, ...] = (784, 100)
     hidden: int = 32
-    repeats: int = 40
+    steps: int = 8
+    repeats: int = 20
     budget_s: float = 20.0
 
 
 PRESETS: dict[str, UpdateProfilePreset] = {
     "cpu-small": UpdateProfilePreset(),
     "accelerator": UpdateProfilePreset(runs=64),
-    "smoke": UpdateProfilePreset(runs=2, shape=(16, 16), hidden=4, repeats=2, budget_s=1.0),
+    "smoke": UpdateProfilePreset(
+        runs=2, shape=(16, 16), hidden=4, steps=2, repeats=2, budget_s=1.0
+    ),
 }
 
 
@@ -62,41 +70,66 @@ def plain_factors(x: jax.Array, axis: tuple[int, ...], eps: float) -> tuple[jax.
     return jnp.ones((), x.dtype), jax.lax.rsqrt(eps + s / n)
 
 
-def normalized_columns(
+def unit_factors(x: jax.Array, axis: tuple[int, ...], eps: float) -> tuple[jax.Array, jax.Array]:
+    """``(1, 1)``: the columns left as they are (for timing only)."""
+    one = jnp.ones((), x.dtype)
+    return one, one
+
+
+def columns_of(
     cfg: mlp_lopt.LOptConfig, g, p, ms, vs, factors: Callable = mlp_lopt.second_moment_factors
 ) -> tuple[list[jax.Array], tuple, tuple]:
-    """The new accumulators and the normalized columns (``factors``: the normalization)."""
+    """The new accumulators and the columns, normalized by ``factors``."""
     mv = [mlp_lopt.accumulate(m, v, g, b) for m, v, b in zip(ms, vs, cfg.decays, strict=True)]
     m, v = tuple(x[0] for x in mv), tuple(x[1] for x in mv)
     axis = tuple(range(p.ndim))
     columns = []
     for c in mlp_lopt.raw_feature_columns(g, p, m, v, cfg):
         a, b = factors(c, axis, cfg.norm_eps)
-        columns.append((c * a) * b)
+        columns.append(c if factors is unit_factors else (c * a) * b)
     return columns, m, v
 
 
+FACTORS = {
+    "update": mlp_lopt.second_moment_factors,
+    "no_fallback": plain_factors,
+    "unnormalized": unit_factors,
+    "unnormalized_matmul": unit_factors,
+}
+
+
 def update_part(cfg: mlp_lopt.LOptConfig, part: str) -> Callable:
-    """``(meta_params, count, g, p, ms, vs) -> output`` of one part (:data:`PARTS`)."""
+    """``(meta_params, count, g, p, ms, vs) -> (delta, ms, vs)`` of one part
+    (:data:`PARTS`): the update and the new accumulators (``accumulators``: ``delta`` is
+    a scaled momentum, so the loop still reads what it writes)."""
     head = functools.partial(mlp_lopt._step_head, cfg.exp_mult, cfg.step_mult)
 
     def fn(meta_params, count, g, p, ms, vs):
-        if part in ("mlp", "mlp_matmul"):  # given columns: the raw inputs stand in for them
-            columns = [g, p, *ms, *vs, *ms, *vs][: cfg.num_tensor_features]
-            mlp = lcommon.fused_mlp if part == "mlp" else None
-        else:
-            factors = plain_factors if part == "no_fallback" else mlp_lopt.second_moment_factors
-            columns, m, v = normalized_columns(cfg, g, p, ms, vs, factors)
-            if part == "columns":
-                return sum(columns), m, v
-            mlp = lcommon.fused_mlp
+        if part == "accumulators":
+            _, m, v = columns_of(cfg, g, p, ms, vs, unit_factors)
+            return 1e-3 * m[0], m, v
+        columns, m, v = columns_of(cfg, g, p, ms, vs, FACTORS[part])
         pairs = mlp_lopt.mlp_layers(meta_params, count, cfg, g.dtype)
-        if mlp is None:
-            return head(*lcommon.mlp_matmul(pairs, columns))
-        step = mlp(head, pairs, columns)
-        return (-step, m, v) if part != "mlp" else -step
+        if part == "unnormalized_matmul":
+            return -head(*lcommon.mlp_matmul(pairs, columns)), m, v
+        return -lcommon.fused_mlp(head, pairs, columns), m, v
 
     return fn
+
+
+def looped(fn: Callable, steps: int) -> Callable:
+    """``steps`` applications of a part in a ``fori_loop`` that feeds ``p + delta`` and the
+    accumulators back, as an unroll does: its buffers are reused, not allocated per call."""
+
+    def run(meta_params, count, g, p, ms, vs):
+        def body(_, carry):
+            p, ms, vs = carry
+            delta, ms, vs = fn(meta_params, count, g, p, ms, vs)
+            return p + delta, tuple(ms), tuple(vs)
+
+        return jax.lax.fori_loop(0, steps, body, (p, tuple(ms), tuple(vs)))
+
+    return run
 
 
 def inputs(preset: UpdateProfilePreset, key: jax.Array) -> tuple:
@@ -126,7 +159,9 @@ def measure(preset: UpdateProfilePreset, progress: bool = True) -> dict[str, Any
     cfg, args = inputs(preset, jax.random.key(0))
     axes = (0, None, 0, 0, 0, 0)
     cells = [
-        timing.compile_timed(part, jax.vmap(update_part(cfg, part), in_axes=axes), *args)
+        timing.compile_timed(
+            part, jax.vmap(looped(update_part(cfg, part), preset.steps), in_axes=axes), *args
+        )
         for part in PARTS
     ]
     timing.time_rounds(cells, preset.repeats, preset.budget_s, "time update parts", progress)
@@ -135,6 +170,8 @@ def measure(preset: UpdateProfilePreset, progress: bool = True) -> dict[str, Any
         {
             "part": c.name,
             **c.summary(),
+            "ms_per_update_median": 1e3 * statistics.median(c.times) / preset.steps,
+            "ms_per_update_min": 1e3 * min(c.times) / preset.steps,
             "fraction_of_update": statistics.median(c.times) / statistics.median(whole.times),
             "paired_fraction": timing.paired_ratio(c, whole),
         }
@@ -143,14 +180,30 @@ def measure(preset: UpdateProfilePreset, progress: bool = True) -> dict[str, Any
     return {"settings": dataclasses.asdict(preset), "rows": rows}
 
 
-def claim(section: dict[str, Any]) -> str:
-    """The parts as fractions of the whole update (paired medians, same run)."""
+def costs(section: dict[str, Any]) -> dict[str, float]:
+    """Each cost as a fraction of the whole update's time, from differences of the parts'
+    paired fractions; ``matmul_over_fused``: the MLP with its columns as matrix products
+    over the fused loop."""
     f = {r["part"]: r["paired_fraction"] for r in section["rows"]}
+    fused = f["unnormalized"] - f["accumulators"]
+    return {
+        "accumulators": f["accumulators"],
+        "normalization": 1.0 - f["unnormalized"],
+        "fallback": 1.0 - f["no_fallback"],
+        "fused_mlp": fused,
+        "matmul_over_fused": (f["unnormalized_matmul"] - f["accumulators"]) / fused,
+    }
+
+
+def claim(section: dict[str, Any]) -> str:
+    """The costs of :func:`costs` in words."""
+    c = costs(section)
     return (
-        f"of the learned update's time (same run): accumulators and normalized columns "
-        f"{f['columns']:.0%}, the fused MLP {f['mlp']:.0%}; without the overflow fallback's "
-        f"sums the update takes {f['no_fallback']:.0%}; the MLP as matrix products takes "
-        f"{f['mlp_matmul'] / f['mlp']:.1f}× the fused loop's time."
+        f"of the learned update's time (same run): the accumulators {c['accumulators']:.0%}, "
+        f"the normalization's reductions {c['normalization']:.0%} (of which the overflow "
+        f"fallback's {c['fallback']:.0%}), the columns and the fused MLP "
+        f"{c['fused_mlp']:.0%}; as matrix products, that MLP would take "
+        f"{c['matmul_over_fused']:.1f}× the fused loop's time."
     )
 
 
@@ -163,19 +216,21 @@ def render_markdown(section: dict[str, Any], heading: str = "##") -> str:
         "",
         f"`learned.MLPLOpt`'s update of one {shape} tensor ({s['hidden']} hidden units) for "
         f"{s['runs']} runs with their own meta-parameters (vmapped, as PES runs them), "
-        "whole and in parts (`benchmarks/update_profile.py`), timed in interleaved rounds in "
-        "one run; fractions are of the whole update's time (paired: the median over rounds "
-        "of the per-round ratio).",
+        "whole and in parts (`benchmarks/update_profile.py`), each timed as "
+        f"{s['steps']} updates in a `fori_loop` that feeds the parameters and accumulators "
+        "back (buffers reused, as in an unroll), in interleaved rounds in one run; fractions "
+        "are of the whole update's time (paired: the median over rounds of the per-round "
+        "ratio).",
         "",
         claim(section),
         "",
-        "| part | compile s | ms (median) | ms (fastest) | of the update | paired |",
+        "| part | compile s | ms per update (median) | (fastest) | of the update | paired |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in section["rows"]:
         lines.append(
-            f"| {r['part']} | {r['compile_s']:.2f} | {r['run_ms_median']:.3g} | "
-            f"{r['run_ms_min']:.3g} | {r['fraction_of_update']:.2f} | "
+            f"| {r['part']} | {r['compile_s']:.2f} | {r['ms_per_update_median']:.3g} | "
+            f"{r['ms_per_update_min']:.3g} | {r['fraction_of_update']:.2f} | "
             f"{r['paired_fraction']:.2f} |"
         )
     return "\n".join(lines) + "\n"

@@ -675,9 +675,11 @@ def test_scaling_device_counts():
 def test_update_profile_parts_compute_the_update():
     """The profiled update, composed from the library's pieces, is ``MLPLOpt.update`` (to
     float32 rounding: another program); without the fallback sums it is the same on a
-    tensor whose sums do not overflow, and the matmul MLP is the fused one."""
+    tensor whose sums do not overflow; the matmul MLP is the fused one; every part moves
+    the accumulators as the update does; the timed loop is the part applied again."""
     preset = update_profile.PRESETS["smoke"]
-    cfg, (meta, count, g, p, ms, vs) = update_profile.inputs(preset, jax.random.key(1))
+    cfg, args = update_profile.inputs(preset, jax.random.key(1))
+    meta, count, g, p, ms, vs = args
     lopt = learned.MLPLOpt(cfg)
     state = learned.LOptState(
         momentum=tuple({"w": m} for m in ms),
@@ -690,18 +692,26 @@ def test_update_profile_parts_compute_the_update():
         part: jax.jit(jax.vmap(update_profile.update_part(cfg, part), in_axes=axes))
         for part in update_profile.PARTS
     }
-    step, m, v = parts["update"](meta, count, g, p, ms, vs)
-    np.testing.assert_allclose(step, ref["w"], rtol=1e-5, atol=1e-7)
+    out = {part: fn(*args) for part, fn in parts.items()}
+    np.testing.assert_allclose(out["update"][0], ref["w"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["no_fallback"][0], ref["w"], rtol=1e-5, atol=1e-7)
+    unnormalized, matmul = out["unnormalized"][0], out["unnormalized_matmul"][0]
+    assert np.isfinite(unnormalized).all() and not np.allclose(unnormalized, ref["w"])
+    np.testing.assert_allclose(matmul, unnormalized, rtol=1e-4, atol=1e-7)
     # b m + (1 - b) g with terms of size ~1: a few float32 ulp of 1 where they cancel
-    for got, want in zip((*m, *v), (*new.momentum, *new.second_moment), strict=True):
-        np.testing.assert_allclose(got, want["w"], rtol=1e-6, atol=1e-6)
-    plain, *_ = parts["no_fallback"](meta, count, g, p, ms, vs)
-    np.testing.assert_allclose(plain, step, rtol=1e-5, atol=1e-7)
-    fused = parts["mlp"](meta, count, g, p, ms, vs)
-    matmul = parts["mlp_matmul"](meta, count, g, p, ms, vs)
-    np.testing.assert_allclose(-fused, matmul, rtol=1e-5, atol=1e-7)
-    total, *_ = parts["columns"](meta, count, g, p, ms, vs)
-    assert total.shape == g.shape and np.isfinite(total).all()
+    want = [x["w"] for x in (*new.momentum, *new.second_moment)]
+    for part, (_, m, v) in out.items():
+        for got, expected in zip((*m, *v), want, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=part)
+    run = jax.jit(
+        jax.vmap(update_profile.looped(update_profile.update_part(cfg, "update"), 2), in_axes=axes)
+    )
+    p2, ms2, vs2 = run(*args)
+    once = out["update"]
+    twice = parts["update"](meta, count, g, p + once[0], once[1], once[2])
+    np.testing.assert_allclose(p2, p + once[0] + twice[0], rtol=1e-5, atol=1e-6)
+    for got, expected in zip((*ms2, *vs2), (*twice[1], *twice[2]), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_update_profile_section(bench_smoke):
@@ -709,7 +719,14 @@ def test_update_profile_section(bench_smoke):
     assert [r["part"] for r in section["rows"]] == list(update_profile.PARTS)
     update = section["rows"][0]
     assert update["fraction_of_update"] == 1.0 and update["paired_fraction"] == 1.0
-    assert all(r["run_ms_median"] > 0 and r["repeats"] >= 1 for r in section["rows"])
+    steps = update_profile.PRESETS["smoke"].steps
+    for r in section["rows"]:
+        assert r["repeats"] >= 1 and r["ms_per_update_median"] > 0
+        assert r["ms_per_update_median"] == pytest.approx(r["run_ms_median"] / steps)
+    c = update_profile.costs(section)
+    f = {r["part"]: r["paired_fraction"] for r in section["rows"]}
+    assert c["normalization"] == pytest.approx(1 - f["unnormalized"])
+    assert c["fused_mlp"] == pytest.approx(f["unnormalized"] - f["accumulators"])
     text = update_profile.render_markdown(section, "###")
     assert text.startswith("### the learned update in parts")
     assert "| no_fallback |" in text and "fused MLP" in text
