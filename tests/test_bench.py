@@ -695,6 +695,7 @@ def test_update_profile_parts_compute_the_update():
     out = {part: fn(*args) for part, fn in parts.items()}
     np.testing.assert_allclose(out["update"][0], ref["w"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out["no_fallback"][0], ref["w"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["eager_fallback"][0], ref["w"], rtol=1e-5, atol=1e-7)
     unnormalized, matmul = out["unnormalized"][0], out["unnormalized_matmul"][0]
     assert np.isfinite(unnormalized).all() and not np.allclose(unnormalized, ref["w"])
     np.testing.assert_allclose(matmul, unnormalized, rtol=1e-4, atol=1e-7)

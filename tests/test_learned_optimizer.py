@@ -167,6 +167,74 @@ def test_normalization_of_huge_tiny_and_zero_tensors():
         assert bool(jnp.all(jnp.isfinite(g)))
 
 
+def test_when_any_runs_its_work_only_for_a_batch_that_needs_it():
+    """Under vmap, a batch whose flags are all false never runs the pass; one true flag
+    runs it once (batched) and only that run takes its value."""
+    calls = []
+
+    def f(flag, x):
+        def compute():
+            jax.debug.callback(lambda: calls.append(1))
+            return 2 * x
+
+        return mlp_lopt._when_any(flag, compute, x)
+
+    batched = jax.jit(jax.vmap(f))
+    x = jnp.arange(3.0)
+    np.testing.assert_array_equal(batched(jnp.zeros(3, bool), x), x)
+    assert calls == []
+    np.testing.assert_array_equal(batched(jnp.asarray([False, True, False]), x), [0, 2, 2])
+    assert calls == [1]
+
+
+def _eager_columns(g, p, m, v, cfg):
+    """The normalized columns with the fallback's scaled sums always computed (the form
+    before the pass became lazy): a reference for values and reverse mode."""
+    out = []
+    for c in mlp_lopt.raw_feature_columns(g, p, m, v, cfg):
+        plain = jnp.sum(jnp.square(c))
+        scaled = jnp.sum(jnp.square(c * 2.0**-80))
+        huge = ~jnp.isfinite(plain)
+        b = jnp.where(
+            huge,
+            jax.lax.rsqrt(jnp.where(huge, scaled, 1.0) / c.size),
+            jax.lax.rsqrt(cfg.norm_eps + jnp.where(huge, 0.0, plain) / c.size),
+        )
+        out.append((c * jnp.where(huge, 2.0**-80, 1.0)) * b)
+    return out
+
+
+def test_feature_columns_with_the_lazy_fallback_match_float64_and_the_eager_form():
+    """Two runs vmapped, one with gradients of 1e25 (their squares overflow float32, so
+    that run needs the fallback), one ordinary: each column matches the float64
+    normalization ``c / sqrt(eps + mean(c^2))``, and reverse mode matches autodiff of the
+    eager form (same float32 operations, the scaled sums always computed)."""
+    cfg = learned.LOptConfig()
+    keys = iter(jax.random.split(jax.random.key(5), 16))
+    shape = (2, 16, 8)
+    g = jax.random.normal(next(keys), shape) * jnp.asarray([1.0, 1e25])[:, None, None]
+    p = jax.random.normal(next(keys), shape)
+    m = tuple(1e-2 * jax.random.normal(next(keys), shape) for _ in cfg.decays)
+    v = tuple(1e-3 * jax.random.uniform(next(keys), shape) for _ in cfg.decays)
+    lazy = jax.jit(jax.vmap(lambda *a: learned.mlp_lopt.feature_columns(*a, cfg)))
+    got = lazy(g, p, m, v)
+    raw = jax.vmap(lambda *a: mlp_lopt.raw_feature_columns(*a, cfg))(g, p, m, v)
+    for c, col in zip(got, raw, strict=True):
+        c64 = np.asarray(col, np.float64)
+        want = c64 / np.sqrt(cfg.norm_eps + np.mean(c64**2, axis=(1, 2), keepdims=True))
+        np.testing.assert_allclose(c, want, rtol=2e-6, atol=1e-30)
+
+    def loss(columns_fn):
+        return lambda *a: sum(jnp.sum(jnp.sin(c)) for c in columns_fn(*a, cfg))
+
+    args = (g, p, m, v)
+    grad_lazy = jax.jit(jax.vmap(jax.grad(loss(mlp_lopt.feature_columns), (0, 1, 2, 3))))(*args)
+    grad_eager = jax.jit(jax.vmap(jax.grad(loss(_eager_columns), (0, 1, 2, 3))))(*args)
+    for a, b in zip(jax.tree.leaves(grad_lazy), jax.tree.leaves(grad_eager), strict=True):
+        assert bool(jnp.all(jnp.isfinite(a)))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-30)
+
+
 PAPER_LOPT = learned.MLPLOpt()
 
 

@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import chex
@@ -192,29 +192,123 @@ class LOptState:
 _HUGE_SCALE = 2.0**-80
 
 
+def _when_any(flag: Array, compute: Callable[[], Any], default: Any) -> Any:
+    """``compute()`` if some entry of ``flag`` is true, else ``default`` (same structure).
+
+    A ``while_loop`` of at most one iteration: under ``vmap`` its predicate becomes "some
+    run needs it" and the runs that do not keep ``default``, so a batch that needs nothing
+    skips the work (a ``cond`` would turn into a ``select`` that runs it always).
+    """
+
+    def body(state: tuple[Any, Array]) -> tuple[Any, Array]:
+        return compute(), jnp.ones((), bool)
+
+    init = (default, jnp.zeros((), bool))
+    return jax.lax.while_loop(lambda state: jnp.any(flag) & ~state[1], body, init)[0]
+
+
+def _scaled_sums(columns_fn: Callable, axis: tuple[int, ...], inputs: tuple, huge: Array) -> Array:
+    """``sum((c * 2^-80)^2)`` over ``axis`` (``keepdims``) of each column ``c`` of
+    ``columns_fn(*inputs)``, stacked on a new first axis; 1 where ``huge`` is false."""
+    columns = columns_fn(*inputs)
+    sums = jnp.stack(
+        [jnp.sum(jnp.square(c * _HUGE_SCALE), axis=axis, keepdims=True) for c in columns]
+    )
+    return jnp.where(huge, sums, 1.0).astype(sums.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fallback_sums(columns_fn: Callable, axis: tuple[int, ...], inputs: tuple, huge: Array):
+    """:func:`_scaled_sums`, computed only if some column's plain sum overflowed
+    (:func:`_when_any`; ``huge``: per column, stacked). The columns are recomputed from
+    ``inputs`` inside, so when the pass is skipped nothing of it runs. Reverse mode (which
+    ``while_loop`` lacks) is the pass's own derivative, skipped the same way."""
+    columns = columns_fn(*inputs)
+    dtype = columns[0].dtype
+    return _when_any(
+        huge,
+        lambda: _scaled_sums(columns_fn, axis, inputs, huge),
+        jnp.ones(huge.shape, dtype),
+    )
+
+
+def _fallback_sums_fwd(columns_fn, axis, inputs, huge):
+    return _fallback_sums(columns_fn, axis, inputs, huge), (inputs, huge)
+
+
+def _fallback_sums_bwd(columns_fn, axis, residuals, cotangent):
+    inputs, huge = residuals
+    cotangent = jnp.where(huge, cotangent, 0.0)
+
+    def grads() -> tuple:
+        _, vjp = jax.vjp(lambda *xs: _scaled_sums(columns_fn, axis, xs, huge), *inputs)
+        return vjp(cotangent)
+
+    return _when_any(huge, grads, jax.tree.map(jnp.zeros_like, inputs)), None
+
+
+_fallback_sums.defvjp(_fallback_sums_fwd, _fallback_sums_bwd)
+
+
+def _factors(
+    plain: Array, scaled: Array, huge: Array, n: int, eps: float, dtype
+) -> tuple[Array, Array]:
+    """``(a, b)`` of :func:`second_moment_factors` from the plain and the scaled sums."""
+    b_plain = jax.lax.rsqrt(eps + jnp.where(huge, 0.0, plain) / n)
+    b_huge = jax.lax.rsqrt(jnp.where(huge, scaled, 1.0) / n)
+    a = jnp.where(huge, _HUGE_SCALE, 1.0).astype(dtype)
+    return a, jnp.where(huge, b_huge, b_plain)
+
+
+def _as_columns(x: Array) -> list[Array]:
+    return [x]
+
+
+def normalized_columns(
+    columns_fn: Callable[..., Sequence[Array]],
+    inputs: tuple,
+    axis: Sequence[int],
+    eps: float,
+) -> list[Array]:
+    """``second_moment_normalize(c, axis, eps)`` of each column ``c`` of
+    ``columns_fn(*inputs)``: one plain sum of squares per column; the overflow fallback's
+    scaled sums (:func:`second_moment_factors`) in one pass over all columns, recomputed
+    from ``inputs``, that runs only when some plain sum overflowed (:func:`_fallback_sums`:
+    on CPU each reduction is its own pass, and the fallback's cost 12% of the learned
+    update, ``docs/performance.md``)."""
+    axis = tuple(axis)
+    columns = columns_fn(*inputs)
+    n = math.prod(columns[0].shape[i] for i in axis)
+    plains = [jnp.sum(jnp.square(c), axis=axis, keepdims=True) for c in columns]
+    huge = jnp.stack([~jnp.isfinite(s) for s in plains])
+    scaled = _fallback_sums(columns_fn, axis, tuple(inputs), huge)
+    out = []
+    for i, (c, plain) in enumerate(zip(columns, plains, strict=True)):
+        a, b = _factors(plain, scaled[i], huge[i], n, eps, c.dtype)
+        out.append((c * a) * b)
+    return out
+
+
 def second_moment_factors(x: Array, axis: Sequence[int], eps: float) -> tuple[Array, Array]:
     """``(a, b)`` with ``second_moment_normalize(x, axis, eps) == (x * a) * b`` (shapes of
     ``x`` reduced over ``axis`` with ``keepdims``): apply them one after the other.
 
-    ``S = sum(x^2)`` and ``S' = sum((x c)^2)`` with ``c = 2^-80``, two reductions of ``x``
-    (no ``max|x|`` pass first; on CPU, XLA runs each as its own pass over ``x``,
-    ``docs/performance.md``). Where ``S`` is finite, ``a = 1`` and
-    ``b = 1 / sqrt(eps + S / n)``. A square that underflows there is harmless: it is below
-    ``1e-38``, far under ``eps``. Where ``S`` overflows (``|x|`` above ~``1e19 / sqrt(n)``
-    in float32), ``a = c`` and ``b = 1 / sqrt(S' / n)``, with ``eps`` dropped as far below
-    ``rms(x)^2``. Both factors are finite and normal, while their product ``1 / rms(x)``
-    may not be (``3e-39`` for ``x`` near the largest float). Each branch's input is made
-    safe before it is used, so reverse mode is finite in both.
+    ``S = sum(x^2)``, one reduction of ``x`` (no ``max|x|`` pass first). Where ``S`` is
+    finite, ``a = 1`` and ``b = 1 / sqrt(eps + S / n)``. A square that underflows there is
+    harmless: it is below ``1e-38``, far under ``eps``. Where ``S`` overflows (``|x|``
+    above ~``1e19 / sqrt(n)`` in float32), a second reduction ``S' = sum((x c)^2)`` with
+    ``c = 2^-80`` gives ``a = c`` and ``b = 1 / sqrt(S' / n)``, with ``eps`` dropped as far
+    below ``rms(x)^2``; that pass runs only when some ``S`` overflows
+    (:func:`_fallback_sums`). Both factors are finite and normal, while their product
+    ``1 / rms(x)`` may not be (``3e-39`` for ``x`` near the largest float). Each branch's
+    input is made safe before it is used, so reverse mode is finite in both.
     """
     axis = tuple(axis)
     n = math.prod(x.shape[i] for i in axis)
     plain = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-    scaled = jnp.sum(jnp.square(x * _HUGE_SCALE), axis=axis, keepdims=True)
     huge = ~jnp.isfinite(plain)
-    b_plain = jax.lax.rsqrt(eps + jnp.where(huge, 0.0, plain) / n)
-    b_huge = jax.lax.rsqrt(jnp.where(huge, scaled, 1.0) / n)
-    a = jnp.where(huge, _HUGE_SCALE, 1.0).astype(x.dtype)
-    return a, jnp.where(huge, b_huge, b_plain)
+    scaled = _fallback_sums(_as_columns, axis, (x,), huge[None])[0]
+    return _factors(plain, scaled, huge, n, eps, x.dtype)
 
 
 def second_moment_normalize(x: Array, axis: Sequence[int], eps: float) -> Array:
@@ -303,7 +397,7 @@ def raw_feature_columns(
     return [grad, param, *m, *r, *(x * i for x, i in zip(m, inv_r, strict=True)), *inv_r]
 
 
-def _feature_columns(
+def feature_columns(
     grad: Array,
     param: Array,
     momentum: Sequence[Array],
@@ -311,16 +405,12 @@ def _feature_columns(
     config: LOptConfig,
 ) -> list[Array]:
     """:func:`tensor_features` as a list of ``2 + 4K`` normalized columns (each of
-    ``param.shape``), in a form XLA fuses into its consumers: each column has its own
-    reductions, and the normalization multiplies by two per-column factors
-    (:func:`second_moment_factors`)."""
-    columns = raw_feature_columns(grad, param, momentum, second_moment, config)
-    axis = tuple(range(param.ndim))
-    out = []
-    for c in columns:
-        a, b = second_moment_factors(c, axis, config.norm_eps)
-        out.append((c * a) * b)
-    return out
+    ``param.shape``), in a form XLA fuses into its consumers: each column has its own plain
+    reduction, and the normalization multiplies by two per-column factors
+    (:func:`normalized_columns`)."""
+    columns_fn = functools.partial(raw_feature_columns, config=config)
+    inputs = (grad, param, tuple(momentum), tuple(second_moment))
+    return normalized_columns(columns_fn, inputs, range(param.ndim), config.norm_eps)
 
 
 def mlp_layers(
@@ -424,7 +514,7 @@ class MLPLOpt(common.NetOptimizer):
                 x = tensor_features(g, p, m, v, cfg)
                 columns = [x[..., i] for i in range(n)]
             else:
-                columns = _feature_columns(g, p, m, v, cfg)
+                columns = feature_columns(g, p, m, v, cfg)
             layers = mlp_layers(meta_params, count, cfg, columns[0].dtype)
             step = common.fused_mlp(head, layers, columns, cfg.backward_dtype)
             return (-step).astype(jnp.result_type(p)), m, v
