@@ -208,7 +208,8 @@ def test_feature_columns_with_the_lazy_fallback_match_float64_and_the_eager_form
     """Two runs vmapped, one with gradients of 1e25 (their squares overflow float32, so
     that run needs the fallback), one ordinary: each column matches the float64
     normalization ``c / sqrt(eps + mean(c^2))``, and reverse mode matches autodiff of the
-    eager form (same float32 operations, the scaled sums always computed)."""
+    eager form (same float32 operations, the scaled sums always computed) in reverse and
+    in forward mode."""
     cfg = learned.LOptConfig()
     keys = iter(jax.random.split(jax.random.key(5), 16))
     shape = (2, 16, 8)
@@ -233,6 +234,15 @@ def test_feature_columns_with_the_lazy_fallback_match_float64_and_the_eager_form
     for a, b in zip(jax.tree.leaves(grad_lazy), jax.tree.leaves(grad_eager), strict=True):
         assert bool(jnp.all(jnp.isfinite(a)))
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-30)
+
+    # forward mode too (the stability analysis takes Jacobians with jacfwd)
+    def jvp(columns_fn):
+        ones = functools.partial(jax.tree.map, jnp.ones_like)
+        return jax.jit(jax.vmap(lambda *a: jax.jvp(loss(columns_fn), a, ones(a))[1]))
+
+    np.testing.assert_allclose(
+        jvp(mlp_lopt.feature_columns)(*args), jvp(_eager_columns)(*args), rtol=1e-5
+    )
 
 
 PAPER_LOPT = learned.MLPLOpt()

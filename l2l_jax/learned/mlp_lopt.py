@@ -217,37 +217,28 @@ def _scaled_sums(columns_fn: Callable, axis: tuple[int, ...], inputs: tuple, hug
     return jnp.where(huge, sums, 1.0).astype(sums.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _fallback_sums(columns_fn: Callable, axis: tuple[int, ...], inputs: tuple, huge: Array):
     """:func:`_scaled_sums`, computed only if some column's plain sum overflowed
     (:func:`_when_any`; ``huge``: per column, stacked). The columns are recomputed from
-    ``inputs`` inside, so when the pass is skipped nothing of it runs. Reverse mode (which
-    ``while_loop`` lacks) is the pass's own derivative, skipped the same way."""
+    ``inputs`` inside, so when the pass is skipped nothing of it runs. Differentiable in
+    both modes (which ``while_loop`` is not in reverse): the tangent is the sums' own
+    derivative, computed outright, so it transposes like any sum (a reverse pass pays for
+    it, a forward one without derivatives does not)."""
     columns = columns_fn(*inputs)
-    dtype = columns[0].dtype
     return _when_any(
         huge,
         lambda: _scaled_sums(columns_fn, axis, inputs, huge),
-        jnp.ones(huge.shape, dtype),
+        jnp.ones(huge.shape, columns[0].dtype),
     )
 
 
-def _fallback_sums_fwd(columns_fn, axis, inputs, huge):
-    return _fallback_sums(columns_fn, axis, inputs, huge), (inputs, huge)
-
-
-def _fallback_sums_bwd(columns_fn, axis, residuals, cotangent):
-    inputs, huge = residuals
-    cotangent = jnp.where(huge, cotangent, 0.0)
-
-    def grads() -> tuple:
-        _, vjp = jax.vjp(lambda *xs: _scaled_sums(columns_fn, axis, xs, huge), *inputs)
-        return vjp(cotangent)
-
-    return _when_any(huge, grads, jax.tree.map(jnp.zeros_like, inputs)), None
-
-
-_fallback_sums.defvjp(_fallback_sums_fwd, _fallback_sums_bwd)
+@_fallback_sums.defjvp
+def _fallback_sums_jvp(columns_fn, axis, primals, tangents):
+    inputs, huge = primals
+    d_inputs, _ = tangents
+    _, d_sums = jax.jvp(lambda *xs: _scaled_sums(columns_fn, axis, xs, huge), inputs, d_inputs)
+    return _fallback_sums(columns_fn, axis, inputs, huge), d_sums
 
 
 def _factors(
