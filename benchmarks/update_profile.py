@@ -89,35 +89,38 @@ def eager_factors(x: jax.Array, axis: tuple[int, ...], eps: float) -> tuple[jax.
     return mlp_lopt._factors(plain, scaled, ~jnp.isfinite(plain), n, eps, x.dtype)
 
 
-def unit_factors(x: jax.Array, axis: tuple[int, ...], eps: float) -> tuple[jax.Array, jax.Array]:
-    """``(1, 1)``: the columns left as they are (for timing only)."""
-    one = jnp.ones((), x.dtype)
-    return one, one
+def accumulators(cfg: mlp_lopt.LOptConfig, g, ms, vs) -> tuple[tuple, tuple]:
+    """The new momenta and second moments (``mlp_lopt.accumulate`` per decay)."""
+    mv = [mlp_lopt.accumulate(m, v, g, b) for m, v, b in zip(ms, vs, cfg.decays, strict=True)]
+    return tuple(x[0] for x in mv), tuple(x[1] for x in mv)
 
 
 def columns_of(
-    cfg: mlp_lopt.LOptConfig, g, p, ms, vs, factors: Callable | None = None
+    cfg: mlp_lopt.LOptConfig, g, p, ms, vs, factors: Callable | str | None
 ) -> tuple[list[jax.Array], tuple, tuple]:
-    """The new accumulators and the columns, normalized by ``factors`` (``None``: the
-    library's :func:`~l2l_jax.learned.mlp_lopt.feature_columns`)."""
-    mv = [mlp_lopt.accumulate(m, v, g, b) for m, v, b in zip(ms, vs, cfg.decays, strict=True)]
-    m, v = tuple(x[0] for x in mv), tuple(x[1] for x in mv)
-    if factors is None:
+    """The new accumulators and the columns: ``"library"``, the library's
+    :func:`~l2l_jax.learned.mlp_lopt.feature_columns`; ``None``, as they are; else each
+    normalized by ``factors``."""
+    m, v = accumulators(cfg, g, ms, vs)
+    if factors == "library":
         return mlp_lopt.feature_columns(g, p, m, v, cfg), m, v
+    columns = mlp_lopt.raw_feature_columns(g, p, m, v, cfg)
+    if factors is None:
+        return columns, m, v
     axis = tuple(range(p.ndim))
-    columns = []
-    for c in mlp_lopt.raw_feature_columns(g, p, m, v, cfg):
+    scaled = []
+    for c in columns:
         a, b = factors(c, axis, cfg.norm_eps)
-        columns.append(c if factors is unit_factors else (c * a) * b)
-    return columns, m, v
+        scaled.append((c * a) * b)
+    return scaled, m, v
 
 
 FACTORS = {
-    "update": None,
+    "update": "library",
     "eager_fallback": eager_factors,
     "no_fallback": plain_factors,
-    "unnormalized": unit_factors,
-    "unnormalized_matmul": unit_factors,
+    "unnormalized": None,
+    "unnormalized_matmul": None,
 }
 
 
@@ -129,7 +132,7 @@ def update_part(cfg: mlp_lopt.LOptConfig, part: str) -> Callable:
 
     def fn(meta_params, count, g, p, ms, vs):
         if part == "accumulators":
-            _, m, v = columns_of(cfg, g, p, ms, vs, unit_factors)
+            m, v = accumulators(cfg, g, ms, vs)
             return 1e-3 * m[0], m, v
         columns, m, v = columns_of(cfg, g, p, ms, vs, FACTORS[part])
         pairs = mlp_lopt.mlp_layers(meta_params, count, cfg, g.dtype)

@@ -207,9 +207,9 @@ def _eager_columns(g, p, m, v, cfg):
 def test_feature_columns_with_the_lazy_fallback_match_float64_and_the_eager_form():
     """Two runs vmapped, one with gradients of 1e25 (their squares overflow float32, so
     that run needs the fallback), one ordinary: each column matches the float64
-    normalization ``c / sqrt(eps + mean(c^2))``, and reverse mode matches autodiff of the
-    eager form (same float32 operations, the scaled sums always computed) in reverse and
-    in forward mode. One decay (6 columns) keeps the five programs small."""
+    normalization ``c / sqrt(eps + mean(c^2))``, and its derivatives, in reverse and in
+    forward mode, match autodiff of the eager form (same float32 operations, the scaled
+    sums always computed). One decay (6 columns) keeps the five programs small."""
     cfg = learned.LOptConfig(decays=(0.9,))
     keys = iter(jax.random.split(jax.random.key(5), 16))
     shape = (2, 16, 8)
@@ -217,7 +217,7 @@ def test_feature_columns_with_the_lazy_fallback_match_float64_and_the_eager_form
     p = jax.random.normal(next(keys), shape)
     m = tuple(1e-2 * jax.random.normal(next(keys), shape) for _ in cfg.decays)
     v = tuple(1e-3 * jax.random.uniform(next(keys), shape) for _ in cfg.decays)
-    lazy = jax.jit(jax.vmap(lambda *a: learned.mlp_lopt.feature_columns(*a, cfg)))
+    lazy = jax.jit(jax.vmap(lambda *a: mlp_lopt.feature_columns(*a, cfg)))
     got = lazy(g, p, m, v)
     raw = jax.vmap(lambda *a: mlp_lopt.raw_feature_columns(*a, cfg))(g, p, m, v)
     for c, col in zip(got, raw, strict=True):
