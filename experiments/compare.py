@@ -246,12 +246,15 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     table = "\n".join(rows) + "\n"
     used = sorted({p for r in report["experiments"].values() for p in r["rules"]})
+    # a pattern shared by several experiments' rules is listed once per explanation
     notes = "".join(
-        f"- `{p}`: {why}\n"
-        for p in used
-        for exp_rules in RULES.values()
-        for q, _, why in exp_rules
-        if q == p
+        dict.fromkeys(
+            f"- `{p}`: {why}\n"
+            for p in used
+            for exp_rules in RULES.values()
+            for q, _, why in exp_rules
+            if q == p
+        )
     )
     out.with_suffix(".md").write_text(
         f"Regenerated results against the stored ones, compared on {_describe(here)}; "

@@ -307,3 +307,14 @@ def test_health_meta_gradients_within_a_decade(tmp_path):
     for new in ({"100": 0.0056, "400": None}, {"100": 0.057, "400": 1.0}):
         rc, res, _ = _run(tmp_path, health(new), old, "health")
         assert rc == 1
+
+
+def test_a_rule_shared_by_several_experiments_is_explained_once(tmp_path):
+    pattern = "/summary/.*"
+    holders = [n for n, rules in compare_rules.RULES.items() if any(r[0] == pattern for r in rules)]
+    assert len(holders) > 1  # the case this checks: fig4a-c share it
+    old = {"environment": {"jax": "0.10.2"}, "summary": {"mean": 1.0}}
+    new = {"environment": _env(), "summary": {"mean": 2.0}}
+    rc, res, md = _run(tmp_path, new, old, name=holders[0])
+    assert rc == 0 and res["skipped"] == 1
+    assert md.count(f"- `{pattern}`") == 1
