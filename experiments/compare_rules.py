@@ -494,14 +494,13 @@ def per_seed_bounds(stored: dict, seed_index: int) -> dict:
     for key, fam in PER_SEED_KEYS.items():
         n = n_train if key == "train_acc" else n_test
         for name in row[key]:
-            runs = [100 * r for r in details["evaluation"][name][fam]["final"]["runs"]]
-            s_run = _sd(runs)
+            s_run, n_runs = _run_spread(details, name, fam)
             if name in FIXED:
                 bound = FLIPS_PER_RUN * 100 / n
                 why = f"{FLIPS_PER_RUN} flipped predictions per run of {n} digits"
             elif name in LR_FREE:
-                bound = K_SIGMA * math.sqrt(2) * s_run / math.sqrt(len(runs))
-                why = f"{K_SIGMA:g} x sqrt(2) x s_run {s_run:.2f} / sqrt({len(runs)} runs)"
+                bound = K_SIGMA * math.sqrt(2) * s_run / math.sqrt(n_runs)
+                why = f"{K_SIGMA:g} x sqrt(2) x s_run {s_run:.2f} / sqrt({n_runs} runs)"
             else:
                 s_seed = _sd([s[key][name] for s in seeds]) if len(seeds) > 1 else 0.0
                 sigma = max(s_seed, s_run)
@@ -512,6 +511,22 @@ def per_seed_bounds(stored: dict, seed_index: int) -> dict:
                 )
             out[(key, name)] = (bound, why)
     return out
+
+
+def _run_spread(details: dict, name: str, fam: str) -> tuple[float, int]:
+    """``(s_run, runs)``: the sample SD in points of ``name``'s metric ``fam`` over the
+    evaluation runs, at the step the per-seed numbers are read: the meta-training horizon
+    (``details["evaluated_at"]["horizon"]``; the stored per-step SD is over the runs, with
+    divisor ``runs``, so it is rescaled by sqrt(runs / (runs - 1))), or the last step in
+    files that predate ``evaluated_at`` (the per-run values are stored for it)."""
+    evaluation = details["evaluation"][name]
+    horizon = details.get("evaluated_at", {}).get("horizon")
+    if horizon is None:
+        runs = [100 * r for r in evaluation[fam]["final"]["runs"]]
+        return _sd(runs), len(runs)
+    n = int(evaluation["runs"])
+    population_sd = evaluation[fam]["std"][evaluation["steps"].index(horizon)]
+    return 100 * population_sd * math.sqrt(n / (n - 1)), n
 
 
 def _sd(values) -> float:

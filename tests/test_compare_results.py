@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import compare as compare_results
@@ -159,6 +160,23 @@ def test_per_seed_bounds_by_family():
     assert b[("test_acc", "sgd")][0] == 0.5  # 5 flips per run of 1000 digits
     assert abs(b[("test_acc", "prodigy")][0] - 3 * 2**0.5 * s_run / 3**0.5) < 1e-12
     assert abs(b[("test_acc", "tbt")][0] - 3 * 2**0.5 * max(2.0, s_run)) < 1e-12
+
+
+def test_per_seed_bounds_read_the_runs_at_the_reported_step():
+    """A file that records ``evaluated_at`` reports per-seed numbers at the meta-training
+    horizon: the bounds use the runs' spread there, not at the last evaluation step."""
+    stored = _fig4([(76.0, 77.0, 81.5), (72.0, 72.0, 80.9)], [0.5, 0.5, 0.5])
+    at_500 = np.array([0.73, 0.757, 0.796])  # the runs at step 500; at 4000 they agree
+    for d in stored["details"].values():
+        d["evaluated_at"] = {"horizon": 500, "eval_horizon": 4000}
+        for ev in d["evaluation"].values():
+            ev |= {"steps": [0, 500, 4000], "runs": 3}
+            for fam in compare_rules.PER_SEED_KEYS.values():
+                ev[fam]["std"] = [0.0, float(at_500.std()), 0.0]
+    b = compare_rules.per_seed_bounds(stored, 0)
+    s_run = 100 * at_500.std(ddof=1)
+    assert abs(b[("test_acc", "prodigy")][0] - 3 * 2**0.5 * s_run / 3**0.5) < 1e-9
+    assert abs(b[("test_acc", "tbt")][0] - 3 * 2**0.5 * max(2**0.5, s_run)) < 1e-9
 
 
 def test_fig4_on_another_host_uses_the_derived_bounds(tmp_path):
