@@ -412,6 +412,9 @@ def run_seed(
         "evaluation": {k: r.to_json() for k, r in evals.items()},
         "evaluated_at": at,
         "timings": clock,
+        # the host this seed ran on: a setting's seeds may be run in several sittings, on
+        # other CPUs, and float rounding differs between them (the rerun bounds read it)
+        "environment": common.environment(),
     }
     _save_seed(seed_dir, settings, record, evals)
     record["details"]["_evals"] = evals  # EvalResults for the figures (not in results.json)

@@ -389,6 +389,13 @@ def test_tiny_setting_end_to_end_and_resume(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["experiment"] == "fig4b" and saved["table"] == results["table"]
     assert saved["complete"] and saved["seeds_done"] == [0, 1]
+    # each seed records the host and time of the sitting that ran it; a loaded seed keeps its own
+    envs = [saved["details"][s]["environment"] for s in ("0", "1")]
+    assert (
+        envs[0] == first["details"]["0"]["environment"]
+        and envs[0]["date_utc"] <= envs[1]["date_utc"]
+    )
+    assert all(common.host_fingerprint(e) == common.this_host() for e in envs)
     optimizers = {
         "tbt",
         "tbv",
@@ -480,11 +487,17 @@ def test_rerunning_a_stored_seed_reproduces_its_numbers(tmp_path):
     cfg.seeds = (stored["per_seed"][0]["seed"],)
     data = mnist_data.load(cfg.source)
     rerun = exp.run_seed(cfg, cfg.seeds[0], data, tmp_path, progress=False)
-    same = common.same_host(stored["environment"])
-    print(
-        f"host: this {common.this_host()}; stored {common.host_fingerprint(stored['environment'])}"
-    )
+    wrote_it = _seed_environment(stored, 0)
+    same = common.same_host(wrote_it)
+    print(f"host: this {common.this_host()}; stored {common.host_fingerprint(wrote_it)}")
     _assert_rerun_within_bounds(stored, rerun, rerun["details"], same)
+
+
+def _seed_environment(stored: dict, index: int) -> dict:
+    """The ``environment`` of the host that ran ``stored["per_seed"][index]``: its own
+    record's (seeds may be run in several sittings), else the file's."""
+    seed = str(stored["per_seed"][index]["seed"])
+    return stored["details"][seed].get("environment") or stored["environment"]
 
 
 def _assert_rerun_within_bounds(stored: dict, rerun: dict, rerun_details: dict, same: bool):
@@ -524,9 +537,9 @@ def test_stored_avx2_rerun_of_the_first_seed_is_within_the_bounds():
     if not path.exists():
         pytest.skip(f"{path} not stored yet: scripts/long_runs.sh makes it after fig4b")
     rerun = _stored("fig4b_rerun_avx2")
-    env = rerun["environment"]
+    env = _seed_environment(rerun, 0)
     assert env["xla_cpu_max_isa"] == "AVX2" and "avx512f" in env["cpu_simd"], env
-    assert common.host_fingerprint(stored["environment"]) != common.host_fingerprint(env)
+    assert common.host_fingerprint(_seed_environment(stored, 0)) != common.host_fingerprint(env)
     (row,) = rerun["per_seed"]
     assert row["seed"] == stored["per_seed"][0]["seed"]
     _assert_rerun_within_bounds(stored, row, rerun["details"][str(row["seed"])], same=False)
