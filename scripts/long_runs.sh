@@ -8,7 +8,8 @@
 #   then fig5's verdicts and logscaled_reach.
 # meta_tune is not rerun: results/meta_tune is stored and the configs use its choices
 # (tests/test_mnist_lopt.py::test_stored_tuning_is_held_apart_and_is_what_the_configs_use).
-# Usage: nohup setsid scripts/long_runs.sh >/dev/null 2>&1 &   (log: runs/long_runs.log)
+# Usage: nohup setsid scripts/long_runs.sh >/dev/null 2>&1 &   (log: runs/long_runs.log), and
+# scripts/commit_seeds.sh beside it where the machine may not outlive the sitting.
 set -u
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
