@@ -13,7 +13,7 @@ while true; do
       d=$(dirname "$rec"); exp=$(basename "$(dirname "$d")")
       sleep 30  # results.json and the figures are written right after the record
       for _ in 1 2 3; do
-        git add -- "$d" "results/$exp" && git commit -q -m "$exp $(basename "$d") finished under the converged protocol: its record, evaluation curves and learned optimizers stored, so the run resumes after it in a later session" -- "results/$exp" && break
+        git add -- "results/$exp" && git commit -q -m "$exp $(basename "$d") finished under the converged protocol: its record, evaluation curves and learned optimizers stored, so the run resumes after it in a later session" -- "results/$exp" && break
         sleep 5
       done
       echo "$(date -u +%FT%TZ) committed $d" >> runs/long_runs.log

@@ -176,7 +176,8 @@ def test_per_seed_bounds_read_the_runs_at_the_reported_step():
     b = compare_rules.per_seed_bounds(stored, 0)
     s_run = 100 * at_500.std(ddof=1)
     assert abs(b[("test_acc", "prodigy")][0] - 3 * 2**0.5 * s_run / 3**0.5) < 1e-9
-    assert abs(b[("test_acc", "tbt")][0] - 3 * 2**0.5 * max(2**0.5, s_run)) < 1e-9
+    s_seed = 8**0.5  # the SD of the two seeds' TbT numbers, 76 and 72
+    assert abs(b[("test_acc", "tbt")][0] - 3 * 2**0.5 * max(s_seed, s_run)) < 1e-9
 
 
 def test_fig4_on_another_host_uses_the_derived_bounds(tmp_path):
